@@ -1,0 +1,32 @@
+"""Normalization layers, resolved by name.
+
+Contract for every registered norm (what models and the trainer rely on):
+
+* factory: ``NORMS.get(name)(num_features, *, rngs, **kwargs) -> nnx.Module``;
+  ``make_norm`` is the short form. ``kwargs`` come from ``config.model.norm_kwargs``.
+* call: ``norm(x, mask=None)`` with ``x`` channels-last ``(..., num_features)``;
+  ``mask`` (bool, broadcastable to ``x.shape[:-1]``, True = real token) restricts
+  batch statistics to non-padding positions where the norm supports it.
+* train/eval: the attribute ``use_running_average`` (False = training), flipped for
+  the whole model by ``model.train()`` / ``model.eval()``.
+* norms whose output depends on other examples of the batch set the class attribute
+  ``uses_batch_statistics = True``; their running statistics live in ``nnx.BatchStat``
+  variables, which the trainer carries, shards and checkpoints as model state.
+* parameter names follow flax: ``scale`` and ``bias``; models put norms in attributes
+  whose names contain ``norm`` so parameter labels can find them.
+"""
+from flax import nnx
+
+from normjax.registry import Registry
+
+NORMS = Registry("norm", "model.norm", lazy_modules=("normjax.norms.basic",))
+register = NORMS.register
+
+
+def make_norm(name: str, num_features: int, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+  """Builds the norm registered as ``name`` for ``num_features`` channels."""
+  return NORMS.get(name)(num_features, rngs=rngs, **kwargs)
+
+
+def uses_batch_statistics(name: str) -> bool:
+  return bool(getattr(NORMS.get(name), "uses_batch_statistics", False))
