@@ -1,0 +1,71 @@
+"""Where metrics go: JSON lines, TensorBoard events and a console progress bar.
+
+Only process 0 writes (``enabled``). ``metrics.jsonl`` holds one object per logged step,
+``{"step": 100, "loss": ..., ...}``; ``tb/`` holds the same scalars as TensorBoard
+events; ``config.json`` the resolved config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tqdm
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.workdir = workdir
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter  # heavy import, process 0 only
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write_config(self, config):
+    if self.enabled:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in metrics.items()}}
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps(row) + "\n")
+    for k, v in row.items():
+      if k != "step":
+        self._tb.add_scalar(k, v, row["step"])
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """A tqdm bar with loss, examples/s and ETA; plain periodic lines when not a TTY."""
+
+  def __init__(self, total: int, start: int, batch_size: int, enabled: bool = True):
+    self.batch_size = batch_size
+    self._bar = tqdm.tqdm(
+        total=total, initial=start, disable=not enabled, dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0, unit="step")
+    self._t0, self._step0 = time.perf_counter(), start
+    self._last = start
+
+  def update(self, step: int, metrics: dict):
+    self._bar.update(step - self._last)
+    self._last = step
+    self._bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+
+  def rates(self) -> dict:
+    dt = time.perf_counter() - self._t0
+    steps = self._last - self._step0
+    self._t0, self._step0 = time.perf_counter(), self._last
+    return {"steps_per_sec": steps / dt, "examples_per_sec": steps * self.batch_size / dt}
+
+  def close(self):
+    self._bar.close()

@@ -1,0 +1,296 @@
+"""Standard normalization layers: LayerNorm, RMSNorm, BatchNorm, GroupNorm, InstanceNorm, none.
+
+Every layer is a pure function ``f(x, params, state, *, train, mask=None, ...) -> (y, state)``
+plus a thin Flax NNX module that owns the variables and calls it. ``x`` is channels-last
+``(batch, ..., C)``; ``params`` is a dict with the optional keys ``scale`` and ``bias`` (shape
+``(C,)``); ``state`` is ``None`` for per-example norms and ``{'mean', 'var'}`` for BatchNorm.
+
+Conventions (flax ``flax/nnx/nn/normalization.py``, see reference/norms.md §11):
+
+* y = (x - mean) / sqrt(var + epsilon) * scale + bias, with the population (biased) variance.
+  Statistics are computed in float32 (float64 for float64 inputs) and the output is cast back
+  to ``x.dtype``, so bfloat16 activations stay bfloat16. The variance is the two-pass
+  mean((x - mean)^2), not flax's default E[x^2] - E[x]^2, which cancels badly for large means.
+* epsilon defaults: 1e-6 for LayerNorm, RMSNorm, GroupNorm, InstanceNorm; 1e-5 for BatchNorm.
+* ``mask`` (bool, broadcastable to ``x.shape[:-1]``, True = real token) restricts statistics
+  taken across positions (BatchNorm, GroupNorm, InstanceNorm) to real tokens; padded positions
+  are still normalized (with those statistics). Per-token norms (LayerNorm, RMSNorm) accept
+  it and ignore it: each token's statistics never involve other positions.
+* BatchNorm running statistics: r <- momentum * r + (1 - momentum) * batch_stat, momentum 0.99
+  (weight on the OLD value, as flax; PyTorch's momentum=0.1 is flax's 0.9), the stored variance is
+  the population variance (PyTorch stores the unbiased one). Under ``jax.jit`` with the batch
+  sharded over a mesh axis, the mean over the batch axis is already the global statistic: XLA
+  inserts the all-reduce, so no ``axis_name`` is needed.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from normjax.norms import register
+
+Array = jax.Array
+Params = dict[str, Array]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _stats_dtype(x: Array):
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def moments(x: Array, axes: tuple[int, ...], mask: Array | None = None, *,
+            center: bool = True) -> tuple[Array, Array]:
+  """Mean and population variance of ``x`` over ``axes`` (keepdims), over real positions only.
+
+  ``mask`` is broadcastable to ``x.shape[:-1]`` (True = include). With ``center=False`` the
+  mean is 0 and the "variance" is the mean square E[x^2] (RMSNorm). Statistics are in float32
+  or wider. A reduction group with no real position gets mean 0 and variance 0.
+  """
+  x = x.astype(_stats_dtype(x))
+  if mask is None:
+    mean = jnp.mean(x, axes, keepdims=True) if center else jnp.zeros((), x.dtype)
+    return mean, jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+  keep = jnp.broadcast_to(jnp.asarray(mask, bool)[..., None], x.shape)
+  count = jnp.maximum(jnp.sum(keep, axes, keepdims=True, dtype=x.dtype), 1)
+  if center:
+    mean = jnp.sum(jnp.where(keep, x, 0), axes, keepdims=True) / count
+  else:
+    mean = jnp.zeros((), x.dtype)
+  var = jnp.sum(jnp.where(keep, jnp.square(x - mean), 0), axes, keepdims=True) / count
+  return mean, var
+
+
+def apply_affine(y: Array, params: Params) -> Array:
+  """y * scale + bias for whichever of the two ``params`` holds."""
+  if params.get("scale") is not None:
+    y = y * params["scale"]
+  if params.get("bias") is not None:
+    y = y + params["bias"]
+  return y
+
+
+def normalize(x: Array, mean: Array, var: Array, params: Params, epsilon: float) -> Array:
+  """(x - mean) * rsqrt(var + epsilon) * scale + bias in the statistics dtype, cast to x.dtype."""
+  y = (x.astype(_stats_dtype(x)) - mean) * jax.lax.rsqrt(var + epsilon)
+  return apply_affine(y, params).astype(x.dtype)
+
+
+def _check_positive(name: str, value: float):
+  if not value > 0:
+    raise ValueError(f"norm argument {name}={value!r}: must be > 0")
+
+
+# ----------------------------------------------------------------------------- pure functions
+def layer_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6):
+  """LayerNorm (Ba et al. 2016): per token over the last axis, y = (x - mu)/sqrt(s^2 + eps)*g + b."""
+  del train, mask  # per-token statistics
+  mean, var = moments(x, (-1,))
+  return normalize(x, mean, var, params, epsilon), state
+
+
+def rms_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6):
+  """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * g, per token, no centering."""
+  del train, mask
+  zero, mean_square = moments(x, (-1,), center=False)
+  return normalize(x, zero, mean_square, params, epsilon), state
+
+
+def batch_norm(x, params, state, *, train, mask=None, momentum=0.99, epsilon=1e-5):
+  """BatchNorm (Ioffe & Szegedy 2015) over every axis but the last (B, B*T or B*H*W samples).
+
+  Train: normalize with the batch mean/population variance (gradients flow through them) and
+  return the updated running statistics r <- momentum*r + (1-momentum)*batch (stop-gradient).
+  Eval: normalize with ``state['mean']``/``state['var']`` and return the state unchanged.
+  """
+  if not train:
+    return normalize(x, state["mean"], state["var"], params, epsilon), state
+  mean, var = moments(x, tuple(range(x.ndim - 1)), mask)
+  update = lambda old, new: jax.lax.stop_gradient(
+      momentum * old + (1 - momentum) * new.reshape(old.shape).astype(old.dtype))
+  new_state = {"mean": update(state["mean"], mean), "var": update(state["var"], var)}
+  return normalize(x, mean, var, params, epsilon), new_state
+
+
+def group_norm(x, params, state=None, *, train=False, mask=None, num_groups=32, epsilon=1e-6):
+  """GroupNorm (Wu & He 2018): per example, per group of C/G channels, over all non-batch axes."""
+  del train
+  channels = x.shape[-1]
+  if channels % num_groups:
+    raise ValueError(f"groupnorm num_groups={num_groups} does not divide the {channels} channels; "
+                     f"use a divisor of {channels} (or set group_size)")
+  grouped = x.reshape(*x.shape[:-1], num_groups, channels // num_groups)
+  group_mask = None if mask is None else jnp.asarray(mask, bool)[..., None]
+  mean, var = moments(grouped, tuple(range(1, grouped.ndim)), group_mask)
+  y = (grouped.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + epsilon)
+  return apply_affine(y.reshape(x.shape), params).astype(x.dtype), state
+
+
+def instance_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6):
+  """InstanceNorm (Ulyanov et al. 2016): per example and channel over the spatial/time axes."""
+  del train
+  if x.ndim < 3:
+    raise ValueError(f"instancenorm needs (batch, spatial..., C) input with at least one spatial "
+                     f"or time axis; got shape {x.shape}")
+  mean, var = moments(x, tuple(range(1, x.ndim - 1)), mask)
+  return normalize(x, mean, var, params, epsilon), state
+
+
+def identity(x, params=None, state=None, *, train=False, mask=None):
+  """No normalization: y = x."""
+  del params, train, mask
+  return x, state
+
+
+# ----------------------------------------------------------------------------- NNX modules
+class AffineNorm(nnx.Module):
+  """Base for norms with optional per-channel ``scale`` (init 1) and ``bias`` (init 0), float32."""
+
+  def __init__(self, num_features: int, *, use_scale: bool = True, use_bias: bool = True):
+    self.num_features = num_features
+    ones, zeros = jnp.ones((num_features,), jnp.float32), jnp.zeros((num_features,), jnp.float32)
+    self.scale = nnx.Param(ones) if use_scale else nnx.data(None)
+    self.bias = nnx.Param(zeros) if use_bias else nnx.data(None)
+
+  def params(self) -> Params:
+    """The affine parameters as the dict the pure functions take."""
+    return {name: var[...] for name, var in (("scale", self.scale), ("bias", self.bias))
+            if var is not None}
+
+  def _check_features(self, x):
+    if x.shape[-1] != self.num_features:
+      raise ValueError(f"{type(self).__name__} built for num_features={self.num_features} got "
+                       f"input with {x.shape[-1]} channels (shape {x.shape}); channels go last")
+
+
+@register("layernorm")
+class LayerNorm(AffineNorm):
+  """LayerNorm module over the last axis; see ``layer_norm``."""
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
+               use_bias: bool = True, rngs: nnx.Rngs | None = None):
+    del rngs  # deterministic init
+    _check_positive("epsilon", epsilon)
+    super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
+    self.epsilon = epsilon
+
+  def __call__(self, x, mask=None):
+    self._check_features(x)
+    return layer_norm(x, self.params(), epsilon=self.epsilon)[0]
+
+
+@register("rmsnorm")
+class RMSNorm(AffineNorm):
+  """RMSNorm module (scale only, as flax); see ``rms_norm``."""
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
+               rngs: nnx.Rngs | None = None):
+    del rngs
+    _check_positive("epsilon", epsilon)
+    super().__init__(num_features, use_scale=use_scale, use_bias=False)
+    self.epsilon = epsilon
+
+  def __call__(self, x, mask=None):
+    self._check_features(x)
+    return rms_norm(x, self.params(), epsilon=self.epsilon)[0]
+
+
+@register("batchnorm")
+class BatchNorm(AffineNorm):
+  """BatchNorm module; running ``mean``/``var`` are ``nnx.BatchStat`` (init 0 and 1, float32).
+
+  ``use_running_average=False`` (training) normalizes with batch statistics and updates the
+  running ones in place; ``model.eval()`` (or ``nnx.view(m, use_running_average=True)``) switches
+  to the running statistics. See ``batch_norm``.
+  """
+  uses_batch_statistics = True
+
+  def __init__(self, num_features: int, *, momentum: float = 0.99, epsilon: float = 1e-5,
+               use_scale: bool = True, use_bias: bool = True, use_running_average: bool = False,
+               rngs: nnx.Rngs | None = None):
+    del rngs
+    _check_positive("epsilon", epsilon)
+    if not 0.0 <= momentum <= 1.0:
+      raise ValueError(f"batchnorm momentum={momentum!r}: must be in [0, 1] (weight on the old "
+                       f"running value; PyTorch's momentum=0.1 is 0.9 here)")
+    super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
+    self.momentum, self.epsilon = momentum, epsilon
+    self.use_running_average = use_running_average
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+  def set_view(self, use_running_average: bool | None = None):
+    """Hook for ``nnx.view``."""
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+  def __call__(self, x, mask=None):
+    self._check_features(x)
+    train = not self.use_running_average
+    state = {"mean": self.mean[...], "var": self.var[...]}
+    y, new_state = batch_norm(x, self.params(), state, train=train, mask=mask,
+                              momentum=self.momentum, epsilon=self.epsilon)
+    if train:
+      self.mean[...], self.var[...] = new_state["mean"], new_state["var"]
+    return y
+
+
+@register("groupnorm")
+class GroupNorm(AffineNorm):
+  """GroupNorm module with per-channel affine; ``group_size``, when given, sets the group count."""
+
+  def __init__(self, num_features: int, *, num_groups: int = 32, group_size: int | None = None,
+               epsilon: float = 1e-6, use_scale: bool = True, use_bias: bool = True,
+               rngs: nnx.Rngs | None = None):
+    del rngs
+    _check_positive("epsilon", epsilon)
+    if group_size is not None:
+      if group_size <= 0 or num_features % group_size:
+        raise ValueError(f"groupnorm group_size={group_size!r} must be a positive divisor of "
+                         f"num_features={num_features}")
+      num_groups = num_features // group_size
+    if num_groups <= 0 or num_features % num_groups:
+      divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
+      raise ValueError(f"groupnorm num_groups={num_groups!r} must divide num_features="
+                       f"{num_features}; valid: {divisors}")
+    super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
+    self.num_groups, self.epsilon = num_groups, epsilon
+
+  def __call__(self, x, mask=None):
+    self._check_features(x)
+    return group_norm(x, self.params(), mask=mask, num_groups=self.num_groups,
+                      epsilon=self.epsilon)[0]
+
+
+@register("instancenorm")
+class InstanceNorm(AffineNorm):
+  """InstanceNorm module with per-channel affine; see ``instance_norm``."""
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
+               use_bias: bool = True, rngs: nnx.Rngs | None = None):
+    del rngs
+    _check_positive("epsilon", epsilon)
+    super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
+    self.epsilon = epsilon
+
+  def __call__(self, x, mask=None):
+    self._check_features(x)
+    return instance_norm(x, self.params(), mask=mask, epsilon=self.epsilon)[0]
+
+
+@register("none")
+class Identity(nnx.Module):
+  """No normalization (y = x); takes the norm constructor/call signature, has no variables."""
+
+  def __init__(self, num_features: int, *, rngs: nnx.Rngs | None = None):
+    del rngs
+    self.num_features = num_features
+
+  def __call__(self, x, mask=None):
+    return identity(x)[0]
+
+
+__all__ = [
+    "moments", "apply_affine", "normalize", "layer_norm", "rms_norm", "batch_norm", "group_norm",
+    "instance_norm", "identity", "AffineNorm", "LayerNorm", "RMSNorm", "BatchNorm",
+    "GroupNorm", "InstanceNorm", "Identity"]

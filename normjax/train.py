@@ -1,0 +1,247 @@
+r"""The normjax trainer: one config in, a trained model, metrics and checkpoints out.
+
+  python -m normjax.train --config configs/vit_layernorm.py[:ARG] \
+      [--config.key=value ...] [--workdir DIR]
+
+One readable ``main()`` in the spirit of big_vision's train.py: config -> mesh -> data ->
+model and optimizer -> state built on device (``jax.eval_shape`` + ``jax.jit(...,
+out_shardings=...)``) -> jitted, donated update step -> loop with eval, checkpoints and
+metrics. Research variants fork a config, not this file.
+
+Workdir layout: ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON object per
+logged step), ``tb/`` (TensorBoard events), ``checkpoints/`` (orbax: train state + data
+iterator). A run restarted with the same workdir resumes from its latest checkpoint.
+
+Multi-host: launch the same command on every host. ``jax.distributed.initialize()`` is
+called when ``--num_processes`` > 1 (with ``--coordinator_address``/``--process_id``) or
+when the environment describes a cluster (TPU pod, SLURM, ``JAX_COORDINATOR_ADDRESS``).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import time
+
+from absl import app, flags
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from ml_collections import config_flags
+
+from normjax import data as nj_data
+from normjax import metrics_io, sharding
+from normjax.config_check import check_config, model_kwargs
+from normjax.models import MODELS
+from normjax.optim.build import make_optimizer
+from normjax.state import ModelDef, split
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:arg].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (default: ./workdirs/<config name>).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def _maybe_initialize_distributed():
+  """Initializes jax.distributed for multi-process runs; a no-op for a single process."""
+  if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1:
+    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")):
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # a single-host TPU VM or one SLURM task
+      print(f"jax.distributed not initialized ({e}); running single-process", file=sys.stderr)
+
+
+def loss_and_metrics(logits, batch, task):
+  """Mean loss over (masked) examples, and summed metrics for exact evaluation."""
+  mask = batch.get("mask")
+  if task == "classification":
+    per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  else:  # language model: per-token loss, averaged per window
+    per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(-1)
+    correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32).mean(-1)
+  weight = jnp.ones_like(per_ex) if mask is None else mask.astype(jnp.float32)
+  sums = {"loss": (per_ex * weight).sum(), "accuracy": (correct * weight).sum(), "count": weight.sum()}
+  return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/vit_layernorm.py")
+
+  # ------------------------------------------------------------------- set-up
+  _maybe_initialize_distributed()
+  info = nj_data.get_info(config.data)
+  total_steps = check_config(config, info)  # fails fast, before anything compiles
+  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(_CONFIG)))[0]
+  workdir = _WORKDIR.value or os.path.join("workdirs", name)
+  is_main = jax.process_index() == 0
+  writer = metrics_io.MetricWriter(workdir, enabled=is_main)
+  writer.write_config(config)
+
+  # --------------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.get("mesh", {}))
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  # --------------------------------------------------------------------- data
+  train_iter = nj_data.train_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  def to_device(batch):
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch)
+
+  # ------------------------------------------------------- model and optimizer
+  kwargs = model_kwargs(config.model, info)
+  make = functools.partial(MODELS.get(config.model.name), **kwargs)
+  model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
+  tx, schedule = make_optimizer(config, total_steps)
+
+  # --------------------------------------------------------- state on device
+  def init_state(key):
+    params, model_state = split(make(rngs=nnx.Rngs(key)))
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "model_state": model_state, "opt_state": tx.init(params)}
+  init_key = jax.random.key(config.seed)
+  abstract_state = jax.eval_shape(init_state, init_key)
+  state_sharding = sharding.state_sharding(abstract_state, mesh, config.get("sharding", "data"))
+  with jax.set_mesh(mesh):
+    state = jax.jit(init_state, out_shardings=state_sharding)(init_key)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  print(f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters; "
+        f"{jax.device_count()} devices, mesh {dict(mesh.shape)}", flush=True)
+
+  # -------------------------------------------------------------- update step
+  def train_step(state, batch):
+    def loss_fn(params):
+      model = model_def.merge(params, state["model_state"], train=True)
+      logits = model(batch["image"] if info.task == "classification" else batch["inputs"])
+      loss, sums = loss_and_metrics(logits, batch, info.task)
+      return loss, (split(model)[1], sums)
+    (loss, (model_state, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "model_state": model_state, "opt_state": opt_state}
+    metrics = {"loss": loss, "accuracy": sums["accuracy"] / sums["count"],
+               "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    return new_state, metrics
+
+  def eval_step(state, batch):
+    model = model_def.merge(state["params"], state["model_state"], train=False)
+    logits = model(batch["image"] if info.task == "classification" else batch["inputs"])
+    return loss_and_metrics(logits, batch, info.task)[1]
+
+  with jax.set_mesh(mesh):
+    train_step = jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sharding, None))
+    eval_step = jax.jit(eval_step)
+
+  def evaluate(state):
+    totals = {"loss": 0.0, "accuracy": 0.0, "count": 0.0}
+    for batch in nj_data.eval_iterator(config.data, global_batch_size=config.get("eval_batch_size", config.batch_size),
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count()):
+      with jax.set_mesh(mesh):
+        sums = jax.device_get(eval_step(state, to_device(batch)))
+      totals = {k: totals[k] + float(sums[k]) for k in totals}
+    out = {"eval_loss": totals["loss"] / totals["count"],
+           "eval_accuracy": totals["accuracy"] / totals["count"]}
+    if info.task == "lm":
+      out["eval_perplexity"] = float(np.exp(out["eval_loss"]))
+    return out
+
+  # ------------------------------------------------------- checkpoint restore
+  manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every,
+          enable_async_checkpointing=True, create=True))
+  start = manager.latest_step() or 0
+  if start:
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state, state_sharding)),
+        data=grain.checkpoint.CheckpointRestore(train_iter)))
+    state = restored.state
+    print(f"resumed from {manager.directory} at step {start}", flush=True)
+
+  def save(step, state, force=False):
+    manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+
+  # ------------------------------------------------------------------ loop
+  stop = {"signal": None}
+  signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  progress = metrics_io.Progress(total_steps, start, config.batch_size, enabled=is_main)
+  pending = None  # (step, metrics) of the previous step: read one step late, no stall
+  def check(step, metrics):
+    metrics = jax.device_get(metrics)
+    if not np.isfinite(metrics["loss"]):
+      raise NonFiniteLoss(
+          f"non-finite loss {metrics['loss']} at step {step}; stopping. The last good "
+          f"checkpoint is step {manager.latest_step()} in {manager.directory}.")
+    progress.update(step, metrics)
+    if step % config.log_every == 0 or step == total_steps:
+      writer.write(step, {**metrics, **progress.rates()})
+
+  try:
+    for step in range(start + 1, total_steps + 1):
+      with jax.set_mesh(mesh):
+        state, metrics = train_step(state, to_device(next(train_iter)))
+      if pending:
+        check(*pending)
+      pending = (step, metrics)
+      if manager.should_save(step) or stop["signal"]:
+        check(*pending)  # never checkpoint a state produced by a non-finite step
+        pending = None
+        save(step, state, force=bool(stop["signal"]))
+      if stop["signal"]:
+        manager.wait_until_finished()
+        print(f"\nsignal {stop['signal']} received: checkpoint written at step {step}; exiting.",
+              flush=True)
+        return
+      if config.eval_every and step % config.eval_every == 0 and step != total_steps:
+        writer.write(step, evaluate(state))
+    if pending:
+      check(*pending)
+  except NonFiniteLoss as e:
+    manager.wait_until_finished()
+    progress.close()
+    raise SystemExit(f"normjax.train: {e}") from None
+  progress.close()
+  if manager.latest_step() != total_steps:
+    save(total_steps, state, force=True)
+  manager.wait_until_finished()
+
+  # ----------------------------------------------------------- final evaluation
+  final = evaluate(state)
+  writer.write(total_steps, final)
+  writer.close()
+  if info.task == "classification":
+    print(f"final {info.eval_split} accuracy: {final['eval_accuracy']:.4f} "
+          f"(loss {final['eval_loss']:.4f})", flush=True)
+  else:
+    print(f"final {info.eval_split} loss: {final['eval_loss']:.4f} nats/token "
+          f"(perplexity {final['eval_perplexity']:.3f}); unigram entropy of the corpus: "
+          f"{info.unigram_entropy:.4f} nats/token", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
