@@ -80,18 +80,11 @@ def loss_and_metrics(logits, batch, task):
   return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/vit_layernorm.py")
-
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns final metrics."""
   # ------------------------------------------------------------------- set-up
-  _maybe_initialize_distributed()
   info = nj_data.get_info(config.data)
   total_steps = check_config(config, info)  # fails fast, before anything compiles
-  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(_CONFIG)))[0]
-  workdir = _WORKDIR.value or os.path.join("workdirs", name)
   is_main = jax.process_index() == 0
   writer = metrics_io.MetricWriter(workdir, enabled=is_main)
   writer.write_config(config)
@@ -182,13 +175,20 @@ def main(argv):
     state = restored.state
     print(f"resumed from {manager.directory} at step {start}", flush=True)
 
+  all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
+      [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
+
   def save(step, state, force=False):
+    if not bool(all_finite(state["params"])):
+      raise NonFiniteLoss(
+          f"non-finite parameters after step {step}; stopping without saving them. The last "
+          f"good checkpoint is step {manager.latest_step()} in {manager.directory}.")
     manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
 
   # ------------------------------------------------------------------ loop
   stop = {"signal": None}
-  signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   progress = metrics_io.Progress(total_steps, start, config.batch_size, enabled=is_main)
   pending = None  # (step, metrics) of the previous step: read one step late, no stall
   def check(step, metrics):
@@ -216,15 +216,19 @@ def main(argv):
         manager.wait_until_finished()
         print(f"\nsignal {stop['signal']} received: checkpoint written at step {step}; exiting.",
               flush=True)
-        return
+        writer.close()
+        return {"preempted_at_step": step}
       if config.eval_every and step % config.eval_every == 0 and step != total_steps:
         writer.write(step, evaluate(state))
     if pending:
       check(*pending)
-  except NonFiniteLoss as e:
+  except NonFiniteLoss:
     manager.wait_until_finished()
     progress.close()
-    raise SystemExit(f"normjax.train: {e}") from None
+    writer.close()
+    raise
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
   progress.close()
   if manager.latest_step() != total_steps:
     save(total_steps, state, force=True)
@@ -241,6 +245,20 @@ def main(argv):
     print(f"final {info.eval_split} loss: {final['eval_loss']:.4f} nats/token "
           f"(perplexity {final['eval_perplexity']:.3f}); unigram entropy of the corpus: "
           f"{info.unigram_entropy:.4f} nats/token", flush=True)
+  return final
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/vit_layernorm.py")
+  _maybe_initialize_distributed()
+  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(_CONFIG)))[0]
+  try:
+    train_and_evaluate(config, _WORKDIR.value or os.path.join("workdirs", name))
+  except (NonFiniteLoss, ValueError, KeyError, FileNotFoundError) as e:
+    raise SystemExit(f"normjax.train: {e}") from None
 
 
 if __name__ == "__main__":
