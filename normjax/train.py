@@ -80,6 +80,40 @@ def loss_and_metrics(logits, batch, task):
   return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
 
+def make_init(make, tx):
+  """``init_state(key)``: a freshly initialized model and optimizer as one pytree."""
+  def init_state(key):
+    params, model_state = split(make(rngs=nnx.Rngs(key)))
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "model_state": model_state, "opt_state": tx.init(params)}
+  return init_state
+
+
+def make_steps(model_def: ModelDef, tx, schedule, task: str):
+  """The (un-jitted) ``train_step(state, batch)`` and ``eval_step(state, batch)``."""
+  def inputs(batch):
+    return batch["image"] if task == "classification" else batch["inputs"]
+
+  def train_step(state, batch):
+    def loss_fn(params):
+      model = model_def.merge(params, state["model_state"], train=True)
+      loss, sums = loss_and_metrics(model(inputs(batch)), batch, task)
+      return loss, (split(model)[1], sums)
+    (loss, (model_state, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "model_state": model_state, "opt_state": opt_state}
+    metrics = {"loss": loss, "accuracy": sums["accuracy"] / sums["count"],
+               "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    return new_state, metrics
+
+  def eval_step(state, batch):
+    model = model_def.merge(state["params"], state["model_state"], train=False)
+    return loss_and_metrics(model(inputs(batch)), batch, task)[1]
+
+  return train_step, eval_step
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns final metrics."""
   # ------------------------------------------------------------------- set-up
@@ -108,10 +142,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx, schedule = make_optimizer(config, total_steps)
 
   # --------------------------------------------------------- state on device
-  def init_state(key):
-    params, model_state = split(make(rngs=nnx.Rngs(key)))
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "model_state": model_state, "opt_state": tx.init(params)}
+  init_state = make_init(make, tx)
   init_key = jax.random.key(config.seed)
   abstract_state = jax.eval_shape(init_state, init_key)
   state_sharding = sharding.state_sharding(abstract_state, mesh, config.get("sharding", "data"))
@@ -122,34 +153,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f"{jax.device_count()} devices, mesh {dict(mesh.shape)}", flush=True)
 
   # -------------------------------------------------------------- update step
-  def train_step(state, batch):
-    def loss_fn(params):
-      model = model_def.merge(params, state["model_state"], train=True)
-      logits = model(batch["image"] if info.task == "classification" else batch["inputs"])
-      loss, sums = loss_and_metrics(logits, batch, info.task)
-      return loss, (split(model)[1], sums)
-    (loss, (model_state, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "model_state": model_state, "opt_state": opt_state}
-    metrics = {"loss": loss, "accuracy": sums["accuracy"] / sums["count"],
-               "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
-    return new_state, metrics
-
-  def eval_step(state, batch):
-    model = model_def.merge(state["params"], state["model_state"], train=False)
-    logits = model(batch["image"] if info.task == "classification" else batch["inputs"])
-    return loss_and_metrics(logits, batch, info.task)[1]
-
+  train_step, eval_step = make_steps(model_def, tx, schedule, info.task)
   with jax.set_mesh(mesh):
     train_step = jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sharding, None))
     eval_step = jax.jit(eval_step)
 
   def evaluate(state):
     totals = {"loss": 0.0, "accuracy": 0.0, "count": 0.0}
-    for batch in nj_data.eval_iterator(config.data, global_batch_size=config.get("eval_batch_size", config.batch_size),
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
+    batches = nj_data.eval_iterator(
+        config.data, global_batch_size=config.get("eval_batch_size", config.batch_size),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    for batch in batches:
       with jax.set_mesh(mesh):
         sums = jax.device_get(eval_step(state, to_device(batch)))
       totals = {k: totals[k] + float(sums[k]) for k in totals}
