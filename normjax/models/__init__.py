@@ -1,0 +1,59 @@
+"""Models resolved by name: ``vit``, ``resnet``, ``gpt2`` (Flax NNX).
+
+Contract (what the trainer relies on):
+
+* factory: ``MODELS.get(name)(*, rngs, **kwargs)`` with ``kwargs`` = ``config.model`` minus
+  ``name``; ``make_model`` is the short form and checks the keyword names first.
+* every model takes ``norm`` (a name in ``normjax.norms.NORMS``), ``norm_kwargs`` and ``dtype``
+  ('float32' or 'bfloat16': the activation/compute dtype; parameters are always float32).
+* ``model(inputs)`` -> logits; ``model.train()`` / ``model.eval()`` switch dropout and
+  batch-statistics norms (eval is deterministic).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Iterable
+
+import jax.numpy as jnp
+from flax import nnx
+
+from normjax.registry import Registry
+
+MODELS = Registry("model", "model.name", lazy_modules=(
+    "normjax.models.vit", "normjax.models.resnet", "normjax.models.gpt2"))
+register = MODELS.register
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def make_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+  """Builds the model registered as ``name``; unknown keyword names raise a ValueError."""
+  factory = MODELS.get(name)
+  try:
+    inspect.signature(factory).bind(rngs=rngs, **kwargs)
+  except TypeError as e:
+    accepted = [p for p in inspect.signature(factory).parameters if p != "rngs"]
+    raise ValueError(f"config.model for model.name={name!r}: {e}; accepted keys: "
+                     f"{', '.join(accepted)}") from None
+  return factory(rngs=rngs, **kwargs)
+
+
+def check_choice(argument: str, value: Any, choices: Iterable[Any]) -> Any:
+  """Returns ``value`` if it is one of ``choices``, else a ValueError naming all three."""
+  choices = list(choices)
+  if value not in choices:
+    raise ValueError(f"model argument {argument}={value!r}: valid choices are "
+                     f"{', '.join(repr(c) for c in choices)}")
+  return value
+
+
+def compute_dtype(dtype: str):
+  """The jnp dtype for the ``dtype`` model argument ('float32' or 'bfloat16')."""
+  name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  return COMPUTE_DTYPES[check_choice("dtype", name, COMPUTE_DTYPES)]
+
+
+def check_divisible(argument: str, value: int, by_argument: str, by: int):
+  if by <= 0 or value % by:
+    raise ValueError(f"model argument {argument}={value} must be divisible by "
+                     f"{by_argument}={by}")

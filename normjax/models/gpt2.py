@@ -1,0 +1,83 @@
+"""GPT-2 (Radford et al. 2019) as in karpathy/nanoGPT:model.py, in Flax NNX.
+
+tokens (B, T) -> token + learned position embeddings -> [dropout] -> depth x causal transformer
+block -> final norm (pre placement) -> logits = h @ wte^T (head tied to the token embedding),
+returned in float32.
+
+Init (nanoGPT ``_init_weights``): every linear kernel and both embeddings ~ N(0, 0.02), biases
+0, and the two projections that write into the residual stream (attention ``proj``, MLP ``fc2``)
+~ N(0, 0.02 / sqrt(2 * depth)). GPT-2 small (vocab 50257, max_len 1024, width 768, depth 12,
+12 heads) has 124,439,808 parameters. Differences from nanoGPT: no dropout on the attention
+probabilities (``jax.nn.dot_product_attention`` has none), the tanh-approximate GELU of the
+original GPT-2 (nanoGPT uses the exact one), and any registered norm / placement.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from normjax.models import compute_dtype, register
+from normjax.models.transformer import LinearInits, Transformer
+
+
+def _embedded_sharding(tokens: jax.Array) -> jax.sharding.PartitionSpec | None:
+  """Sharding of the looked-up embeddings: the tokens' own, when they carry one.
+
+  Under an explicit-sharding mesh (``jax.set_mesh``) a gather needs its output sharding
+  spelled out; elsewhere the spec is all None and the plain lookup is used.
+  """
+  spec = jax.typeof(tokens).sharding.spec
+  if all(axis is None for axis in spec):
+    return None
+  return jax.sharding.PartitionSpec(*spec, None)
+
+
+@register("gpt2")
+class GPT2(nnx.Module):
+  """Decoder-only causal language model.
+
+  Args:
+    vocab_size: number of token ids.
+    max_len: longest sequence (rows of the position embedding).
+    width: model width; depth: number of blocks; num_heads: attention heads.
+    mlp_ratio: MLP hidden width = mlp_ratio * width.
+    placement: norm placement in the blocks (``normjax.models.transformer.PLACEMENTS``).
+    dropout: rate on the embeddings and on each residual branch's output.
+    norm: a name in ``normjax.norms.NORMS``; norm_kwargs: its keyword arguments.
+    dtype: 'float32' or 'bfloat16' activations (parameters stay float32).
+    embedding_norm: also normalize the summed embeddings before the first block.
+    rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
+  """
+
+  def __init__(self, *, vocab_size: int, max_len: int, width: int, depth: int,
+               num_heads: int, mlp_ratio: int = 4, placement: str = "pre",
+               dropout: float = 0.0, norm: str = "layernorm", norm_kwargs: dict | None = None,
+               dtype: str = "float32", embedding_norm: bool = False, rngs: nnx.Rngs):
+    self.dtype = compute_dtype(dtype)
+    self.max_len = max_len
+    normal = nnx.initializers.normal(0.02)
+    residual_normal = nnx.initializers.normal(0.02 / math.sqrt(2 * depth))
+    inits = LinearInits(qkv_kernel=normal, attn_out_kernel=residual_normal,
+                        mlp_hidden_kernel=normal, mlp_out_kernel=residual_normal)
+    self.token_embedding = nnx.Embed(vocab_size, width, embedding_init=normal, dtype=self.dtype,
+                                     rngs=rngs)
+    self.position_embedding = nnx.Embed(max_len, width, embedding_init=normal,
+                                        dtype=self.dtype, rngs=rngs)
+    self.transformer = Transformer(
+        depth=depth, width=width, num_heads=num_heads, mlp_dim=mlp_ratio * width, norm=norm,
+        norm_kwargs=norm_kwargs, placement=placement, causal=True, dropout=dropout,
+        inits=inits, dtype=self.dtype, embedding_norm=embedding_norm, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """int tokens (B, T) -> float32 logits (B, T, vocab_size)."""
+    length = tokens.shape[-1]
+    if length > self.max_len:
+      raise ValueError(f"sequence length {length} exceeds the model's max_len={self.max_len}")
+    x = (self.token_embedding(tokens, out_sharding=_embedded_sharding(tokens))
+         + self.position_embedding(jnp.arange(length)))
+    h = self.transformer(x)
+    wte = self.token_embedding.embedding[...].astype(h.dtype)
+    return jnp.einsum("btc,vc->btv", h, wte, preferred_element_type=jnp.float32)

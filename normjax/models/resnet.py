@@ -1,0 +1,201 @@
+"""ResNet (He et al. 2016) v1.5 in Flax NNX, laid out as torchvision's resnet.py.
+
+stem -> stages of residual blocks (the first block of stages 2.. downsamples by 2, on its 3x3
+conv) -> global average pool -> linear head.
+
+* stem 'imagenet': 7x7 stride-2 conv, norm + ReLU, 3x3 stride-2 max pool (padding 1);
+  stem 'cifar': 3x3 stride-1 conv, norm + ReLU, no pooling.
+* blocks: 'basic' (two 3x3 convs) or 'bottleneck' (1x1, 3x3, 1x1 with 4x expansion); the
+  shortcut is a 1x1 conv + norm (no activation) when the shape changes, else the identity;
+  ReLU after the residual add.
+* every norm is a ``NormAct`` (norm then ReLU, or one layer that fuses its own activation);
+  convs have no bias and He (fan-out, normal) init as torchvision; with
+  ``zero_init_residual`` the last norm of each block starts with scale 0 (Goyal et al. 2017),
+  so every block starts as the identity.
+* padding k // 2 on every conv, as torchvision (not 'SAME'), so strided layers align the same.
+
+ResNet-50 = stage_sizes (3, 4, 6, 3), 'bottleneck', width 64, 'imagenet' stem: 25,557,032
+parameters with 1000 classes. ResNet-18 = (2, 2, 2, 2), 'basic'.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from normjax.models import check_choice, compute_dtype, register
+from normjax.norms import NORMS, make_norm
+
+STEMS = ("cifar", "imagenet")
+HE_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+ConvFactory = Callable[..., nnx.Module]        # (in, out, kernel_size, *, strides=1)
+NormActFactory = Callable[..., nnx.Module]     # (features, *, apply_act, zero_init_scale)
+
+
+def conv_layer(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
+               dtype, rngs: nnx.Rngs) -> nnx.Conv:
+  """Bias-free square conv with torchvision padding (k // 2 on each side) and He init."""
+  pad = kernel_size // 2
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size),
+                  strides=(strides, strides), padding=((pad, pad), (pad, pad)), use_bias=False,
+                  kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
+
+
+CONVS = {"standard": conv_layer}
+
+
+class NormAct(nnx.Module):
+  """A norm followed by ReLU (``apply_act``), as one unit.
+
+  A norm class with ``fuses_activation = True`` (EvoNorm) is built with ``apply_act`` and
+  applies its own nonlinearity; nothing is added after it. ``zero_init_scale`` sets the
+  norm's ``scale`` parameter, if it has one, to 0.
+  """
+
+  def __init__(self, num_features: int, *, norm: str, norm_kwargs: dict,
+               apply_act: bool = True, zero_init_scale: bool = False, rngs: nnx.Rngs):
+    if getattr(NORMS.get(norm), "fuses_activation", False):
+      self.norm = make_norm(norm, num_features, rngs=rngs, apply_act=apply_act, **norm_kwargs)
+      self.apply_relu = False
+    else:
+      self.norm = make_norm(norm, num_features, rngs=rngs, **norm_kwargs)
+      self.apply_relu = apply_act
+    scale = getattr(self.norm, "scale", None)
+    if zero_init_scale and isinstance(scale, nnx.Param):
+      scale[...] = jnp.zeros_like(scale[...])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.norm(x)
+    return jax.nn.relu(y) if self.apply_relu else y
+
+
+class ProjectionShortcut(nnx.Module):
+  """1x1 (strided) conv + norm without activation, for a block whose shape changes."""
+
+  def __init__(self, in_features: int, out_features: int, *, strides: int,
+               conv: ConvFactory, norm_act: NormActFactory):
+    self.conv = conv(in_features, out_features, 1, strides=strides)
+    self.norm_act = norm_act(out_features, apply_act=False)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.norm_act(self.conv(x))
+
+
+def make_shortcut(in_features, out_features, *, strides, conv, norm_act):
+  """A ``ProjectionShortcut`` when the shape changes, else None (identity)."""
+  if strides == 1 and in_features == out_features:
+    return None
+  return ProjectionShortcut(in_features, out_features, strides=strides, conv=conv,
+                            norm_act=norm_act)
+
+
+class BasicBlock(nnx.Module):
+  """relu(norm(conv3x3(relu(norm(conv3x3(x))))) + shortcut(x)); output width = features."""
+  expansion = 1
+
+  def __init__(self, in_features: int, features: int, *, strides: int, conv: ConvFactory,
+               norm_act: NormActFactory, zero_init_residual: bool):
+    self.conv1 = conv(in_features, features, 3, strides=strides)
+    self.norm_act1 = norm_act(features)
+    self.conv2 = conv(features, features, 3)
+    self.norm_act2 = norm_act(features, apply_act=False, zero_init_scale=zero_init_residual)
+    self.shortcut = make_shortcut(in_features, features, strides=strides, conv=conv,
+                                  norm_act=norm_act)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.norm_act1(self.conv1(x))
+    y = self.norm_act2(self.conv2(y))
+    return jax.nn.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class BottleneckBlock(nnx.Module):
+  """1x1 (reduce) -> 3x3 (strided) -> 1x1 (expand x4), each conv + NormAct, plus shortcut."""
+  expansion = 4
+
+  def __init__(self, in_features: int, features: int, *, strides: int, conv: ConvFactory,
+               norm_act: NormActFactory, zero_init_residual: bool):
+    out_features = features * self.expansion
+    self.conv1 = conv(in_features, features, 1)
+    self.norm_act1 = norm_act(features)
+    self.conv2 = conv(features, features, 3, strides=strides)
+    self.norm_act2 = norm_act(features)
+    self.conv3 = conv(features, out_features, 1)
+    self.norm_act3 = norm_act(out_features, apply_act=False, zero_init_scale=zero_init_residual)
+    self.shortcut = make_shortcut(in_features, out_features, strides=strides, conv=conv,
+                                  norm_act=norm_act)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.norm_act1(self.conv1(x))
+    y = self.norm_act2(self.conv2(y))
+    y = self.norm_act3(self.conv3(y))
+    return jax.nn.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+
+
+@register("resnet")
+class ResNet(nnx.Module):
+  """ResNet classifier on channels-last images.
+
+  Args:
+    num_classes: logits per image; in_channels: image channels.
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for ResNet-50.
+    block: a key of ``BLOCKS`` ('basic' or 'bottleneck').
+    width: channels of the stem and first stage (doubled per stage).
+    stem: 'cifar' (3x3 stride 1, no pool) or 'imagenet' (7x7 stride 2 + 3x3 max pool).
+    norm: a name in ``normjax.norms.NORMS``; norm_kwargs: its keyword arguments.
+    zero_init_residual: start each block's last norm scale at 0.
+    dtype: 'float32' or 'bfloat16' activations (parameters stay float32).
+    conv: a key of ``CONVS``: the conv layer factory (in, out, kernel_size, *, strides, dtype,
+      rngs) used everywhere ('standard' = ``conv_layer``).
+    rngs: ``nnx.Rngs`` for parameters.
+  """
+
+  def __init__(self, *, num_classes: int, in_channels: int = 3,
+               stage_sizes: Sequence[int] = (2, 2, 2, 2), block: str = "basic",
+               width: int = 64, stem: str = "cifar", norm: str = "batchnorm",
+               norm_kwargs: dict | None = None, zero_init_residual: bool = True,
+               dtype: str = "float32", conv: str = "standard", rngs: nnx.Rngs):
+    block_class = BLOCKS[check_choice("block", block, BLOCKS)]
+    conv_factory = CONVS[check_choice("conv", conv, CONVS)]
+    check_choice("stem", stem, STEMS)
+    if not stage_sizes or any(int(n) < 1 for n in stage_sizes):
+      raise ValueError(f"model argument stage_sizes={stage_sizes!r}: needs one or more "
+                       f"positive block counts, e.g. (2, 2, 2, 2)")
+    if width < 1:
+      raise ValueError(f"model argument width={width!r}: must be a positive channel count")
+    norm_kwargs = dict(norm_kwargs or {})
+    self.dtype = compute_dtype(dtype)
+    self.stem_max_pool = stem == "imagenet"
+    make_conv = functools.partial(conv_factory, dtype=self.dtype, rngs=rngs)
+    norm_act = functools.partial(NormAct, norm=norm, norm_kwargs=norm_kwargs, rngs=rngs)
+    self.stem_conv = make_conv(in_channels, width, 7 if stem == "imagenet" else 3,
+                               strides=2 if stem == "imagenet" else 1)
+    self.stem_norm_act = norm_act(width)
+    stages, in_features = [], width
+    for stage, num_blocks in enumerate(stage_sizes):
+      features, blocks = width * 2 ** stage, []
+      for index in range(int(num_blocks)):
+        blocks.append(block_class(
+            in_features, features, strides=2 if stage > 0 and index == 0 else 1,
+            conv=make_conv, norm_act=norm_act, zero_init_residual=zero_init_residual))
+        in_features = features * block_class.expansion
+      stages.append(nnx.List(blocks))
+    self.stages = nnx.List(stages)
+    self.head = nnx.Linear(in_features, num_classes, dtype=self.dtype, rngs=rngs)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """float images (B, H, W, C) -> float32 logits (B, num_classes)."""
+    x = self.stem_norm_act(self.stem_conv(images.astype(self.dtype)))
+    if self.stem_max_pool:
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage in self.stages:
+      for block in stage:
+        x = block(x)
+    return self.head(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
