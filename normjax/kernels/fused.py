@@ -1,0 +1,207 @@
+"""LayerNorm / RMSNorm as ``jax.custom_vjp`` with a hand-fused backward.
+
+One custom_vjp per norm, shared by every fast path: a ``NormKernels`` bundle
+supplies the row-wise forward (which also returns the per-row statistics) and the
+backward. This file holds that machinery and the XLA form used on CPU; the Pallas
+bundle lives in ``pallas_norm.py``.
+
+Forward residuals are only ``x``, ``scale`` and the float32 per-row ``mean`` and
+``rstd = 1/sqrt(var + eps)`` (RMSNorm: ``rstd`` alone). With ``xhat = (x - mean) *
+rstd``, ``g = dy * scale`` and D the feature size, the backward of LayerNorm is
+
+  dx     = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
+  dscale = sum_rows(dy * xhat)
+  dbias  = sum_rows(dy)
+
+and of RMSNorm (``xhat = x * rstd``)
+
+  dx     = rstd * (g - xhat * mean_j(g * xhat))
+  dscale = sum_rows(dy * xhat)
+
+(the standard result, e.g. Apex apex/normalization/csrc/layer_norm_cuda_kernel.cu,
+jax-ml/jax:jax/experimental/pallas/ops/gpu/layer_norm.py).
+
+The XLA form is written for XLA:CPU, where a full-size elementwise pass costs
+about as much as reading the array from memory, broadcasts of a per-row vector
+are expensive inside fusions, and matrix-vector products (dots) are fast. So the
+per-row and per-column sums are taken as dots, with dx expanded into per-row
+coefficients
+
+  dx = rstd * scale * dy + a * x + c,   a = -rstd^2 * q,   c = rstd^2 * q * mean - rstd * p
+  p  = mean_j(scale * dy),   q = rstd * (mean_j(scale * dy * x) - mean * p)
+
+and dscale = rstd^T (dy * x) - (mean * rstd)^T dy, dbias = 1^T dy. See
+``scripts/bench_kernels.py`` and benchmarks.md for the formulations measured.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+f32 = jnp.float32
+
+
+class NormKernels(NamedTuple):
+  """A forward/backward implementation of both norms on 2-D ``(rows, features)``.
+
+  layer_norm_forward(x, scale, bias | None, epsilon) -> (y, mean, rstd)
+  layer_norm_backward(x, scale, mean, rstd, dy, has_bias) -> (dx, dscale, dbias | None)
+  rms_norm_forward(x, scale, epsilon) -> (y, rstd)
+  rms_norm_backward(x, scale, rstd, dy) -> (dx, dscale)
+
+  ``mean`` and ``rstd`` are float32 of shape ``(rows,)``; ``dscale``/``dbias``
+  float32 of shape ``(features,)``; ``y`` and ``dx`` in ``x.dtype``.
+  """
+  name: str
+  layer_norm_forward: Callable
+  layer_norm_backward: Callable
+  rms_norm_forward: Callable
+  rms_norm_backward: Callable
+
+
+# ----------------------------------------------------------------------------
+# custom_vjp wrappers (2-D inputs; the public functions flatten leading axes)
+# ----------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def layer_norm_2d(x, scale, bias, epsilon: float, kernels: NormKernels, bias_dtype):
+  """LayerNorm of 2-D ``x`` whose VJP is ``kernels.layer_norm_backward``.
+
+  ``bias_dtype`` is ``None`` when ``bias`` is None, else ``bias.dtype`` (static:
+  it fixes the structure and dtype of the bias cotangent).
+  """
+  del bias_dtype
+  y, _, _ = kernels.layer_norm_forward(x, scale, bias, epsilon)
+  return y
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon, kernels, bias_dtype):
+  del bias_dtype
+  y, mean, rstd = kernels.layer_norm_forward(x, scale, bias, epsilon)
+  return y, (x, scale, mean, rstd)
+
+
+def _layer_norm_bwd(epsilon, kernels, bias_dtype, residuals, dy):
+  del epsilon
+  x, scale, mean, rstd = residuals
+  dx, dscale, dbias = kernels.layer_norm_backward(
+      x, scale, mean, rstd, dy, bias_dtype is not None)
+  dx = dx.astype(x.dtype)
+  dscale = dscale.astype(scale.dtype)
+  dbias = None if bias_dtype is None else dbias.astype(bias_dtype)
+  return dx, dscale, dbias
+
+
+layer_norm_2d.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_norm_2d(x, scale, epsilon: float, kernels: NormKernels):
+  """RMSNorm of 2-D ``x`` whose VJP is ``kernels.rms_norm_backward``."""
+  y, _ = kernels.rms_norm_forward(x, scale, epsilon)
+  return y
+
+
+def _rms_norm_fwd(x, scale, epsilon, kernels):
+  y, rstd = kernels.rms_norm_forward(x, scale, epsilon)
+  return y, (x, scale, rstd)
+
+
+def _rms_norm_bwd(epsilon, kernels, residuals, dy):
+  del epsilon
+  x, scale, rstd = residuals
+  dx, dscale = kernels.rms_norm_backward(x, scale, rstd, dy)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+rms_norm_2d.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+# ----------------------------------------------------------------------------
+# XLA form (CPU)
+# ----------------------------------------------------------------------------
+def _matvec(a, v):
+  """``a @ v`` in float32 at full precision (a dot, which XLA:CPU runs fast)."""
+  return jnp.matmul(a, v, precision=jax.lax.Precision.HIGHEST,
+                    preferred_element_type=f32)
+
+
+def layer_norm_forward_xla(x, scale, bias, epsilon):
+  """Two-pass statistics, then ``y = x * (rstd scale) + (bias - mean rstd scale)``."""
+  xf = x.astype(f32)
+  scale = scale.astype(f32)
+  mean = jnp.mean(xf, axis=-1)
+  var = jnp.mean(jnp.square(xf - mean[:, None]), axis=-1)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  shift = -(mean * rstd)[:, None] * scale
+  if bias is not None:
+    shift = shift + bias.astype(f32)
+  y = xf * rstd[:, None] * scale + shift
+  return y.astype(x.dtype), mean, rstd
+
+
+def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias):
+  """dx, dscale, dbias from per-row and per-column dots (see module docstring)."""
+  n_features = x.shape[-1]
+  xf = x.astype(f32)
+  dyf = dy.astype(f32)
+  scale = scale.astype(f32)
+  dy_x = dyf * xf
+  p = _matvec(dyf, scale) / n_features
+  q = rstd * (_matvec(dy_x, scale) / n_features - mean * p)
+  a = -rstd * rstd * q
+  c = rstd * (rstd * q * mean - p)
+  dx = rstd[:, None] * dyf * scale + a[:, None] * xf + c[:, None]
+  # One (2, rows) @ (rows, features) dot gives both dy-weighted column sums.
+  weights = jnp.stack([-(mean * rstd), jnp.ones_like(rstd)])
+  column_sums = _matvec(weights, dyf)
+  dscale = _matvec(rstd, dy_x) + column_sums[0]
+  dbias = column_sums[1] if has_bias else None
+  return dx, dscale, dbias
+
+
+def rms_norm_forward_xla(x, scale, epsilon):
+  xf = x.astype(f32)
+  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1) + epsilon)
+  y = xf * rstd[:, None] * scale.astype(f32)
+  return y.astype(x.dtype), rstd
+
+
+def rms_norm_backward_xla(x, scale, rstd, dy):
+  """dx = rstd * scale * dy - rstd^3 mean_j(scale dy x) x; dscale = rstd^T (dy x)."""
+  n_features = x.shape[-1]
+  xf = x.astype(f32)
+  dyf = dy.astype(f32)
+  scale = scale.astype(f32)
+  dy_x = dyf * xf
+  q = rstd * rstd * rstd * _matvec(dy_x, scale) / n_features
+  dx = rstd[:, None] * dyf * scale - q[:, None] * xf
+  return dx, _matvec(rstd, dy_x)
+
+
+XLA_KERNELS = NormKernels(
+    name="fused",
+    layer_norm_forward=layer_norm_forward_xla,
+    layer_norm_backward=layer_norm_backward_xla,
+    rms_norm_forward=rms_norm_forward_xla,
+    rms_norm_backward=rms_norm_backward_xla,
+)
+
+
+def layer_norm(x, scale, bias=None, *, epsilon=1e-6, kernels: NormKernels = XLA_KERNELS):
+  """LayerNorm over the last axis of ``x`` through the custom_vjp of ``kernels``."""
+  shape = x.shape
+  x2d = x.reshape(-1, shape[-1])
+  bias_dtype = None if bias is None else np.dtype(bias.dtype)
+  y = layer_norm_2d(x2d, scale, bias, float(epsilon), kernels, bias_dtype)
+  return y.reshape(shape)
+
+
+def rms_norm(x, scale, *, epsilon=1e-6, kernels: NormKernels = XLA_KERNELS):
+  """RMSNorm over the last axis of ``x`` through the custom_vjp of ``kernels``."""
+  shape = x.shape
+  y = rms_norm_2d(x.reshape(-1, shape[-1]), scale, float(epsilon), kernels)
+  return y.reshape(shape)
