@@ -70,6 +70,12 @@ def is_norm_param(path) -> bool:
   return any("norm" in n.lower() for n in path_names(path)[:-1])
 
 
+def is_bias(path) -> bool:
+  """A leaf named ``bias`` (2-D for ``nnx.MultiHeadAttention``'s projections)."""
+  names = param_names(path)
+  return bool(names) and names[-1] == "bias"
+
+
 def _map(fn: Callable[[tuple[str, ...], Any], Any], params):
   """``fn(names, leaf)`` over the leaves of ``params``."""
   return jax.tree_util.tree_map_with_path(lambda p, x: fn(param_names(p), x), params)
@@ -79,11 +85,11 @@ def _map(fn: Callable[[tuple[str, ...], Any], Any], params):
 def decay_mask(params):
   """True where weight decay applies: every leaf with ndim >= 2 outside norm layers.
 
-  Skips biases, norm scales/biases (any parameter of a module whose attribute name
-  contains ``norm``) and other vectors such as gains.
+  Skips biases (also 2-D ones, named ``bias``), norm scales/biases (any parameter of a
+  module whose attribute name contains ``norm``) and other vectors such as gains.
   """
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: x.ndim >= 2 and not is_norm_param(p), params)
+      lambda p, x: x.ndim >= 2 and not is_norm_param(p) and not is_bias(p), params)
 
 
 @register("no_decay")
@@ -119,11 +125,12 @@ def attention_mlp_kernels(params, *, attention_names=ATTENTION_NAMES, mlp_names=
 
   jie040109/Conda:examples/gpt2/train.py gives Conda the weights of every Linear whose
   module name contains "attn" or "mlp"; embeddings, the LM head, norms and biases go to
-  AdamW. Here: leaves with ndim >= 2, outside norm layers, under a module whose name
-  contains one of ``attention_names`` or ``mlp_names`` (case-insensitive substrings).
+  AdamW. Here: leaves with ndim >= 2 not named ``bias``, outside norm layers, under a
+  module whose name contains one of ``attention_names`` or ``mlp_names``
+  (case-insensitive substrings).
   """
   tokens = tuple(attention_names) + tuple(mlp_names)
-  return _map(lambda names, x: (x.ndim >= 2 and _in_block(names, tokens)
+  return _map(lambda names, x: (x.ndim >= 2 and names[-1] != "bias" and _in_block(names, tokens)
                                 and not any("norm" in n.lower() for n in names[:-1])), params)
 
 
@@ -202,7 +209,9 @@ def probe_scale_invariance(apply_fn: Callable, params, *inputs, candidates=None,
 
   Args:
     apply_fn: ``(params, *inputs) -> outputs`` (any pytree of arrays). For BatchNorm use
-      training mode (batch statistics); running averages are not scale-invariant.
+      training mode (batch statistics); running averages are not scale-invariant. It is
+      jitted: pass NNX model state as one of ``inputs``, e.g.
+      ``lambda p, x, rest: nnx.merge(graphdef, p, rest)(x)``.
     params: the params pytree.
     *inputs: a small batch.
     candidates: a bool tree (or ``fn(params)``) of leaves to test; default ``matrices``.
@@ -220,9 +229,10 @@ def probe_scale_invariance(apply_fn: Callable, params, *inputs, candidates=None,
   flags = treedef.flatten_up_to(candidates)
 
   @jax.jit
-  def scaled_output(multipliers):
+  def output(leaves, multipliers, inputs):
     scaled = treedef.unflatten([x * m.astype(x.dtype) for x, m in zip(leaves, multipliers)])
     return apply_fn(scaled, *inputs)
+  scaled_output = lambda multipliers: output(leaves, multipliers, inputs)
 
   ones = [jnp.ones((), jnp.float32) for _ in leaves]
   base = jax.tree.leaves(scaled_output(ones))
