@@ -14,6 +14,8 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
+from normjax.norms.backward_state import grad_stat_mask
+
 
 def _is_key(x) -> bool:
   return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
@@ -31,6 +33,7 @@ class ModelDef:
   eval_graph: Any
   abstract_params: Any   # nnx.State of ShapeDtypeStructs
   abstract_rest: Any
+  grad_stat_mask: Any    # bools over model_state: True where the backward pass updates it
 
   @classmethod
   def create(cls, make: Callable[[nnx.Rngs], nnx.Module]) -> "ModelDef":
@@ -39,7 +42,7 @@ class ModelDef:
     train_graph, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
-    return cls(train_graph, eval_graph, params, rest)
+    return cls(train_graph, eval_graph, params, rest, grad_stat_mask(rest))
 
   def merge(self, params: dict, model_state: dict, *, train: bool) -> nnx.Module:
     p = nnx.State(self.abstract_params)

@@ -39,6 +39,7 @@ from normjax import data as nj_data
 from normjax import metrics_io, sharding
 from normjax.config_check import check_config, model_kwargs
 from normjax.models import MODELS
+from normjax.norms.backward_state import value_and_grad_with_backward_state
 from normjax.optim.build import make_optimizer
 from normjax.state import ModelDef, split
 
@@ -95,11 +96,12 @@ def make_steps(model_def: ModelDef, tx, schedule, task: str):
     return batch["image"] if task == "classification" else batch["inputs"]
 
   def train_step(state, batch):
-    def loss_fn(params):
-      model = model_def.merge(params, state["model_state"], train=True)
+    def loss_fn(params, model_state):
+      model = model_def.merge(params, model_state, train=True)
       loss, sums = loss_and_metrics(model(inputs(batch)), batch, task)
       return loss, (split(model)[1], sums)
-    (loss, (model_state, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, sums), grads, model_state = value_and_grad_with_backward_state(
+        loss_fn, state["params"], state["model_state"], model_def.grad_stat_mask)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "model_state": model_state, "opt_state": opt_state}
