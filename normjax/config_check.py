@@ -31,10 +31,19 @@ def _positive(config, key, integer=True, allow_zero=False):
   return value
 
 
+def signature_parameters(factory) -> dict:
+  """Keyword parameters of a factory; for a class those of ``__init__`` (NNX modules have a
+  metaclass ``__call__`` that hides them from ``inspect.signature(cls)``)."""
+  fn = factory.__init__ if isinstance(factory, type) else factory
+  params = dict(inspect.signature(fn).parameters)
+  params.pop("self", None)
+  return params
+
+
 def model_kwargs(model_cfg, info) -> dict:
   """``config.model`` minus ``name``, plus what the data determines, checked by name."""
   cls = MODELS.get(model_cfg.name)
-  params = inspect.signature(cls).parameters
+  params = signature_parameters(cls)
   kwargs = {k: (v.to_dict() if hasattr(v, "to_dict") else v)
             for k, v in model_cfg.items() if k != "name"}
   from_data = ({"num_classes": info.num_classes, "image_size": info.image_shape[0],

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 import grain
 import jax
 import jax.numpy as jnp
@@ -269,8 +269,9 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/vit_layernorm.py")
+  logging.set_verbosity(logging.WARNING)  # tfds/orbax info lines drown the progress bar
   _maybe_initialize_distributed()
-  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(_CONFIG)))[0]
+  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
   try:
     train_and_evaluate(config, _WORKDIR.value or os.path.join("workdirs", name))
   except (NonFiniteLoss, ValueError, KeyError, FileNotFoundError) as e:
