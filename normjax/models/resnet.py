@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models import check_choice, compute_dtype, register
+from normjax.models import check_choice, compute_dtype, conv_kernel_init, register
 from normjax.norms import NORMS, make_norm
 
 STEMS = ("cifar", "imagenet")
-HE_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / (kh*kw*out))
+HE_INIT = conv_kernel_init(nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), "fan_out")
 
 
 ConvFactory = Callable[..., nnx.Module]        # (in, out, kernel_size, *, strides=1)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models import check_choice, check_divisible, compute_dtype, register
+from normjax.models import (check_choice, check_divisible, compute_dtype, conv_kernel_init,
+                            register)
 from normjax.models.transformer import LinearInits, Transformer
 
 POOLS = ("cls", "mean")
@@ -50,8 +51,10 @@ class VisionTransformer(nnx.Module):
     check_divisible("image_size", image_size, "patch_size", patch_size)
     self.dtype = compute_dtype(dtype)
     self.image_size, self.in_channels, self.pool = image_size, in_channels, pool
+    lecun = nnx.initializers.lecun_normal()
     self.patch_embedding = nnx.Conv(in_channels, width, (patch_size, patch_size),
                                     strides=(patch_size, patch_size), padding="VALID",
+                                    kernel_init=conv_kernel_init(lecun, "fan_in"),
                                     dtype=self.dtype, rngs=rngs)
     num_tokens = (image_size // patch_size) ** 2 + (pool == "cls")
     self.cls_token = (nnx.Param(jnp.zeros((width,), jnp.float32)) if pool == "cls"

@@ -121,7 +121,9 @@ def group_norm(x, params, state=None, *, train=False, mask=None, num_groups=32, 
                      f"use a divisor of {channels} (or set group_size)")
   grouped = x.reshape(*x.shape[:-1], num_groups, channels // num_groups)
   group_mask = None if mask is None else jnp.asarray(mask, bool)[..., None]
-  mean, var = moments(grouped, tuple(range(1, grouped.ndim)), group_mask)
+  # every axis except the batch axis and the group axis (-2)
+  axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+  mean, var = moments(grouped, axes, group_mask)
   y = (grouped.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + epsilon)
   return apply_affine(y.reshape(x.shape), params).astype(x.dtype), state
 
