@@ -41,8 +41,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-f32 = jnp.float32
+from normjax.kernels.reference import compute_dtype
 
 
 class NormKernels(NamedTuple):
@@ -124,21 +125,36 @@ rms_norm_2d.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 # XLA form (CPU)
 # ----------------------------------------------------------------------------
 def _matvec(a, v):
-  """``a @ v`` in float32 at full precision (a dot, which XLA:CPU runs fast)."""
-  return jnp.matmul(a, v, precision=jax.lax.Precision.HIGHEST,
-                    preferred_element_type=f32)
+  """``a @ v`` at full precision (a dot, which XLA:CPU runs fast)."""
+  return jnp.matmul(a, v, precision=jax.lax.Precision.HIGHEST)
+
+
+def _sum_over_rows(weights, a):
+  """``weights @ a``, contracting the rows of ``a`` (a sum over rows as a dot).
+
+  Under a mesh with Explicit axes the rows may be sharded, and jax then needs the
+  output sharding spelled out: replicated, keeping ``a``'s feature sharding.
+  """
+  sharding = jax.typeof(a).sharding
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+    return _matvec(weights, a)
+  features = sharding.spec[-1] if len(sharding.spec) == a.ndim else None
+  out_spec = P(*([None] * (weights.ndim - 1)), features)
+  return jnp.matmul(weights, a, precision=jax.lax.Precision.HIGHEST, out_sharding=out_spec)
 
 
 def layer_norm_forward_xla(x, scale, bias, epsilon):
   """Two-pass statistics, then ``y = x * (rstd scale) + (bias - mean rstd scale)``."""
-  xf = x.astype(f32)
-  scale = scale.astype(f32)
+  ct = compute_dtype(x.dtype)
+  xf = x.astype(ct)
+  scale = scale.astype(ct)
   mean = jnp.mean(xf, axis=-1)
   var = jnp.mean(jnp.square(xf - mean[:, None]), axis=-1)
   rstd = jax.lax.rsqrt(var + epsilon)
   shift = -(mean * rstd)[:, None] * scale
   if bias is not None:
-    shift = shift + bias.astype(f32)
+    shift = shift + bias.astype(ct)
   y = xf * rstd[:, None] * scale + shift
   return y.astype(x.dtype), mean, rstd
 
@@ -146,9 +162,10 @@ def layer_norm_forward_xla(x, scale, bias, epsilon):
 def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias):
   """dx, dscale, dbias from per-row and per-column dots (see module docstring)."""
   n_features = x.shape[-1]
-  xf = x.astype(f32)
-  dyf = dy.astype(f32)
-  scale = scale.astype(f32)
+  ct = compute_dtype(x.dtype)
+  xf = x.astype(ct)
+  dyf = dy.astype(ct)
+  scale = scale.astype(ct)
   dy_x = dyf * xf
   p = _matvec(dyf, scale) / n_features
   q = rstd * (_matvec(dy_x, scale) / n_features - mean * p)
@@ -157,29 +174,31 @@ def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias):
   dx = rstd[:, None] * dyf * scale + a[:, None] * xf + c[:, None]
   # One (2, rows) @ (rows, features) dot gives both dy-weighted column sums.
   weights = jnp.stack([-(mean * rstd), jnp.ones_like(rstd)])
-  column_sums = _matvec(weights, dyf)
-  dscale = _matvec(rstd, dy_x) + column_sums[0]
+  column_sums = _sum_over_rows(weights, dyf)
+  dscale = _sum_over_rows(rstd, dy_x) + column_sums[0]
   dbias = column_sums[1] if has_bias else None
   return dx, dscale, dbias
 
 
 def rms_norm_forward_xla(x, scale, epsilon):
-  xf = x.astype(f32)
+  ct = compute_dtype(x.dtype)
+  xf = x.astype(ct)
   rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1) + epsilon)
-  y = xf * rstd[:, None] * scale.astype(f32)
+  y = xf * rstd[:, None] * scale.astype(ct)
   return y.astype(x.dtype), rstd
 
 
 def rms_norm_backward_xla(x, scale, rstd, dy):
   """dx = rstd * scale * dy - rstd^3 mean_j(scale dy x) x; dscale = rstd^T (dy x)."""
   n_features = x.shape[-1]
-  xf = x.astype(f32)
-  dyf = dy.astype(f32)
-  scale = scale.astype(f32)
+  ct = compute_dtype(x.dtype)
+  xf = x.astype(ct)
+  dyf = dy.astype(ct)
+  scale = scale.astype(ct)
   dy_x = dyf * xf
   q = rstd * rstd * rstd * _matvec(dy_x, scale) / n_features
   dx = rstd[:, None] * dyf * scale - q[:, None] * xf
-  return dx, _matvec(rstd, dy_x)
+  return dx, _sum_over_rows(rstd, dy_x)
 
 
 XLA_KERNELS = NormKernels(

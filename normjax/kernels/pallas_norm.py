@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,7 @@ from jax.experimental import pallas as pl
 from jax.sharding import PartitionSpec as P
 
 from normjax.kernels import fused
-
-f32 = jnp.float32
+from normjax.kernels.reference import compute_dtype
 FLAVORS = ("masked", "blocked")
 MAX_MASKED_WIDTH = 16384  # whole padded row in registers; wider rows: use 'fused'.
 
@@ -66,11 +66,22 @@ def default_block_rows(n_rows: int, n_features: int, flavor: str) -> int:
 # ----------------------------------------------------------------------------
 # memory access: masked (Triton) or plain blocked refs
 # ----------------------------------------------------------------------------
+class Geometry(NamedTuple):
+  """Static shape of a launch: ``block_rows`` x ``width`` blocks over the array."""
+  flavor: str
+  block_rows: int
+  width: int
+  n_rows: int
+  n_features: int
+  dtype: jnp.dtype  # compute dtype of the statistics
+
+
 class _Block:
   """Masks and loads/stores for one row block of width ``width``."""
 
-  def __init__(self, flavor, block_rows, width, n_rows, n_features):
+  def __init__(self, flavor, block_rows, width, n_rows, n_features, dtype):
     self.masked = flavor == "masked"
+    self.dtype = dtype
     first_row = pl.program_id(0) * block_rows
     rows = first_row + jax.lax.broadcasted_iota(jnp.int32, (block_rows, 1), 0)
     self.rows = rows < n_rows
@@ -80,13 +91,13 @@ class _Block:
     self.both = self.rows if self.cols is None else self.rows & self.cols
 
   def load(self, ref, mask):
-    """Values of ``ref`` as float32, zero where ``mask`` is False."""
+    """Values of ``ref`` in the compute dtype, zero where ``mask`` is False."""
     if mask is None:
-      return ref[...].astype(f32)
+      return ref[...].astype(self.dtype)
     if self.masked:
       from jax.experimental.pallas import triton as pltriton
-      return pltriton.load(ref, mask=mask, other=0).astype(f32)
-    return jnp.where(mask, ref[...].astype(f32), 0.0)
+      return pltriton.load(ref, mask=mask, other=0).astype(self.dtype)
+    return jnp.where(mask, ref[...].astype(self.dtype), 0.0)
 
   def store(self, ref, value, mask):
     value = value.astype(ref.dtype)
@@ -109,7 +120,7 @@ def _layer_norm_fwd_kernel(*refs, has_bias, epsilon, geometry):
   else:
     (x_ref, scale_ref, y_ref, mean_ref, rstd_ref), bias_ref = refs, None
   block = _Block(*geometry)
-  n_features = geometry[-1]
+  n_features = geometry.n_features
   x = block.load(x_ref, block.both)
   mean = jnp.sum(x, axis=1, keepdims=True) / n_features
   centred = block.zero_padding(x - mean)
@@ -129,7 +140,7 @@ def _layer_norm_bwd_kernel(*refs, has_bias, geometry):
   else:
     (x_ref, scale_ref, mean_ref, rstd_ref, dy_ref, dx_ref, dscale_ref), dbias_ref = refs, None
   block = _Block(*geometry)
-  n_features = geometry[-1]
+  n_features = geometry.n_features
   x = block.load(x_ref, block.both)
   dy = block.load(dy_ref, block.both)
   mean = block.load(mean_ref, block.rows)
@@ -147,7 +158,7 @@ def _layer_norm_bwd_kernel(*refs, has_bias, geometry):
 def _rms_norm_fwd_kernel(x_ref, scale_ref, y_ref, rstd_ref, *, epsilon, geometry):
   block = _Block(*geometry)
   x = block.load(x_ref, block.both)
-  rstd = jax.lax.rsqrt(jnp.sum(x * x, axis=1, keepdims=True) / geometry[-1] + epsilon)
+  rstd = jax.lax.rsqrt(jnp.sum(x * x, axis=1, keepdims=True) / geometry.n_features + epsilon)
   block.store(y_ref, x * rstd * block.load(scale_ref, block.cols), block.both)
   block.store(rstd_ref, rstd, block.rows)
 
@@ -160,7 +171,7 @@ def _rms_norm_bwd_kernel(x_ref, scale_ref, rstd_ref, dy_ref, dx_ref, dscale_ref,
   rstd = block.load(rstd_ref, block.rows)
   xhat = x * rstd
   g = dy * block.load(scale_ref, block.cols)
-  mean_gx = jnp.sum(g * xhat, axis=1, keepdims=True) / geometry[-1]
+  mean_gx = jnp.sum(g * xhat, axis=1, keepdims=True) / geometry.n_features
   block.store(dx_ref, rstd * (g - xhat * mean_gx), block.both)
   block.store(dscale_ref, jnp.sum(dy * xhat, axis=0, keepdims=True), None)
 
@@ -193,10 +204,13 @@ class PallasConfig:
   def __repr__(self):
     return "PallasConfig(flavor=%r, block_rows=%r, interpret=%r)" % self._key()
 
-  def geometry(self, n_rows, n_features):
+  def geometry(self, x):
+    """Rows per block, block width, and the static arguments of ``_Block``."""
+    n_rows, n_features = x.shape
     block_rows = self.block_rows or default_block_rows(n_rows, n_features, self.flavor)
     width = _next_pow2(n_features) if self.flavor == "masked" else n_features
-    return block_rows, width, (self.flavor, block_rows, width, n_rows, n_features)
+    dtype = compute_dtype(x.dtype)
+    return block_rows, width, Geometry(self.flavor, block_rows, width, n_rows, n_features, dtype)
 
   def call(self, kernel, grid, in_specs, out_specs, out_shape, block_rows, width):
     compiler_params = None
@@ -223,13 +237,13 @@ def _sum_partials(partials, n_features):
 
 def _layer_norm_forward(config, x, scale, bias, epsilon):
   n_rows, n_features = x.shape
-  block_rows, width, geometry = config.geometry(n_rows, n_features)
+  block_rows, width, geometry = config.geometry(x)
   rows, stat, vector, _ = _specs(block_rows, width)
   has_bias = bias is not None
   operands = [x, scale.reshape(1, -1)] + ([bias.reshape(1, -1)] if has_bias else [])
   kernel = functools.partial(_layer_norm_fwd_kernel, has_bias=has_bias,
                              epsilon=float(epsilon), geometry=geometry)
-  stat_shape = jax.ShapeDtypeStruct((n_rows, 1), f32)
+  stat_shape = jax.ShapeDtypeStruct((n_rows, 1), geometry.dtype)
   y, mean, rstd = config.call(
       kernel, (pl.cdiv(n_rows, block_rows),), [rows, vector] + [vector] * has_bias,
       [rows, stat, stat], [jax.ShapeDtypeStruct(x.shape, x.dtype), stat_shape, stat_shape],
@@ -239,10 +253,10 @@ def _layer_norm_forward(config, x, scale, bias, epsilon):
 
 def _layer_norm_backward(config, x, scale, mean, rstd, dy, has_bias):
   n_rows, n_features = x.shape
-  block_rows, width, geometry = config.geometry(n_rows, n_features)
+  block_rows, width, geometry = config.geometry(x)
   rows, stat, vector, partial = _specs(block_rows, width)
   grid = pl.cdiv(n_rows, block_rows)
-  partial_shape = jax.ShapeDtypeStruct((grid, 1, width), f32)
+  partial_shape = jax.ShapeDtypeStruct((grid, 1, width), geometry.dtype)
   kernel = functools.partial(_layer_norm_bwd_kernel, has_bias=has_bias, geometry=geometry)
   outs = config.call(
       kernel, (grid,), [rows, vector, stat, stat, rows], [rows, partial] + [partial] * has_bias,
@@ -254,25 +268,26 @@ def _layer_norm_backward(config, x, scale, mean, rstd, dy, has_bias):
 
 def _rms_norm_forward(config, x, scale, epsilon):
   n_rows, n_features = x.shape
-  block_rows, width, geometry = config.geometry(n_rows, n_features)
+  block_rows, width, geometry = config.geometry(x)
   rows, stat, vector, _ = _specs(block_rows, width)
   kernel = functools.partial(_rms_norm_fwd_kernel, epsilon=float(epsilon), geometry=geometry)
   y, rstd = config.call(
       kernel, (pl.cdiv(n_rows, block_rows),), [rows, vector], [rows, stat],
-      [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((n_rows, 1), f32)],
+      [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((n_rows, 1), geometry.dtype)],
       block_rows, width)(x, scale.reshape(1, -1))
   return y, rstd[:, 0]
 
 
 def _rms_norm_backward(config, x, scale, rstd, dy):
   n_rows, n_features = x.shape
-  block_rows, width, geometry = config.geometry(n_rows, n_features)
+  block_rows, width, geometry = config.geometry(x)
   rows, stat, vector, partial = _specs(block_rows, width)
   grid = pl.cdiv(n_rows, block_rows)
   kernel = functools.partial(_rms_norm_bwd_kernel, geometry=geometry)
   dx, dscale = config.call(
       kernel, (grid,), [rows, vector, stat, rows], [rows, partial],
-      [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((grid, 1, width), f32)],
+      [jax.ShapeDtypeStruct(x.shape, x.dtype),
+       jax.ShapeDtypeStruct((grid, 1, width), geometry.dtype)],
       block_rows, width)(x, scale.reshape(1, -1), rstd[:, None], dy)
   return dx, _sum_partials(dscale, n_features)
 

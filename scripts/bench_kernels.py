@@ -1,0 +1,267 @@
+"""Benchmark normjax.kernels LayerNorm/RMSNorm against flax.linen on this backend.
+
+    python scripts/bench_kernels.py                          # (8192,768), (32768,4096)
+    python scripts/bench_kernels.py --shapes 8192x768 --repeats 20
+    python scripts/bench_kernels.py --formulations           # CPU: alternative XLA forms
+
+For each shape and norm it times, with warm-up, ``block_until_ready`` and the
+median of several repeats (candidates interleaved round by round, so load from
+other processes hits all of them alike):
+
+* forward: ``y = norm(x)``;
+* forward+backward: ``y, vjp = jax.vjp(norm, x, scale[, bias]); vjp(dy)``, i.e.
+  y, dx, dscale (and dbias) from a given cotangent ``dy``.
+
+Achieved bandwidth counts the minimum traffic: forward reads x and writes y
+(2 arrays); forward+backward also reads x and dy and writes dx (5 arrays).
+Parameters and per-row statistics are ignored (< 0.1%). On GPU the script also
+prints the fraction of the device's peak memory bandwidth (datasheet figure from
+``PEAK_BANDWIDTH`` or ``--peak-gbps``).
+
+``--formulations`` (CPU) times the alternative XLA formulations of the fused
+LayerNorm that were tried while tuning ``normjax/kernels/fused.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from normjax import kernels
+
+# Datasheet HBM bandwidth, bytes/s, by substring of jax Device.device_kind.
+PEAK_BANDWIDTH = {
+    "H200": 4.8e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12, "A100": 1.555e12,
+    "L4": 0.3e12, "V100": 0.9e12, "TPU v4": 1.2e12, "TPU v5 lite": 0.82e12,
+    "TPU v5p": 2.76e12, "TPU v5": 2.76e12, "TPU v6": 1.64e12,
+}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+  try:
+    shape = tuple(int(s) for s in text.lower().split("x"))
+  except ValueError:
+    shape = ()
+  if len(shape) < 2 or min(shape) < 1:
+    raise argparse.ArgumentTypeError(f"--shapes entry {text!r}: expected ROWSxFEATURES, e.g. 8192x768")
+  return shape
+
+
+def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int) -> dict:
+  """Median and min seconds per call of each ``fns[k](*args[k])``, interleaved."""
+  for name, fn in fns.items():
+    for _ in range(warmup):
+      jax.block_until_ready(fn(*args[name]))
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args[name]))
+      times[name].append(time.perf_counter() - start)
+  return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+
+
+def forward_and_backward(f):
+  def run(x, *params_and_dy):
+    *params, dy = params_and_dy
+    y, vjp = jax.vjp(f, x, *params)
+    return y, vjp(dy)
+  return run
+
+
+def candidates(norm: str, epsilon: float, implementation: str | None):
+  """(normjax fn, flax fn), both ``f(x, scale[, bias])``."""
+  if norm == "layer_norm":
+    module = nn.LayerNorm(epsilon=epsilon)
+    ours = lambda x, s, b: kernels.layer_norm(x, s, b, epsilon=epsilon,
+                                              implementation=implementation)
+    theirs = lambda x, s, b: module.apply({"params": {"scale": s, "bias": b}}, x)
+  else:
+    module = nn.RMSNorm(epsilon=epsilon)
+    ours = lambda x, s: kernels.rms_norm(x, s, epsilon=epsilon, implementation=implementation)
+    theirs = lambda x, s: module.apply({"params": {"scale": s}}, x)
+  return ours, theirs
+
+
+def peak_bandwidth(device, override_gbps):
+  if override_gbps:
+    return override_gbps * 1e9
+  for key, value in PEAK_BANDWIDTH.items():
+    if key.lower() in device.device_kind.lower():
+      return value
+  return None
+
+
+def bench_shape(shape, norm, dtype, args):
+  n, d = shape
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], shape, dtype)
+  dy = jax.random.normal(keys[1], shape, dtype)
+  scale = 1.0 + 0.1 * jax.random.normal(keys[2], (d,))
+  params = (scale, 0.1 * jax.random.normal(keys[3], (d,))) if norm == "layer_norm" else (scale,)
+  ours, theirs = candidates(norm, args.epsilon, args.implementation)
+  fns = {
+      "normjax fwd": jax.jit(ours), "flax fwd": jax.jit(theirs),
+      "normjax fwd+bwd": jax.jit(forward_and_backward(ours)),
+      "flax fwd+bwd": jax.jit(forward_and_backward(theirs)),
+  }
+  inputs = {k: (x, *params) if k.endswith("fwd") else (x, *params, dy) for k in fns}
+  timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats)
+  array_bytes = n * d * jnp.dtype(dtype).itemsize
+  rows = []
+  for name, (median, best) in timings.items():
+    traffic = (2 if name.endswith("fwd") else 5) * array_bytes
+    rows.append(dict(shape=f"{n}x{d}", norm=norm, dtype=jnp.dtype(dtype).name, what=name,
+                     median_ms=median * 1e3, min_ms=best * 1e3, gbps=traffic / median / 1e9))
+  return rows
+
+
+# ----------------------------------------------------------------------------
+# CPU formulation study: alternative XLA forms of the fused LayerNorm.
+# ----------------------------------------------------------------------------
+def _formulations():
+  """name -> LayerNorm f(x, s, b) built on fused.layer_norm with swapped parts."""
+  from normjax.kernels import fused
+  hi = jax.lax.Precision.HIGHEST
+
+  def stats_fast(x, eps):  # E[x^2] - mean^2 (flax's default; loses precision)
+    m = x.mean(-1)
+    return m, jax.lax.rsqrt(jnp.maximum((x * x).mean(-1) - m * m, 0.0) + eps)
+
+  def stats_two_pass(x, eps):
+    m = x.mean(-1)
+    return m, jax.lax.rsqrt(jnp.square(x - m[:, None]).mean(-1) + eps)
+
+  def forward(stats, expanded):
+    def fwd(x, s, b, eps):
+      m, r = stats(x, eps)
+      if expanded:
+        y = x * r[:, None] * s + (b - (m * r)[:, None] * s)
+      else:
+        y = (x - m[:, None]) * r[:, None] * s + b
+      return y, m, r
+    return fwd
+
+  def backward_autodiff_style(x, s, m, r, dy, has_bias):  # xhat materialised, sums by reduce
+    xhat = (x - m[:, None]) * r[:, None]
+    g = dy * s
+    c1 = g.mean(-1, keepdims=True)
+    c2 = (g * xhat).mean(-1, keepdims=True)
+    return r[:, None] * (g - c1 - xhat * c2), (dy * xhat).sum(0), dy.sum(0)
+
+  def backward_reduce(x, s, m, r, dy, has_bias):  # per-row coefficients, sums by reduce
+    d = x.shape[-1]
+    g = dy * s
+    p, q = g.sum(-1) / d, (g * x).sum(-1) / d
+    q = r * (q - m * p)
+    dx = r[:, None] * g - (r * r * q)[:, None] * x + (r * (r * q * m - p))[:, None]
+    return dx, (dy * ((x - m[:, None]) * r[:, None])).sum(0), dy.sum(0)
+
+  def backward_dots(x, s, m, r, dy, has_bias):  # the shipped form, all sums as dots
+    return fused.layer_norm_backward_xla(x, s, m, r, dy, has_bias)
+
+  def backward_blocked(block):  # rows in cache-sized blocks through lax.map
+    def bwd(x, s, m, r, dy, has_bias):
+      n, d = x.shape
+      nb = n // block
+      def one(args):
+        return backward_dots(*args[:1], s, *args[1:], has_bias)
+      dx, ds, db = jax.lax.map(one, (x.reshape(nb, block, d), m.reshape(nb, block),
+                                     r.reshape(nb, block), dy.reshape(nb, block, d)))
+      return dx.reshape(n, d), ds.sum(0), db.sum(0)
+    return bwd
+
+  def bundle(fwd, bwd):
+    k = fused.NormKernels("study", fwd, bwd, None, None)
+    return lambda x, s, b: fused.layer_norm(x, s, b, kernels=k)
+
+  shipped = forward(stats_two_pass, expanded=True)
+  return {
+      "shipped: two-pass, expanded y, dots": bundle(shipped, backward_dots),
+      "fast variance, dots": bundle(forward(stats_fast, True), backward_dots),
+      "centred y, dots": bundle(forward(stats_two_pass, False), backward_dots),
+      "bwd: per-row coefficients, reduces": bundle(shipped, backward_reduce),
+      "bwd: autodiff-style (xhat), reduces": bundle(shipped, backward_autodiff_style),
+      "bwd: dots in lax.map blocks of 256 rows": bundle(shipped, backward_blocked(256)),
+      "jnp reference (autodiff)": lambda x, s, b: kernels.layer_norm(
+          x, s, b, implementation="reference"),
+  }
+
+
+def bench_formulations(shape, args):
+  n, d = shape
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], shape)
+  dy = jax.random.normal(keys[1], shape)
+  s = 1.0 + 0.1 * jax.random.normal(keys[2], (d,))
+  b = 0.1 * jax.random.normal(keys[3], (d,))
+  _, flax_ln = candidates("layer_norm", args.epsilon, None)
+  fns = {"flax.linen.LayerNorm": jax.jit(forward_and_backward(flax_ln))}
+  for name, f in _formulations().items():
+    fns[name] = jax.jit(forward_and_backward(f))
+  inputs = {k: (x, s, b, dy) for k in fns}
+  timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats)
+  base = timings["flax.linen.LayerNorm"][0]
+  print(f"\nLayerNorm forward+backward, {n}x{d} float32, formulations "
+        f"(median / min ms, ratio of medians to flax):")
+  for name, (median, best) in timings.items():
+    print(f"  {name:42s} {median * 1e3:8.2f} {best * 1e3:8.2f}   {median / base:5.2f}x")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shapes", type=parse_shape, nargs="+",
+                      default=[(8192, 768), (32768, 4096)], help="ROWSxFEATURES ...")
+  parser.add_argument("--norms", nargs="+", default=["layer_norm", "rms_norm"],
+                      choices=["layer_norm", "rms_norm"])
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--implementation", default=None, choices=kernels.IMPLEMENTATIONS,
+                      help="normjax path to time (default: what the dispatcher picks)")
+  parser.add_argument("--epsilon", type=float, default=1e-6)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--peak-gbps", type=float, default=None,
+                      help="device peak memory bandwidth in GB/s (GPU/TPU)")
+  parser.add_argument("--formulations", action="store_true",
+                      help="also time the alternative CPU formulations (first shape only)")
+  parser.add_argument("--json", default=None, help="write all rows to this JSON file")
+  args = parser.parse_args()
+
+  device = jax.devices()[0]
+  x_probe = jnp.zeros((1, args.shapes[0][-1]))
+  impl = kernels.resolve_implementation(x_probe, args.implementation)
+  peak = peak_bandwidth(device, args.peak_gbps) if device.platform != "cpu" else None
+  print(f"backend={jax.default_backend()} device={device.device_kind} "
+        f"devices={jax.device_count()} jax={jax.__version__} normjax path={impl}")
+  if device.platform != "cpu" and peak is None:
+    print("peak bandwidth unknown for this device: pass --peak-gbps")
+  all_rows = []
+  for shape in args.shapes:
+    for norm in args.norms:
+      rows = bench_shape(shape, norm, jnp.dtype(args.dtype), args)
+      all_rows += rows
+      by = {r["what"]: r for r in rows}
+      print(f"\n{norm} {rows[0]['shape']} {args.dtype}:  median ms (min ms)  GB/s"
+            + ("  %peak" if peak else ""))
+      for r in rows:
+        extra = f"  {r['gbps'] * 1e9 / peak:6.1%}" if peak else ""
+        print(f"  {r['what']:16s} {r['median_ms']:9.2f} ({r['min_ms']:8.2f}) "
+              f"{r['gbps']:8.1f}{extra}")
+      for what in ("fwd", "fwd+bwd"):
+        ratio = by[f"normjax {what}"]["median_ms"] / by[f"flax {what}"]["median_ms"]
+        print(f"  normjax/flax {what}: {ratio:.2f}x")
+  if args.formulations:
+    bench_formulations(args.shapes[0], args)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(all_rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
