@@ -217,6 +217,22 @@ def test_small_tfds_images(data_dir):
     assert any(_is_crop_of(image, o, zero) for o in originals)
 
 
+def test_small_images_read_from_disk_equal_in_memory(data_dir, monkeypatch):
+  cfg = config(name="fake_small_images", data_dir=os.fspath(data_dir))
+  def batches():
+    return (take(data.train_iterator(cfg, global_batch_size=10, seed=4), 3, "image")
+            + [b["image"] for b in data.eval_iterator(cfg, global_batch_size=4)])
+  in_memory = batches()
+  assert isinstance(data._load(cfg)[0].train_batches.read, sources.ArrayImages)
+  monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
+  data._load_cached.cache_clear()
+  try:
+    assert isinstance(data._load(cfg)[0].train_batches.read, sources.RecordImages)
+    assert all((x == y).all() for x, y in zip(in_memory, batches(), strict=True))
+  finally:
+    data._load_cached.cache_clear()
+
+
 def _is_crop_of(image, original, zero_value, pad=4):
   padded = np.pad(original, ((pad, pad), (pad, pad), (0, 0)))
   padded[:pad], padded[-pad:], padded[:, :pad], padded[:, -pad:] = (zero_value,) * 4

@@ -9,7 +9,10 @@ Image batches: ``{'image': float32 (b, H, W, C), 'label': int32 (b,)}``.
   the scalar mean and standard deviation of ``x / 16`` over all train pixels
   (so train images have mean 0 and variance 1); no augmentation.
 * any TFDS image-classification dataset (``supervised_keys`` = (image, label)),
-  read record by record with ``tfds`` data sources (array_record). Images whose
+  read with ``tfds`` data sources (array_record). A split of small images that
+  decodes to at most ``IN_MEMORY_MAX_BYTES`` (cifar10: 150 MB) is decoded once
+  into memory (each process holds all of it; cifar10 takes seconds), anything
+  else is read and decoded batch by batch (use ``num_workers``). Images whose
   stored shape is fixed and at most 64 px ("small", e.g. cifar10) keep their
   size unless ``image_size`` is set (then a bilinear resize follows); train
   augmentation ``pad_crop_flip``. Larger or variable-size images (imagenet2012)
@@ -22,6 +25,7 @@ LM batches: ``{'inputs': int32 (b, T), 'targets': int32 (b, T)}`` (``tokens.py``
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import pathlib
@@ -33,6 +37,7 @@ from normjax.data import augment, builders, tokens
 from normjax.data.pipeline import MakeBatch
 
 SMALL_IMAGE_MAX = 64
+IN_MEMORY_MAX_BYTES = 2**31  # small-image splits up to this size are decoded once, kept in RAM
 DEFAULT_LARGE_IMAGE_SIZE = 224
 PYSTDLIB_VOCAB_SIZE = 256
 
@@ -142,9 +147,15 @@ class ImageBatches:
             "label": labels.astype(np.int32)}
 
 
-def _read_all_images(source, image_key="image", label_key="label"):
-  images, labels = RecordImages(source, image_key, label_key)(range(len(source)))
-  return np.stack(images), labels
+def read_all_images(source, image_key: str = "image", label_key: str = "label",
+                    chunk: int = 1024) -> ArrayImages:
+  """Decodes a whole split into memory (chunks in threads: PIL decodes outside the GIL)."""
+  read = RecordImages(source, image_key, label_key)
+  chunks = [range(lo, min(lo + chunk, len(source))) for lo in range(0, len(source), chunk)]
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    parts = list(pool.map(read, chunks))
+  return ArrayImages(np.stack([im for images, _ in parts for im in images]),
+                     np.concatenate([labels for _, labels in parts]))
 
 
 def _split_name(split: str) -> str:
@@ -163,13 +174,14 @@ def load_digits(opts: dict, data_dir: pathlib.Path) -> Loaded:
   train_split, eval_split = opts.get("train_split") or "train", opts.get("eval_split") or "test"
   for key, split in (("train_split", train_split), ("eval_split", eval_split)):
     _check_split(key, split, builder.info.splits)
-  pixels = _read_all_images(builder.as_data_source(split="train"))[0] / 16.0
+  arrays = {split: read_all_images(builder.as_data_source(split=split))
+            for split in {"train", train_split, eval_split}}
+  pixels = arrays["train"].images / 16.0
   mean, std = float(pixels.mean()), float(pixels.std())
   makers = {}
   for split, train in ((train_split, True), (eval_split, False)):
-    images, labels = _read_all_images(builder.as_data_source(split=split))
     makers[split, train] = ImageBatches(
-        ArrayImages(images, labels), size=8, small=True, native=(8, 8), train=train,
+        arrays[split], size=8, small=True, native=(8, 8), train=train,
         augment_images=False, mean=mean, std=std, scale=16.0)
   info = DataInfo(name="digits", task="classification", num_classes=10, image_shape=(8, 8, 1),
                   vocab_size=None, seq_len=None,
@@ -238,8 +250,12 @@ def load_tfds_images(opts: dict, data_dir: pathlib.Path) -> Loaded:
   makers = {}
   for split, train in ((train_split, True), (eval_split, False)):
     source = builder.as_data_source(split=split)
+    if small and len(source) * height * width * channels <= IN_MEMORY_MAX_BYTES:
+      read = read_all_images(source, image_key, label_key)
+    else:
+      read = RecordImages(source, image_key, label_key)
     makers[train] = (len(source), ImageBatches(
-        RecordImages(source, image_key, label_key), size=size, small=small,
+        read, size=size, small=small,
         native=(height, width), train=train, augment_images=augment_images, mean=mean,
         std=std, scale=255.0))
   data_info = DataInfo(
