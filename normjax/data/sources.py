@@ -108,10 +108,18 @@ class RecordImages:
 
   def __init__(self, source, image_key: str, label_key: str):
     self.source, self.image_key, self.label_key = source, image_key, label_key
+    self.channels = source.dataset_info.features[image_key].shape[-1]
+
+  def _fix_channels(self, image: np.ndarray) -> np.ndarray:
+    """Grayscale -> RGB and RGBA -> RGB, for files whose mode differs from the feature's."""
+    image = image[..., None] if image.ndim == 2 else image
+    if image.shape[-1] == 1 and self.channels == 3:
+      return np.repeat(image, 3, axis=-1)
+    return image[..., :self.channels] if image.shape[-1] > self.channels else image
 
   def __call__(self, indices):
     records = self.source.__getitems__([int(i) for i in indices])
-    return ([r[self.image_key] for r in records],
+    return ([self._fix_channels(r[self.image_key]) for r in records],
             np.array([r[self.label_key] for r in records], np.int64))
 
 
@@ -242,8 +250,7 @@ def load_tfds_images(opts: dict, data_dir: pathlib.Path) -> Loaded:
     _check_split(key, split, splits)
   height, width, channels = info.features[image_key].shape
   small = height is not None and width is not None and max(height, width) <= SMALL_IMAGE_MAX
-  size = opts.get("image_size") or (height if small and height == width else None)
-  size = size or DEFAULT_LARGE_IMAGE_SIZE
+  size = opts.get("image_size") or (max(height, width) if small else DEFAULT_LARGE_IMAGE_SIZE)
   mean, std = ((augment.IMAGENET_MEAN, augment.IMAGENET_STD) if channels == 3
                else ((0.5,) * channels, (0.5,) * channels))
   augment_images = opts.get("augment", True)
