@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from normjax.norms import NORMS, make_norm, uses_batch_statistics
+from normjax.norms import make_norm, uses_batch_statistics
 from normjax.norms import basic
 
 RNG = np.random.default_rng(0)

@@ -9,7 +9,8 @@ Init (nanoGPT ``_init_weights``): every linear kernel and both embeddings ~ N(0,
 ~ N(0, 0.02 / sqrt(2 * depth)). GPT-2 small (vocab 50257, max_len 1024, width 768, depth 12,
 12 heads) has 124,439,808 parameters. Differences from nanoGPT: no dropout on the attention
 probabilities (``jax.nn.dot_product_attention`` has none), the tanh-approximate GELU of the
-original GPT-2 (nanoGPT uses the exact one), and any registered norm / placement.
+original GPT-2 (nanoGPT uses the exact one), and any registered norm / placement. Norm epsilon
+follows flax (1e-6); GPT-2/PyTorch's LayerNorm uses ``norm_kwargs={'epsilon': 1e-5}``.
 """
 from __future__ import annotations
 

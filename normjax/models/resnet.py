@@ -15,7 +15,11 @@ conv) -> global average pool -> linear head.
 * padding k // 2 on every conv, as torchvision (not 'SAME'), so strided layers align the same.
 
 ResNet-50 = stage_sizes (3, 4, 6, 3), 'bottleneck', width 64, 'imagenet' stem: 25,557,032
-parameters with 1000 classes. ResNet-18 = (2, 2, 2, 2), 'basic'.
+parameters with 1000 classes. ResNet-18 = (2, 2, 2, 2), 'basic'. The BatchNorm default keeps
+flax's momentum 0.99; torchvision's (PyTorch momentum 0.1) is ``norm_kwargs={'momentum': 0.9}``.
+
+Extension points: ``BLOCKS`` (block name -> class taking (in_features, features, *, strides,
+conv, norm_act, zero_init_residual)) and ``CONVS`` (conv name -> factory), both chosen by config.
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ Norm placement lives in one table, ``PLACEMENTS``. For each sublayer f (attentio
 
 Peri-LN (Kim et al. 2025: input and output norm, final norm) is one more table entry; the
 optional norm on the embeddings is the ``embedding_norm`` argument of ``Transformer``.
+Dropout (rate ``dropout``) acts on the embeddings and on each residual branch's output, as
+nanoGPT's resid_dropout; not on attention probabilities or the MLP hidden layer.
 Norm attributes: ``attn_norm``/``mlp_norm`` (input), ``attn_output_norm``/``mlp_output_norm``,
 ``attn_residual_norm``/``mlp_residual_norm``, ``embedding_norm``, ``final_norm``; an absent
 norm is ``None``.
