@@ -179,8 +179,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every,
-          enable_async_checkpointing=True, create=True))
+          max_to_keep=config.keep_checkpoints, enable_async_checkpointing=True, create=True))
   start = manager.latest_step() or 0
   if start:
     restored = manager.restore(start, args=ocp.args.Composite(
@@ -194,12 +193,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
       [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
 
-  def save(step, state, force=False):
+  def save(step, state):
     if not bool(all_finite(state["params"])):
       raise NonFiniteLoss(
           f"non-finite parameters after step {step}; stopping without saving them. The last "
           f"good checkpoint is step {manager.latest_step()} in {manager.directory}.")
-    manager.save(step, force=force, args=ocp.args.Composite(
+    manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
 
   # ------------------------------------------------------------------ loop
@@ -224,10 +223,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if pending:
         check(*pending)
       pending = (step, metrics)
-      if manager.should_save(step) or stop["signal"]:
+      if step % config.checkpoint_every == 0 or step == total_steps or stop["signal"]:
         check(*pending)  # never checkpoint a state produced by a non-finite step
         pending = None
-        save(step, state, force=bool(stop["signal"]))
+        save(step, state)
       if stop["signal"]:
         manager.wait_until_finished()
         print(f"\nsignal {stop['signal']} received: checkpoint written at step {step}; exiting.",
@@ -246,8 +245,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
   progress.close()
-  if manager.latest_step() != total_steps:
-    save(total_steps, state, force=True)
   manager.wait_until_finished()
 
   # ----------------------------------------------------------- final evaluation
