@@ -210,11 +210,9 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
         q32 = q.astype(_F32)
         g2, m2 = mat.to_matrix(g.astype(_F32)), mat.to_matrix(m32)
         if mat.left:
-          rotated = dot(q32.T, jnp.concatenate([g2, m2], axis=1))
-          g_rot, m_rot = rotated[:, :mat.cols], rotated[:, mat.cols:]
+          g_rot, m_rot = dot(q32.T, g2), dot(q32.T, m2)
         else:
-          rotated = dot(jnp.concatenate([g2, m2], axis=0), q32)
-          g_rot, m_rot = rotated[:mat.rows], rotated[mat.rows:]
+          g_rot, m_rot = dot(g2, q32), dot(m2, q32)
         v2 = b2 * mat.to_matrix(v.astype(_F32)) + (1.0 - b2) * jnp.square(g_rot)
         n = m_rot / (jnp.sqrt(v2) + eps)
         back = dot(q32, n) if mat.left else dot(n, q32.T)
