@@ -43,9 +43,14 @@ class NormalizeAndProjectState(NamedTuple):
 
 def _norms(x, per_channel: bool):
   x = x.astype(_F32)
-  if per_channel and x.ndim >= 2:
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(x.ndim - 1))))
-  return jnp.sqrt(jnp.sum(jnp.square(x)))
+  if x.ndim < 2:
+    return jnp.sqrt(jnp.sum(jnp.square(x)))
+  per_column = jnp.sum(jnp.square(x), axis=tuple(range(x.ndim - 1)))
+  if per_channel:
+    return jnp.sqrt(per_column)
+  # Summing the per-column sums (kept apart by the barrier) is several times faster on
+  # XLA:CPU than one reduction of the whole leaf to a scalar.
+  return jnp.sqrt(jnp.sum(jax.lax.optimization_barrier(per_column)))
 
 
 def normalize_and_project(mask: Any = "decay", *, per_channel: bool = False
