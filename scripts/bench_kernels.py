@@ -24,7 +24,6 @@ LayerNorm that were tried while tuning ``normjax/kernels/fused.py``.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import time
@@ -54,17 +53,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int) -> dict:
-  """Median and min seconds per call of each ``fns[k](*args[k])``, interleaved."""
+  """Per ``fns[k](*args[k])``: (median wall s, min wall s, median process CPU s).
+
+  Candidates alternate call by call. CPU time (all threads of this process) is
+  less sensitive than wall time to other processes on a shared machine.
+  """
   for name, fn in fns.items():
     for _ in range(warmup):
       jax.block_until_ready(fn(*args[name]))
-  times = {name: [] for name in fns}
+  wall = {name: [] for name in fns}
+  cpu = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
-      start = time.perf_counter()
+      cpu_start, start = time.process_time(), time.perf_counter()
       jax.block_until_ready(fn(*args[name]))
-      times[name].append(time.perf_counter() - start)
-  return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+      wall[name].append(time.perf_counter() - start)
+      cpu[name].append(time.process_time() - cpu_start)
+  return {name: (statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name]))
+          for name in fns}
 
 
 def forward_and_backward(f):
@@ -115,10 +121,11 @@ def bench_shape(shape, norm, dtype, args):
   timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats)
   array_bytes = n * d * jnp.dtype(dtype).itemsize
   rows = []
-  for name, (median, best) in timings.items():
+  for name, (median, best, cpu) in timings.items():
     traffic = (2 if name.endswith("fwd") else 5) * array_bytes
     rows.append(dict(shape=f"{n}x{d}", norm=norm, dtype=jnp.dtype(dtype).name, what=name,
-                     median_ms=median * 1e3, min_ms=best * 1e3, gbps=traffic / median / 1e9))
+                     median_ms=median * 1e3, min_ms=best * 1e3, cpu_ms=cpu * 1e3,
+                     gbps=traffic / median / 1e9))
   return rows
 
 
@@ -126,36 +133,30 @@ def bench_shape(shape, norm, dtype, args):
 # CPU formulation study: alternative XLA forms of the fused LayerNorm.
 # ----------------------------------------------------------------------------
 def _formulations():
-  """name -> LayerNorm f(x, s, b) built on fused.layer_norm with swapped parts."""
+  """name -> LayerNorm f(x, s, b) through fused.layer_norm with swapped parts."""
   from normjax.kernels import fused
-  hi = jax.lax.Precision.HIGHEST
 
   def stats_fast(x, eps):  # E[x^2] - mean^2 (flax's default; loses precision)
     m = x.mean(-1)
     return m, jax.lax.rsqrt(jnp.maximum((x * x).mean(-1) - m * m, 0.0) + eps)
 
-  def stats_two_pass(x, eps):
+  def forward_fast(x, s, b, eps):
+    m, r = stats_fast(x, eps)
+    return x * r[:, None] * s + (b - (m * r)[:, None] * s), m, r
+
+  def forward_centred(x, s, b, eps):  # y = (x - mean) * rstd * s + b, two-pass stats
     m = x.mean(-1)
-    return m, jax.lax.rsqrt(jnp.square(x - m[:, None]).mean(-1) + eps)
+    r = jax.lax.rsqrt(jnp.square(x - m[:, None]).mean(-1) + eps)
+    return (x - m[:, None]) * r[:, None] * s + b, m, r
 
-  def forward(stats, expanded):
-    def fwd(x, s, b, eps):
-      m, r = stats(x, eps)
-      if expanded:
-        y = x * r[:, None] * s + (b - (m * r)[:, None] * s)
-      else:
-        y = (x - m[:, None]) * r[:, None] * s + b
-      return y, m, r
-    return fwd
-
-  def backward_autodiff_style(x, s, m, r, dy, has_bias):  # xhat materialised, sums by reduce
+  def backward_autodiff_style(x, s, m, r, dy, has_bias):  # xhat materialised, reduces
     xhat = (x - m[:, None]) * r[:, None]
     g = dy * s
     c1 = g.mean(-1, keepdims=True)
     c2 = (g * xhat).mean(-1, keepdims=True)
     return r[:, None] * (g - c1 - xhat * c2), (dy * xhat).sum(0), dy.sum(0)
 
-  def backward_reduce(x, s, m, r, dy, has_bias):  # per-row coefficients, sums by reduce
+  def backward_reduce(x, s, m, r, dy, has_bias):  # per-row coefficients, reduces
     d = x.shape[-1]
     g = dy * s
     p, q = g.sum(-1) / d, (g * x).sum(-1) / d
@@ -163,35 +164,31 @@ def _formulations():
     dx = r[:, None] * g - (r * r * q)[:, None] * x + (r * (r * q * m - p))[:, None]
     return dx, (dy * ((x - m[:, None]) * r[:, None])).sum(0), dy.sum(0)
 
-  def backward_dots(x, s, m, r, dy, has_bias):  # the shipped form, all sums as dots
-    return fused.layer_norm_backward_xla(x, s, m, r, dy, has_bias)
-
-  def backward_blocked(block):  # rows in cache-sized blocks through lax.map
-    def bwd(x, s, m, r, dy, has_bias):
-      n, d = x.shape
-      nb = n // block
-      def one(args):
-        return backward_dots(*args[:1], s, *args[1:], has_bias)
-      dx, ds, db = jax.lax.map(one, (x.reshape(nb, block, d), m.reshape(nb, block),
-                                     r.reshape(nb, block), dy.reshape(nb, block, d)))
-      return dx.reshape(n, d), ds.sum(0), db.sum(0)
-    return bwd
-
-  def bundle(fwd, bwd):
-    k = fused.NormKernels("study", fwd, bwd, None, None)
+  def swap(forward=None, backward=None, base=None):
+    base = base or fused.xla_kernels(None, None)
+    k = base._replace(name="study", layer_norm_forward=forward or base.layer_norm_forward,
+                      layer_norm_backward=backward or base.layer_norm_backward)
     return lambda x, s, b: fused.layer_norm(x, s, b, kernels=k)
 
-  shipped = forward(stats_two_pass, expanded=True)
-  return {
-      "shipped: two-pass, expanded y, dots": bundle(shipped, backward_dots),
-      "fast variance, dots": bundle(forward(stats_fast, True), backward_dots),
-      "centred y, dots": bundle(forward(stats_two_pass, False), backward_dots),
-      "bwd: per-row coefficients, reduces": bundle(shipped, backward_reduce),
-      "bwd: autodiff-style (xhat), reduces": bundle(shipped, backward_autodiff_style),
-      "bwd: dots in lax.map blocks of 256 rows": bundle(shipped, backward_blocked(256)),
-      "jnp reference (autodiff)": lambda x, s, b: kernels.layer_norm(
+  k = 1024
+  shipped = (fused.FORWARD_BLOCK_VALUES, fused.BACKWARD_BLOCK_VALUES)
+  label = lambda v: "none" if v is None else f"{v // k}K"
+  study = {f"shipped (blocks fwd {label(shipped[0])}, bwd {label(shipped[1])})": swap(
+      base=fused.xla_kernels(*shipped))}
+  for blocks in [(None, None), (None, 8 * k), (None, 16 * k), (None, 32 * k), (None, 64 * k),
+                 (None, 256 * k), (None, 1024 * k), (32 * k, 32 * k), (256 * k, 32 * k)]:
+    if blocks != shipped:
+      study[f"blocks fwd {label(blocks[0])}, bwd {label(blocks[1])} values"] = swap(
+          base=fused.xla_kernels(*blocks))
+  study.update({
+      "fast variance E[x^2]-m^2, unblocked": swap(forward=forward_fast),
+      "centred y=(x-m)*r*s+b, unblocked": swap(forward=forward_centred),
+      "bwd per-row coefficients by reduce": swap(backward=backward_reduce),
+      "bwd autodiff-style (xhat), reduce": swap(backward=backward_autodiff_style),
+      "jnp reference (plain autodiff)": lambda x, s, b: kernels.layer_norm(
           x, s, b, implementation="reference"),
-  }
+  })
+  return study
 
 
 def bench_formulations(shape, args):
@@ -207,11 +204,12 @@ def bench_formulations(shape, args):
     fns[name] = jax.jit(forward_and_backward(f))
   inputs = {k: (x, s, b, dy) for k in fns}
   timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats)
-  base = timings["flax.linen.LayerNorm"][0]
-  print(f"\nLayerNorm forward+backward, {n}x{d} float32, formulations "
-        f"(median / min ms, ratio of medians to flax):")
-  for name, (median, best) in timings.items():
-    print(f"  {name:42s} {median * 1e3:8.2f} {best * 1e3:8.2f}   {median / base:5.2f}x")
+  base = timings["flax.linen.LayerNorm"]
+  print(f"\nLayerNorm forward+backward, {n}x{d} float32, formulations: wall median, "
+        "wall min, CPU median (ms); ratios to flax of wall median, wall min, CPU median")
+  for name, (median, best, cpu) in timings.items():
+    print(f"  {name:46s} {median * 1e3:7.2f} {best * 1e3:7.2f} {cpu * 1e3:7.2f}   "
+          f"{median / base[0]:5.2f}x {best / base[1]:5.2f}x {cpu / base[2]:5.2f}x")
 
 
 def main():
@@ -247,15 +245,17 @@ def main():
       rows = bench_shape(shape, norm, jnp.dtype(args.dtype), args)
       all_rows += rows
       by = {r["what"]: r for r in rows}
-      print(f"\n{norm} {rows[0]['shape']} {args.dtype}:  median ms (min ms)  GB/s"
-            + ("  %peak" if peak else ""))
+      print(f"\n{norm} {rows[0]['shape']} {args.dtype}:  wall median ms (min ms)  "
+            "CPU ms  GB/s (at the median)" + ("  %peak" if peak else ""))
       for r in rows:
         extra = f"  {r['gbps'] * 1e9 / peak:6.1%}" if peak else ""
         print(f"  {r['what']:16s} {r['median_ms']:9.2f} ({r['min_ms']:8.2f}) "
-              f"{r['gbps']:8.1f}{extra}")
+              f"{r['cpu_ms']:9.2f} {r['gbps']:7.1f}{extra}")
       for what in ("fwd", "fwd+bwd"):
-        ratio = by[f"normjax {what}"]["median_ms"] / by[f"flax {what}"]["median_ms"]
-        print(f"  normjax/flax {what}: {ratio:.2f}x")
+        ours, theirs = by[f"normjax {what}"], by[f"flax {what}"]
+        print(f"  normjax/flax {what}: {ours['median_ms'] / theirs['median_ms']:.2f}x "
+              f"(min {ours['min_ms'] / theirs['min_ms']:.2f}x, "
+              f"CPU {ours['cpu_ms'] / theirs['cpu_ms']:.2f}x)")
   if args.formulations:
     bench_formulations(args.shapes[0], args)
   if args.json:

@@ -260,3 +260,37 @@ def test_sharded_jit_equals_unsharded(name, axis_type):
   assert got[1][0].sharding.spec[0] == "data"
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_fused_row_blocks_match_reference(norm):
+  # 256 rows in lax.map blocks of 8 (backward) and 16 (forward) rows.
+  x, scale, bias, dy = make_inputs((4, 64, 24))
+  bias = bias if norm == "layer_norm" else None
+  blocked = fused.xla_kernels(forward_block_values=16 * 24, backward_block_values=8 * 24)
+  assert fused._row_block(x.reshape(-1, 24), 8 * 24) == 8
+  if norm == "layer_norm":
+    f = lambda x, s, b: fused.layer_norm(x, s, b, kernels=blocked)
+  else:
+    f = lambda x, s, b: fused.rms_norm(x, s, kernels=blocked)
+  got = jax.jit(lambda *a: vjp_all(f, *a))(x, scale, bias, dy)
+  want = vjp_all(lambda x, s, b: run("reference", norm, x, s, b), x, scale, bias, dy)
+  assert "scan" in str(jax.make_jaxpr(lambda *a: vjp_all(f, *a))(x, scale, bias, dy))
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_fused_row_blocks_under_sharded_jit_without_mesh():
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (virtual) devices")
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x, scale, bias, dy = make_inputs((16, 16, 24))
+  blocked = fused.xla_kernels(None, 8 * 24)
+  def loss(x, s, b, dy):
+    return jnp.sum(fused.layer_norm(x, s, b, kernels=blocked) * dy)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  rows = NamedSharding(mesh, P("data"))
+  got = grads(jax.device_put(x, rows), scale, bias, jax.device_put(dy, rows))
+  want = grads(x, scale, bias, dy)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)

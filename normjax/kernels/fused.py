@@ -144,8 +144,47 @@ def _sum_over_rows(weights, a):
   return jnp.matmul(weights, a, precision=jax.lax.Precision.HIGHEST, out_sharding=out_spec)
 
 
-def layer_norm_forward_xla(x, scale, bias, epsilon):
-  """Two-pass statistics, then ``y = x * (rstd scale) + (bias - mean rstd scale)``."""
+# Values (rows x features) per lax.map step of the backward on CPU; None: one pass
+# over all rows. A block keeps x, dy and the step's temporaries in the 1 MiB L2
+# cache (32K float32 values = 128 KiB per array). Measured in benchmarks.md.
+BACKWARD_BLOCK_VALUES: int | None = 32 * 1024
+FORWARD_BLOCK_VALUES: int | None = None
+
+
+def _row_block(x, block_values):
+  """Rows per block (a divisor of the row count near block_values / features),
+  or None to run unblocked.
+
+  Unblocked under a mesh: a loop over row blocks would fight the row sharding.
+  """
+  n_rows, n_features = x.shape
+  if not block_values or not jax.sharding.get_abstract_mesh().empty:
+    return None
+  target = max(1, block_values // n_features)
+  if n_rows < 2 * target:
+    return None
+  for rows in range(target, max(1, target // 4) - 1, -1):
+    if n_rows % rows == 0:
+      return rows
+  return None
+
+
+def _over_row_blocks(fn, block, row_args, shared_args, n_row_outputs):
+  """``fn(*row_args, *shared_args)`` on blocks of ``block`` rows via ``lax.map``.
+
+  The first ``n_row_outputs`` outputs are per row and are stitched back; the
+  others are per-block partial sums over rows and are summed.
+  """
+  if block is None:
+    return fn(*row_args, *shared_args)
+  n_blocks = row_args[0].shape[0] // block
+  blocked = [a.reshape((n_blocks, block) + a.shape[1:]) for a in row_args]
+  outs = jax.lax.map(lambda rows: fn(*rows, *shared_args), blocked)
+  per_row = [o.reshape((-1,) + o.shape[2:]) for o in outs[:n_row_outputs]]
+  return (*per_row, *(None if o is None else o.sum(0) for o in outs[n_row_outputs:]))
+
+
+def _layer_norm_forward_rows(x, scale, bias, epsilon):
   ct = compute_dtype(x.dtype)
   xf = x.astype(ct)
   scale = scale.astype(ct)
@@ -159,8 +198,14 @@ def layer_norm_forward_xla(x, scale, bias, epsilon):
   return y.astype(x.dtype), mean, rstd
 
 
-def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias):
-  """dx, dscale, dbias from per-row and per-column dots (see module docstring)."""
+def layer_norm_forward_xla(x, scale, bias, epsilon, block_values=FORWARD_BLOCK_VALUES):
+  """Two-pass statistics, then ``y = x * (rstd scale) + (bias - mean rstd scale)``."""
+  block = _row_block(x, block_values)
+  fn = lambda x, scale, bias: _layer_norm_forward_rows(x, scale, bias, epsilon)
+  return _over_row_blocks(fn, block, [x], [scale, bias], 3)
+
+
+def _layer_norm_backward_rows(x, mean, rstd, dy, scale, has_bias):
   n_features = x.shape[-1]
   ct = compute_dtype(x.dtype)
   xf = x.astype(ct)
@@ -177,10 +222,19 @@ def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias):
   column_sums = _sum_over_rows(weights, dyf)
   dscale = _sum_over_rows(rstd, dy_x) + column_sums[0]
   dbias = column_sums[1] if has_bias else None
-  return dx, dscale, dbias
+  return dx.astype(x.dtype), dscale, dbias
 
 
-def rms_norm_forward_xla(x, scale, epsilon):
+def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias,
+                            block_values=BACKWARD_BLOCK_VALUES):
+  """dx, dscale, dbias from per-row and per-column dots (see module docstring)."""
+  block = _row_block(x, block_values)
+  fn = lambda x, mean, rstd, dy, scale: _layer_norm_backward_rows(
+      x, mean, rstd, dy, scale, has_bias)
+  return _over_row_blocks(fn, block, [x, mean, rstd, dy], [scale], 1)
+
+
+def _rms_norm_forward_rows(x, scale, epsilon):
   ct = compute_dtype(x.dtype)
   xf = x.astype(ct)
   rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1) + epsilon)
@@ -188,8 +242,13 @@ def rms_norm_forward_xla(x, scale, epsilon):
   return y.astype(x.dtype), rstd
 
 
-def rms_norm_backward_xla(x, scale, rstd, dy):
-  """dx = rstd * scale * dy - rstd^3 mean_j(scale dy x) x; dscale = rstd^T (dy x)."""
+def rms_norm_forward_xla(x, scale, epsilon, block_values=FORWARD_BLOCK_VALUES):
+  block = _row_block(x, block_values)
+  fn = lambda x, scale: _rms_norm_forward_rows(x, scale, epsilon)
+  return _over_row_blocks(fn, block, [x], [scale], 2)
+
+
+def _rms_norm_backward_rows(x, rstd, dy, scale):
   n_features = x.shape[-1]
   ct = compute_dtype(x.dtype)
   xf = x.astype(ct)
@@ -198,16 +257,31 @@ def rms_norm_backward_xla(x, scale, rstd, dy):
   dy_x = dyf * xf
   q = rstd * rstd * rstd * _matvec(dy_x, scale) / n_features
   dx = rstd[:, None] * dyf * scale - q[:, None] * xf
-  return dx, _sum_over_rows(rstd, dy_x)
+  return dx.astype(x.dtype), _sum_over_rows(rstd, dy_x)
 
 
-XLA_KERNELS = NormKernels(
-    name="fused",
-    layer_norm_forward=layer_norm_forward_xla,
-    layer_norm_backward=layer_norm_backward_xla,
-    rms_norm_forward=rms_norm_forward_xla,
-    rms_norm_backward=rms_norm_backward_xla,
-)
+def rms_norm_backward_xla(x, scale, rstd, dy, block_values=BACKWARD_BLOCK_VALUES):
+  """dx = rstd * scale * dy - rstd^3 mean_j(scale dy x) x; dscale = rstd^T (dy x)."""
+  return _over_row_blocks(_rms_norm_backward_rows, _row_block(x, block_values),
+                          [x, rstd, dy], [scale], 1)
+
+
+@functools.lru_cache(maxsize=None)
+def xla_kernels(forward_block_values: int | None = FORWARD_BLOCK_VALUES,
+                backward_block_values: int | None = BACKWARD_BLOCK_VALUES) -> NormKernels:
+  """The XLA ``NormKernels`` with lax.map blocks of about this many values."""
+  fwd = dict(block_values=forward_block_values)
+  bwd = dict(block_values=backward_block_values)
+  return NormKernels(
+      name=f"fused[blocks fwd {forward_block_values}, bwd {backward_block_values}]",
+      layer_norm_forward=functools.partial(layer_norm_forward_xla, **fwd),
+      layer_norm_backward=functools.partial(layer_norm_backward_xla, **bwd),
+      rms_norm_forward=functools.partial(rms_norm_forward_xla, **fwd),
+      rms_norm_backward=functools.partial(rms_norm_backward_xla, **bwd),
+  )
+
+
+XLA_KERNELS = xla_kernels()
 
 
 def layer_norm(x, scale, bias=None, *, epsilon=1e-6, kernels: NormKernels = XLA_KERNELS):
