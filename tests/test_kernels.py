@@ -294,3 +294,18 @@ def test_fused_row_blocks_under_sharded_jit_without_mesh():
   want = grads(x, scale, bias, dy)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("platform,flavor", [("cuda", "masked"), ("tpu", "blocked")])
+def test_pallas_kernels_lower_for_gpu_and_tpu(platform, flavor):
+  # Cross-platform lowering runs the Triton / Mosaic lowering rules on this CPU
+  # machine: block shapes, power-of-two sizes and supported ops are checked
+  # (compiling and running them still needs the device).
+  x = jax.ShapeDtypeStruct((37, 96), jnp.bfloat16)
+  s = jax.ShapeDtypeStruct((96,), jnp.float32)
+  def both(x, s, dy):
+    ln = jax.vjp(lambda x, s: pallas_norm.layer_norm(x, s, s, flavor=flavor), x, s)
+    rms = jax.vjp(lambda x, s: pallas_norm.rms_norm(x, s, flavor=flavor), x, s)
+    return ln[1](dy), rms[1](dy)
+  text = jax.jit(both).trace(x, s, x).lower(lowering_platforms=(platform,)).as_text()
+  assert "custom_call" in text

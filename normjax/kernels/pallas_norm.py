@@ -54,12 +54,17 @@ def default_flavor(platform: str) -> str:
   return "masked" if platform == "gpu" else "blocked"
 
 
-def default_block_rows(n_rows: int, n_features: int, flavor: str) -> int:
-  """Rows per program: ~8K f32 values per array on GPU, ~256K (1 MiB) on TPU."""
+def default_block_rows(n_rows: int, n_features: int, flavor: str, itemsize: int = 4) -> int:
+  """Rows per program: ~8K values per array on GPU (registers), ~256K on TPU (VMEM).
+
+  TPU blocks need a multiple of 8 rows for 32-bit data (16 for 16-bit) unless
+  they span all rows.
+  """
   if flavor == "masked":
     width = _next_pow2(n_features)
     return max(1, min(64, 8192 // width, _next_pow2(n_rows)))
-  rows = max(8, min(1024, _prev_pow2((1 << 18) // max(n_features, 1))))
+  min_rows = max(8, 32 // itemsize)
+  rows = max(min_rows, min(1024, _prev_pow2((1 << 18) // max(n_features, 1))))
   return n_rows if n_rows <= rows else rows
 
 
@@ -207,7 +212,8 @@ class PallasConfig:
   def geometry(self, x):
     """Rows per block, block width, and the static arguments of ``_Block``."""
     n_rows, n_features = x.shape
-    block_rows = self.block_rows or default_block_rows(n_rows, n_features, self.flavor)
+    block_rows = self.block_rows or default_block_rows(n_rows, n_features, self.flavor,
+                                                        jnp.dtype(x.dtype).itemsize)
     width = _next_pow2(n_features) if self.flavor == "masked" else n_features
     dtype = compute_dtype(x.dtype)
     return block_rows, width, Geometry(self.flavor, block_rows, width, n_rows, n_features, dtype)
@@ -218,6 +224,9 @@ class PallasConfig:
       from jax.experimental.pallas import triton as pltriton
       warps = 4 if block_rows * width <= 4096 else (8 if block_rows * width <= 8192 else 16)
       compiler_params = pltriton.CompilerParams(num_warps=warps, num_stages=1)
+    elif not self.interpret and jax.default_backend() == "tpu":
+      from jax.experimental.pallas import tpu as pltpu
+      compiler_params = pltpu.CompilerParams(dimension_semantics=("parallel",))
     return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
                           out_specs=out_specs, interpret=self.interpret,
                           compiler_params=compiler_params)
