@@ -57,8 +57,8 @@ class NonFiniteLoss(RuntimeError):
 def _maybe_initialize_distributed():
   """Initializes jax.distributed for multi-process runs; a no-op for a single process."""
   if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1:
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives for CPU devices; GPU/TPU clients ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")):
     try:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -83,11 +84,13 @@ def wait_for_checkpoint(proc, workdir, timeout=300.0) -> int:
 def restore_state(workdir, step: int | None = None) -> dict:
   step = checkpoint_steps(workdir)[-1] if step is None else step
   path = Path(workdir).resolve() / "checkpoints" / str(step) / "state"
-  return ocp.StandardCheckpointer().restore(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def leaves(tree) -> list[np.ndarray]:
-  import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
