@@ -34,6 +34,7 @@ class ModelDef:
   abstract_params: Any   # nnx.State of ShapeDtypeStructs
   abstract_rest: Any
   grad_stat_mask: Any    # bools over model_state: True where the backward pass updates it
+  has_aux_loss: bool = False  # set by models that record AuxLoss (class attribute)
 
   @classmethod
   def create(cls, make: Callable[[nnx.Rngs], nnx.Module]) -> "ModelDef":
@@ -42,7 +43,8 @@ class ModelDef:
     train_graph, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
-    return cls(train_graph, eval_graph, params, rest, grad_stat_mask(rest))
+    return cls(train_graph, eval_graph, params, rest, grad_stat_mask(rest),
+               bool(getattr(model, "has_aux_loss", False)))
 
   def merge(self, params: dict, model_state: dict, *, train: bool) -> nnx.Module:
     p = nnx.State(self.abstract_params)
@@ -59,3 +61,52 @@ def split(model: nnx.Module) -> tuple[dict, dict]:
   """``(params, model_state)`` of a module as pure dicts (keys as key_data)."""
   _, params, rest = nnx.split(model, nnx.Param, ...)
   return _to_dict(params), _to_dict(rest)
+
+
+class AuxLoss(nnx.Intermediate):
+  """A scalar loss term a layer records during its training forward, already weighted.
+
+  The trainer pops every ``AuxLoss`` after the forward and adds their sum to the loss
+  (e.g. the residual-std loss of LayerNorm removal); it never enters the model state.
+  """
+
+
+def pop_aux_loss(model: nnx.Module):
+  """Removes the model's ``AuxLoss`` values and returns their sum (0.0 if none)."""
+  values = jax.tree.leaves(nnx.pop(model, AuxLoss))
+  return sum((v.sum() for v in values), start=jax.numpy.zeros((), jax.numpy.float32))
+
+
+def load_pretrained(abstract_state: dict, workdir: str, step: int | None = None) -> dict:
+  """Params and model state of another run's checkpoint, for fine-tuning.
+
+  Returns a dict with ``params`` (every leaf must exist with the same shape) and
+  ``model_state`` (leaves present in both with equal shapes are taken from the checkpoint;
+  others, e.g. a new norm's statistics, keep their fresh initialization: ``None`` here).
+  """
+  import os
+  import numpy as np
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+        f"config key init_from.workdir={workdir!r}: no checkpoint found in "
+        f"{manager.directory}; train that run first (python -m normjax.train ... --workdir {workdir})")
+  path = os.path.join(manager.directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  saved = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  want = jax.tree.map(lambda x: x.shape, abstract_state["params"])
+  have = jax.tree.map(lambda x: x.shape, saved["params"])
+  if want != have:
+    raise ValueError(
+        f"config key init_from.workdir={workdir!r}: the checkpoint's parameters do not match "
+        f"this model's (shapes differ or leaves are missing); the model config must match")
+  flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved.get("model_state", {}))[0])
+  def pick(path, x):
+    v = flat_saved.get(path)
+    return v if v is not None and v.shape == x.shape else None
+  model_state = jax.tree_util.tree_map_with_path(pick, abstract_state["model_state"])
+  return {"params": saved["params"], "model_state": model_state, "step": step}

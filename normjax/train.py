@@ -41,7 +41,7 @@ from normjax.config_check import check_config, model_kwargs
 from normjax.models import MODELS
 from normjax.norms.backward_state import value_and_grad_with_backward_state
 from normjax.optim.build import make_optimizer
-from normjax.state import ModelDef, split
+from normjax.state import ModelDef, load_pretrained, pop_aux_loss, split
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (default: ./workdirs/<config name>).")
@@ -99,14 +99,17 @@ def make_steps(model_def: ModelDef, tx, schedule, task: str):
     def loss_fn(params, model_state):
       model = model_def.merge(params, model_state, train=True)
       loss, sums = loss_and_metrics(model(inputs(batch)), batch, task)
-      return loss, (split(model)[1], sums)
-    (loss, sums), grads, model_state = value_and_grad_with_backward_state(
+      sums["aux_loss"] = pop_aux_loss(model)
+      return loss + sums["aux_loss"], (split(model)[1], sums)
+    (_, sums), grads, model_state = value_and_grad_with_backward_state(
         loss_fn, state["params"], state["model_state"], model_def.grad_stat_mask)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "model_state": model_state, "opt_state": opt_state}
-    metrics = {"loss": loss, "accuracy": sums["accuracy"] / sums["count"],
+    metrics = {"loss": sums["loss"] / sums["count"], "accuracy": sums["accuracy"] / sums["count"],
                "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    if model_def.has_aux_loss:
+      metrics["aux_loss"] = sums["aux_loss"]
     return new_state, metrics
 
   def eval_step(state, batch):
@@ -189,6 +192,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
         data=grain.checkpoint.CheckpointRestore(train_iter)))
     state = restored.state
     print(f"resumed from {manager.directory} at step {start}", flush=True)
+  elif config.get("init_from") and config.init_from.get("workdir"):
+    pretrained = load_pretrained(abstract_state, config.init_from.workdir,
+                                 config.init_from.get("step"))
+    fresh = jax.device_get(state)
+    model_state = jax.tree.map(lambda new, old: old if new is None else new,
+                               pretrained["model_state"], fresh["model_state"],
+                               is_leaf=lambda x: x is None)
+    loaded = {**fresh, "params": pretrained["params"], "model_state": model_state,
+              "opt_state": tx.init(pretrained["params"])}
+    state = jax.device_put(loaded, state_sharding)
+    print(f"initialized from {config.init_from.workdir} (step {pretrained['step']})", flush=True)
 
   all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
       [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))

@@ -140,3 +140,20 @@ def test_two_processes_match_one(tmp_path):
   for x, y in zip(tu.leaves(tu.restore_state(tmp_path / "one")),
                   tu.leaves(tu.restore_state(tmp_path / "multi"))):
     np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)  # all-reduce order differs
+
+
+def test_init_from_another_run_loads_its_parameters(tmp_path):
+  train.train_and_evaluate(tiny_config("vit_layernorm", 3), str(tmp_path / "pre"))
+  config = tiny_config("vit_layernorm", 1, seed=7)
+  config.schedule.warmup_steps = 0
+  config.optimizer.learning_rate = 1e-12  # one step that cannot move the loaded weights
+  config.init_from = {"workdir": str(tmp_path / "pre")}
+  train.train_and_evaluate(config, str(tmp_path / "fine"))
+  pre = tu.restore_state(tmp_path / "pre")["params"]
+  fine = tu.restore_state(tmp_path / "fine")
+  assert fine["step"] == 1
+  for x, y in zip(tu.leaves(pre), tu.leaves(fine["params"])):
+    np.testing.assert_allclose(x, y, atol=1e-9)
+  config.init_from = {"workdir": str(tmp_path / "missing")}
+  with pytest.raises(FileNotFoundError, match="init_from.workdir=.*no checkpoint found"):
+    train.train_and_evaluate(config, str(tmp_path / "fine2"))
