@@ -136,18 +136,15 @@ def _formulations():
   """name -> LayerNorm f(x, s, b) through fused.layer_norm with swapped parts."""
   from normjax.kernels import fused
 
-  def stats_fast(x, eps):  # E[x^2] - mean^2 (flax's default; loses precision)
+  def forward_fast(x, s, b, eps):  # E[x^2] - mean^2 (flax's default; loses precision)
     m = x.mean(-1)
-    return m, jax.lax.rsqrt(jnp.maximum((x * x).mean(-1) - m * m, 0.0) + eps)
-
-  def forward_fast(x, s, b, eps):
-    m, r = stats_fast(x, eps)
+    r = jax.lax.rsqrt(jnp.maximum((x * x).mean(-1) - m * m, 0.0) + eps)
     return x * r[:, None] * s + (b - (m * r)[:, None] * s), m, r
 
-  def forward_centred(x, s, b, eps):  # y = (x - mean) * rstd * s + b, two-pass stats
-    m = x.mean(-1)
-    r = jax.lax.rsqrt(jnp.square(x - m[:, None]).mean(-1) + eps)
-    return (x - m[:, None]) * r[:, None] * s + b, m, r
+  def forward_centred(x, s, b, eps):  # keepdims centred form, stats as extra outputs
+    m = x.mean(-1, keepdims=True)
+    r = jax.lax.rsqrt(jnp.square(x - m).mean(-1, keepdims=True) + eps)
+    return (x - m) * r * s + b, m[:, 0], r[:, 0]
 
   def backward_autodiff_style(x, s, m, r, dy, has_bias):  # xhat materialised, reduces
     xhat = (x - m[:, None]) * r[:, None]
@@ -164,27 +161,34 @@ def _formulations():
     dx = r[:, None] * g - (r * r * q)[:, None] * x + (r * (r * q * m - p))[:, None]
     return dx, (dy * ((x - m[:, None]) * r[:, None])).sum(0), dy.sum(0)
 
+  def backward_one_fusion(x, s, m, r, dy, has_bias):  # dx in one fusion, sums by reduce
+    m, r = m[:, None], r[:, None]
+    xc, g = x - m, dy * s
+    c1 = g.mean(-1, keepdims=True)
+    c2 = (g * xc).mean(-1, keepdims=True)
+    return r * (g - c1) - xc * (r * r * r * c2), (dy * xc * r).sum(0), dy.sum(0)
+
   def swap(forward=None, backward=None, base=None):
-    base = base or fused.xla_kernels(None, None)
+    base = base or fused.XLA_KERNELS
     k = base._replace(name="study", layer_norm_forward=forward or base.layer_norm_forward,
                       layer_norm_backward=backward or base.layer_norm_backward)
     return lambda x, s, b: fused.layer_norm(x, s, b, kernels=k)
 
   k = 1024
-  shipped = (fused.FORWARD_BLOCK_VALUES, fused.BACKWARD_BLOCK_VALUES)
-  label = lambda v: "none" if v is None else f"{v // k}K"
-  study = {f"shipped (blocks fwd {label(shipped[0])}, bwd {label(shipped[1])})": swap(
-      base=fused.xla_kernels(*shipped))}
-  for blocks in [(None, None), (None, 8 * k), (None, 16 * k), (None, 32 * k), (None, 64 * k),
-                 (None, 256 * k), (None, 1024 * k), (32 * k, 32 * k), (256 * k, 32 * k)]:
-    if blocks != shipped:
-      study[f"blocks fwd {label(blocks[0])}, bwd {label(blocks[1])} values"] = swap(
-          base=fused.xla_kernels(*blocks))
+  study = {f"shipped (bwd blocks {fused.BACKWARD_BLOCK_VALUES // k}K values)": swap()}
+  for values in (None, 8 * k, 16 * k, 64 * k, 256 * k, 1024 * k):
+    if values != fused.BACKWARD_BLOCK_VALUES:
+      label = "bwd unblocked" if values is None else f"bwd blocks {values // k}K values"
+      study[label] = swap(base=fused.xla_kernels(values))
+  unblocked = fused.xla_kernels(None)
   study.update({
-      "fast variance E[x^2]-m^2, unblocked": swap(forward=forward_fast),
-      "centred y=(x-m)*r*s+b, unblocked": swap(forward=forward_centred),
-      "bwd per-row coefficients by reduce": swap(backward=backward_reduce),
-      "bwd autodiff-style (xhat), reduce": swap(backward=backward_autodiff_style),
+      "fwd: fast variance E[x^2]-m^2": swap(forward=forward_fast),
+      "fwd: centred keepdims + stats outputs": swap(forward=forward_centred),
+      "bwd unblocked: coefficients by reduce": swap(backward=backward_reduce, base=unblocked),
+      "bwd unblocked: autodiff-style xhat": swap(backward=backward_autodiff_style,
+                                                base=unblocked),
+      "bwd unblocked: dx one fusion + reduces": swap(backward=backward_one_fusion,
+                                                    base=unblocked),
       "jnp reference (plain autodiff)": lambda x, s, b: kernels.layer_norm(
           x, s, b, implementation="reference"),
   })

@@ -21,17 +21,25 @@ and of RMSNorm (``xhat = x * rstd``)
 (the standard result, e.g. Apex apex/normalization/csrc/layer_norm_cuda_kernel.cu,
 jax-ml/jax:jax/experimental/pallas/ops/gpu/layer_norm.py).
 
-The XLA form is written for XLA:CPU, where a full-size elementwise pass costs
-about as much as reading the array from memory, broadcasts of a per-row vector
-are expensive inside fusions, and matrix-vector products (dots) are fast. So the
-per-row and per-column sums are taken as dots, with dx expanded into per-row
-coefficients
+The XLA form is tuned for XLA:CPU (jax 0.10; measurements in benchmarks.md):
 
-  dx = rstd * scale * dy + a * x + c,   a = -rstd^2 * q,   c = rstd^2 * q * mean - rstd * p
-  p  = mean_j(scale * dy),   q = rstd * (mean_j(scale * dy * x) - mean * p)
+* Inference forward: the centred form with ``keepdims`` statistics,
+  ``(x - mean) * rstd * scale + bias``, which XLA:CPU compiles into one fusion
+  (one read of x, one write of y), like flax.linen.LayerNorm.
+* Training forward (also returns mean, rstd): ``y = x * (rstd scale) + (bias -
+  mean rstd scale)`` after two-pass statistics; two reads of x, one write.
+* Backward: the per-row and per-column sums as dots (matrix-vector products,
+  which XLA:CPU runs at memory speed) with dx expanded into per-row coefficients
 
-and dscale = rstd^T (dy * x) - (mean * rstd)^T dy, dbias = 1^T dy. See
-``scripts/bench_kernels.py`` and benchmarks.md for the formulations measured.
+    dx = rstd * scale * dy + a * x + c,  a = -rstd^2 q,  c = rstd (rstd q mean - p)
+    p  = mean_j(scale * dy),             q = rstd (mean_j(scale * dy * x) - mean p)
+    dscale = rstd^T (dy * x) - (mean rstd)^T dy,   dbias = 1^T dy,
+
+  evaluated in ``lax.map`` blocks of about ``BACKWARD_BLOCK_VALUES`` values so
+  that x, dy and the block's temporaries stay in cache; the per-block partial
+  dscale/dbias are summed after the loop. Blocking halves the backward's time
+  and keeps XLA's temporary buffer small (on CPU every large buffer is
+  page-faulted in afresh on each call).
 """
 from __future__ import annotations
 
@@ -53,15 +61,21 @@ class NormKernels(NamedTuple):
   layer_norm_backward(x, scale, mean, rstd, dy, has_bias) -> (dx, dscale, dbias | None)
   rms_norm_forward(x, scale, epsilon) -> (y, rstd)
   rms_norm_backward(x, scale, rstd, dy) -> (dx, dscale)
+  layer_norm_inference(x, scale, bias | None, epsilon) -> y   (optional)
+  rms_norm_inference(x, scale, epsilon) -> y                  (optional)
 
-  ``mean`` and ``rstd`` are float32 of shape ``(rows,)``; ``dscale``/``dbias``
-  float32 of shape ``(features,)``; ``y`` and ``dx`` in ``x.dtype``.
+  ``mean`` and ``rstd`` have the compute dtype (float32, or float64 for float64
+  inputs) and shape ``(rows,)``; so do ``dscale``/``dbias`` (``(features,)``);
+  ``y`` and ``dx`` have ``x.dtype``. The ``*_inference`` forms, used when no
+  gradient is taken, default to the forward without its statistics.
   """
   name: str
   layer_norm_forward: Callable
   layer_norm_backward: Callable
   rms_norm_forward: Callable
   rms_norm_backward: Callable
+  layer_norm_inference: Callable | None = None
+  rms_norm_inference: Callable | None = None
 
 
 # ----------------------------------------------------------------------------
@@ -75,8 +89,9 @@ def layer_norm_2d(x, scale, bias, epsilon: float, kernels: NormKernels, bias_dty
   it fixes the structure and dtype of the bias cotangent).
   """
   del bias_dtype
-  y, _, _ = kernels.layer_norm_forward(x, scale, bias, epsilon)
-  return y
+  if kernels.layer_norm_inference is not None:
+    return kernels.layer_norm_inference(x, scale, bias, epsilon)
+  return kernels.layer_norm_forward(x, scale, bias, epsilon)[0]
 
 
 def _layer_norm_fwd(x, scale, bias, epsilon, kernels, bias_dtype):
@@ -102,8 +117,9 @@ layer_norm_2d.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def rms_norm_2d(x, scale, epsilon: float, kernels: NormKernels):
   """RMSNorm of 2-D ``x`` whose VJP is ``kernels.rms_norm_backward``."""
-  y, _ = kernels.rms_norm_forward(x, scale, epsilon)
-  return y
+  if kernels.rms_norm_inference is not None:
+    return kernels.rms_norm_inference(x, scale, epsilon)
+  return kernels.rms_norm_forward(x, scale, epsilon)[0]
 
 
 def _rms_norm_fwd(x, scale, epsilon, kernels):
@@ -145,10 +161,9 @@ def _sum_over_rows(weights, a):
 
 
 # Values (rows x features) per lax.map step of the backward on CPU; None: one pass
-# over all rows. A block keeps x, dy and the step's temporaries in the 1 MiB L2
-# cache (32K float32 values = 128 KiB per array). Measured in benchmarks.md.
+# over all rows. 32K float32 values = 128 KiB per array: x, dy and the step's
+# temporaries fit the 1 MiB L2 cache. Measured in benchmarks.md.
 BACKWARD_BLOCK_VALUES: int | None = 32 * 1024
-FORWARD_BLOCK_VALUES: int | None = None
 
 
 def _row_block(x, block_values):
@@ -169,40 +184,45 @@ def _row_block(x, block_values):
   return None
 
 
-def _over_row_blocks(fn, block, row_args, shared_args, n_row_outputs):
-  """``fn(*row_args, *shared_args)`` on blocks of ``block`` rows via ``lax.map``.
+def _over_row_blocks(fn, block, row_args, shared_args):
+  """``fn(*row_args, *shared_args) -> (per_row, *column_sums)`` over row blocks.
 
-  The first ``n_row_outputs`` outputs are per row and are stitched back; the
-  others are per-block partial sums over rows and are summed.
+  With ``block`` rows per ``lax.map`` step; ``per_row`` is stitched back and the
+  per-block partial column sums are added up. ``block=None`` runs ``fn`` once.
   """
   if block is None:
     return fn(*row_args, *shared_args)
   n_blocks = row_args[0].shape[0] // block
   blocked = [a.reshape((n_blocks, block) + a.shape[1:]) for a in row_args]
-  outs = jax.lax.map(lambda rows: fn(*rows, *shared_args), blocked)
-  per_row = [o.reshape((-1,) + o.shape[2:]) for o in outs[:n_row_outputs]]
-  return (*per_row, *(None if o is None else o.sum(0) for o in outs[n_row_outputs:]))
+  per_row, *sums = jax.lax.map(lambda rows: fn(*rows, *shared_args), blocked)
+  return (per_row.reshape((-1,) + per_row.shape[2:]),
+          *(None if s is None else s.sum(0) for s in sums))
 
 
-def _layer_norm_forward_rows(x, scale, bias, epsilon):
+def layer_norm_inference_xla(x, scale, bias, epsilon):
+  """One fusion: keepdims two-pass statistics and the centred form."""
+  ct = compute_dtype(x.dtype)
+  xf = x.astype(ct)
+  centred = xf - jnp.mean(xf, axis=-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + epsilon)
+  y = centred * rstd * scale.astype(ct)
+  if bias is not None:
+    y = y + bias.astype(ct)
+  return y.astype(x.dtype)
+
+
+def layer_norm_forward_xla(x, scale, bias, epsilon):
+  """Two-pass statistics, then ``y = x * (rstd scale) + (bias - mean rstd scale)``."""
   ct = compute_dtype(x.dtype)
   xf = x.astype(ct)
   scale = scale.astype(ct)
   mean = jnp.mean(xf, axis=-1)
-  var = jnp.mean(jnp.square(xf - mean[:, None]), axis=-1)
-  rstd = jax.lax.rsqrt(var + epsilon)
+  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf - mean[:, None]), axis=-1) + epsilon)
   shift = -(mean * rstd)[:, None] * scale
   if bias is not None:
     shift = shift + bias.astype(ct)
   y = xf * rstd[:, None] * scale + shift
   return y.astype(x.dtype), mean, rstd
-
-
-def layer_norm_forward_xla(x, scale, bias, epsilon, block_values=FORWARD_BLOCK_VALUES):
-  """Two-pass statistics, then ``y = x * (rstd scale) + (bias - mean rstd scale)``."""
-  block = _row_block(x, block_values)
-  fn = lambda x, scale, bias: _layer_norm_forward_rows(x, scale, bias, epsilon)
-  return _over_row_blocks(fn, block, [x], [scale, bias], 3)
 
 
 def _layer_norm_backward_rows(x, mean, rstd, dy, scale, has_bias):
@@ -228,24 +248,25 @@ def _layer_norm_backward_rows(x, mean, rstd, dy, scale, has_bias):
 def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias,
                             block_values=BACKWARD_BLOCK_VALUES):
   """dx, dscale, dbias from per-row and per-column dots (see module docstring)."""
-  block = _row_block(x, block_values)
   fn = lambda x, mean, rstd, dy, scale: _layer_norm_backward_rows(
       x, mean, rstd, dy, scale, has_bias)
-  return _over_row_blocks(fn, block, [x, mean, rstd, dy], [scale], 1)
+  return _over_row_blocks(fn, _row_block(x, block_values), [x, mean, rstd, dy], [scale])
 
 
-def _rms_norm_forward_rows(x, scale, epsilon):
+def rms_norm_inference_xla(x, scale, epsilon):
+  """One fusion: ``x * rsqrt(mean(x^2) + eps) * scale`` with keepdims."""
+  ct = compute_dtype(x.dtype)
+  xf = x.astype(ct)
+  rstd = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + epsilon)
+  return (xf * rstd * scale.astype(ct)).astype(x.dtype)
+
+
+def rms_norm_forward_xla(x, scale, epsilon):
   ct = compute_dtype(x.dtype)
   xf = x.astype(ct)
   rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1) + epsilon)
   y = xf * rstd[:, None] * scale.astype(ct)
   return y.astype(x.dtype), rstd
-
-
-def rms_norm_forward_xla(x, scale, epsilon, block_values=FORWARD_BLOCK_VALUES):
-  block = _row_block(x, block_values)
-  fn = lambda x, scale: _rms_norm_forward_rows(x, scale, epsilon)
-  return _over_row_blocks(fn, block, [x], [scale], 2)
 
 
 def _rms_norm_backward_rows(x, rstd, dy, scale):
@@ -263,21 +284,21 @@ def _rms_norm_backward_rows(x, rstd, dy, scale):
 def rms_norm_backward_xla(x, scale, rstd, dy, block_values=BACKWARD_BLOCK_VALUES):
   """dx = rstd * scale * dy - rstd^3 mean_j(scale dy x) x; dscale = rstd^T (dy x)."""
   return _over_row_blocks(_rms_norm_backward_rows, _row_block(x, block_values),
-                          [x, rstd, dy], [scale], 1)
+                          [x, rstd, dy], [scale])
 
 
 @functools.lru_cache(maxsize=None)
-def xla_kernels(forward_block_values: int | None = FORWARD_BLOCK_VALUES,
-                backward_block_values: int | None = BACKWARD_BLOCK_VALUES) -> NormKernels:
-  """The XLA ``NormKernels`` with lax.map blocks of about this many values."""
-  fwd = dict(block_values=forward_block_values)
-  bwd = dict(block_values=backward_block_values)
+def xla_kernels(backward_block_values: int | None = BACKWARD_BLOCK_VALUES) -> NormKernels:
+  """The XLA ``NormKernels``, backward in lax.map blocks of about this many values."""
+  blocks = dict(block_values=backward_block_values)
   return NormKernels(
-      name=f"fused[blocks fwd {forward_block_values}, bwd {backward_block_values}]",
-      layer_norm_forward=functools.partial(layer_norm_forward_xla, **fwd),
-      layer_norm_backward=functools.partial(layer_norm_backward_xla, **bwd),
-      rms_norm_forward=functools.partial(rms_norm_forward_xla, **fwd),
-      rms_norm_backward=functools.partial(rms_norm_backward_xla, **bwd),
+      name=f"fused[backward blocks of {backward_block_values} values]",
+      layer_norm_forward=layer_norm_forward_xla,
+      layer_norm_backward=functools.partial(layer_norm_backward_xla, **blocks),
+      rms_norm_forward=rms_norm_forward_xla,
+      rms_norm_backward=functools.partial(rms_norm_backward_xla, **blocks),
+      layer_norm_inference=layer_norm_inference_xla,
+      rms_norm_inference=rms_norm_inference_xla,
   )
 
 
