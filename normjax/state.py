@@ -98,15 +98,21 @@ def load_pretrained(abstract_state: dict, workdir: str, step: int | None = None)
   metadata = checkpointer.metadata(path).item_metadata.tree
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
   saved = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  want = jax.tree.map(lambda x: x.shape, abstract_state["params"])
-  have = jax.tree.map(lambda x: x.shape, saved["params"])
-  if want != have:
-    raise ValueError(
-        f"config key init_from.workdir={workdir!r}: the checkpoint's parameters do not match "
-        f"this model's (shapes differ or leaves are missing); the model config must match")
-  flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved.get("model_state", {}))[0])
-  def pick(path, x):
-    v = flat_saved.get(path)
+  from normjax.optim.labels import path_names  # keys come back as strings: match by name
+  def by_name(tree):
+    return {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  saved_params, saved_state = by_name(saved["params"]), by_name(saved.get("model_state", {}))
+  def take_param(path, x):
+    v = saved_params.get(path_names(path))
+    if v is None or v.shape != x.shape:
+      raise ValueError(
+          f"config key init_from.workdir={workdir!r}: parameter {'/'.join(path_names(path))} "
+          f"{'is missing' if v is None else f'has shape {v.shape}, not {x.shape}'} in the "
+          f"checkpoint; the model config must match the pretrained run's")
+    return v
+  def take_state(path, x):
+    v = saved_state.get(path_names(path))
     return v if v is not None and v.shape == x.shape else None
-  model_state = jax.tree_util.tree_map_with_path(pick, abstract_state["model_state"])
-  return {"params": saved["params"], "model_state": model_state, "step": step}
+  params = jax.tree_util.tree_map_with_path(take_param, abstract_state["params"])
+  model_state = jax.tree_util.tree_map_with_path(take_state, abstract_state["model_state"])
+  return {"params": params, "model_state": model_state, "step": step}
