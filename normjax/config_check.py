@@ -13,6 +13,7 @@ from normjax.norms import NORMS
 from normjax.optim import OPTIMIZERS
 from normjax.optim.build import DECAYS
 from normjax.sharding import RULES
+from normjax.tasks import TASKS
 
 
 def _fail(key, value, expected):
@@ -46,9 +47,7 @@ def model_kwargs(model_cfg, info) -> dict:
   params = signature_parameters(cls)
   kwargs = {k: (v.to_dict() if hasattr(v, "to_dict") else v)
             for k, v in model_cfg.items() if k != "name"}
-  from_data = ({"num_classes": info.num_classes, "image_size": info.image_shape[0],
-                "in_channels": info.image_shape[-1]} if info.task == "classification"
-               else {"vocab_size": info.vocab_size, "max_len": info.seq_len})
+  from_data = TASKS.get(info.task).data_kwargs(info)
   for k, v in from_data.items():
     if k in params:
       kwargs.setdefault(k, v)
@@ -68,8 +67,7 @@ def check_config(config, info) -> int:
     NORMS.get(config.model.norm)
   OPTIMIZERS.get(config.optimizer.name)
   model_kwargs(config.model, info)
-  expected_task = {"vit": "classification", "resnet": "classification", "gpt2": "lm"}
-  task = expected_task.get(config.model.name)
+  task = getattr(MODELS.get(config.model.name), "task", None)
   if task and task != info.task:
     _fail("model.name", config.model.name,
           f"a {task} model cannot train on data.name={config.data.name!r} ({info.task} data)")

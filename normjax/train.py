@@ -41,6 +41,7 @@ from normjax.config_check import check_config, model_kwargs
 from normjax.models import MODELS
 from normjax.norms.backward_state import value_and_grad_with_backward_state
 from normjax.optim.build import make_optimizer
+from normjax.tasks import TASKS, loss_and_sums
 from normjax.state import ModelDef, load_pretrained, pop_aux_loss, split
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:arg].", lock_config=True)
@@ -67,20 +68,6 @@ def _maybe_initialize_distributed():
       print(f"jax.distributed not initialized ({e}); running single-process", file=sys.stderr)
 
 
-def loss_and_metrics(logits, batch, task):
-  """Mean loss over (masked) examples, and summed metrics for exact evaluation."""
-  mask = batch.get("mask")
-  if task == "classification":
-    per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-  else:  # language model: per-token loss, averaged per window
-    per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(-1)
-    correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32).mean(-1)
-  weight = jnp.ones_like(per_ex) if mask is None else mask.astype(jnp.float32)
-  sums = {"loss": (per_ex * weight).sum(), "accuracy": (correct * weight).sum(), "count": weight.sum()}
-  return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
-
-
 def make_init(make, tx):
   """``init_state(key)``: a freshly initialized model and optimizer as one pytree."""
   def init_state(key):
@@ -90,15 +77,14 @@ def make_init(make, tx):
   return init_state
 
 
-def make_steps(model_def: ModelDef, tx, schedule, task: str):
+def make_steps(model_def: ModelDef, tx, schedule, task_name: str):
   """The (un-jitted) ``train_step(state, batch)`` and ``eval_step(state, batch)``."""
-  def inputs(batch):
-    return batch["image"] if task == "classification" else batch["inputs"]
+  task = TASKS.get(task_name)
 
   def train_step(state, batch):
     def loss_fn(params, model_state):
       model = model_def.merge(params, model_state, train=True)
-      loss, sums = loss_and_metrics(model(inputs(batch)), batch, task)
+      loss, sums = loss_and_sums(task, model(task.inputs(batch)), batch)
       sums["aux_loss"] = pop_aux_loss(model)
       return loss + sums["aux_loss"], (split(model)[1], sums)
     (_, sums), grads, model_state = value_and_grad_with_backward_state(
@@ -106,7 +92,7 @@ def make_steps(model_def: ModelDef, tx, schedule, task: str):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "model_state": model_state, "opt_state": opt_state}
-    metrics = {"loss": sums["loss"] / sums["count"], "accuracy": sums["accuracy"] / sums["count"],
+    metrics = {"loss": sums["loss"] / sums["count"], task.metric: sums[task.metric] / sums["count"],
                "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
     if model_def.has_aux_loss:
       metrics["aux_loss"] = sums["aux_loss"]
@@ -114,7 +100,7 @@ def make_steps(model_def: ModelDef, tx, schedule, task: str):
 
   def eval_step(state, batch):
     model = model_def.merge(state["params"], state["model_state"], train=False)
-    return loss_and_metrics(model(inputs(batch)), batch, task)[1]
+    return loss_and_sums(task, model(task.inputs(batch)), batch)[1]
 
   return train_step, eval_step
 
@@ -164,19 +150,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     eval_step = jax.jit(eval_step)
 
   def evaluate(state):
-    totals = {"loss": 0.0, "accuracy": 0.0, "count": 0.0}
+    totals = None
     batches = nj_data.eval_iterator(
         config.data, global_batch_size=config.get("eval_batch_size", config.batch_size),
         process_index=jax.process_index(), process_count=jax.process_count())
     for batch in batches:
       with jax.set_mesh(mesh):
         sums = jax.device_get(eval_step(state, to_device(batch)))
-      totals = {k: totals[k] + float(sums[k]) for k in totals}
-    out = {"eval_loss": totals["loss"] / totals["count"],
-           "eval_accuracy": totals["accuracy"] / totals["count"]}
-    if info.task == "lm":
-      out["eval_perplexity"] = float(np.exp(out["eval_loss"]))
-    return out
+      totals = {k: (totals[k] if totals else 0.0) + float(v) for k, v in sums.items()}
+    out = {f"eval_{k}": v / totals["count"] for k, v in totals.items() if k != "count"}
+    return {**out, **TASKS.get(info.task).derived(out)}
 
   # ------------------------------------------------------- checkpoint restore
   manager = ocp.CheckpointManager(
@@ -265,13 +248,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final = evaluate(state)
   writer.write(total_steps, final)
   writer.close()
-  if info.task == "classification":
-    print(f"final {info.eval_split} accuracy: {final['eval_accuracy']:.4f} "
-          f"(loss {final['eval_loss']:.4f})", flush=True)
-  else:
-    print(f"final {info.eval_split} loss: {final['eval_loss']:.4f} nats/token "
-          f"(perplexity {final['eval_perplexity']:.3f}); unigram entropy of the corpus: "
-          f"{info.unigram_entropy:.4f} nats/token", flush=True)
+  print(TASKS.get(info.task).summary(final, info), flush=True)
   return final
 
 

@@ -53,6 +53,8 @@ class GPT2(nnx.Module):
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
+  task = "lm"  # the data task it trains on (normjax.tasks)
+
   def __init__(self, *, vocab_size: int, max_len: int, width: int, depth: int,
                num_heads: int, mlp_ratio: int = 4, placement: str = "pre",
                dropout: float = 0.0, norm: str = "layernorm", norm_kwargs: dict | None = None,

@@ -162,6 +162,8 @@ class ResNet(nnx.Module):
     rngs: ``nnx.Rngs`` for parameters.
   """
 
+  task = "classification"  # the data task it trains on (normjax.tasks)
+
   def __init__(self, *, num_classes: int, in_channels: int = 3,
                stage_sizes: Sequence[int] = (2, 2, 2, 2), block: str = "basic",
                width: int = 64, stem: str = "cifar", norm: str = "batchnorm",

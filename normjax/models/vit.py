@@ -42,6 +42,8 @@ class VisionTransformer(nnx.Module):
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
+  task = "classification"  # the data task it trains on (normjax.tasks)
+
   def __init__(self, *, num_classes: int, image_size: int, in_channels: int = 3,
                patch_size: int, width: int, depth: int, num_heads: int, mlp_dim: int,
                pool: str = "cls", placement: str = "pre", dropout: float = 0.0,
