@@ -1,20 +1,32 @@
-"""Builds the training optimizer from ``config.optimizer`` and ``config.schedule``.
+"""Builds the training optimizer from a trainer config.
 
-``config.optimizer``: ``name`` (any registered optimizer), ``learning_rate`` (peak),
-``weight_decay``, and every other key forwarded to the optimizer as a keyword argument.
+``config.optimizer``:
+  * ``name`` (any registered optimizer), ``learning_rate`` (peak), ``weight_decay``;
+  * ``decay_mask``: a label name from ``normjax.optim.labels.LABELS`` (default ``'decay'``:
+    every matrix outside norm layers; norm parameters and biases are not decayed);
+  * ``labels`` + ``groups``: per-label optimizers through ``optax.partition``. ``labels``
+    names a label function returning strings (e.g. ``'conda_groups'``), ``groups`` maps each
+    label to a spec ``{name, learning_rate, weight_decay, **kwargs}``; a group inherits
+    ``name``, ``learning_rate`` and ``weight_decay`` from the top level, never its kwargs;
+  * every other key: a keyword argument of the optimizer.
 ``config.schedule``: ``warmup_steps`` (linear from 0), ``decay`` ('cosine' | 'linear' |
-'constant'), ``final_fraction`` (end value as a fraction of the peak).
+'constant'), ``final_fraction`` (end value as a fraction of the peak); every group's
+learning rate follows the same shape.
 ``config.grad_clip_norm``: global-norm clipping ahead of the optimizer (None = off).
-Weight decay skips norm parameters and biases (``labels.decay_mask``).
+``config.adaptive_grad_clip``: unit-wise adaptive gradient clipping (Brock et al. 2021,
+``optax.adaptive_grad_clip``) at this ratio, ahead of the optimizer (None = off).
+``config.trainable``: a label name (bool); every other leaf is frozen (its update is
+zero, no weight decay), e.g. ``'norm_affine'`` trains BatchNorm and only BatchNorm.
 """
 from __future__ import annotations
 
+import jax
 import optax
 
 from normjax.optim import OPTIMIZERS, labels
 
 DECAYS = ("cosine", "linear", "constant")
-_RESERVED = ("name", "learning_rate", "weight_decay")
+_RESERVED = ("name", "learning_rate", "weight_decay", "decay_mask", "labels", "groups")
 
 
 def make_schedule(peak: float, cfg, total_steps: int) -> optax.Schedule:
@@ -36,21 +48,59 @@ def make_schedule(peak: float, cfg, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), tail], [warmup])
 
 
-def make_optimizer(config, total_steps: int):
-  """Returns ``(tx, schedule)`` for a trainer config."""
-  opt = config.optimizer
-  factory = OPTIMIZERS.get(opt.name)
-  schedule = make_schedule(float(opt.learning_rate), config.schedule, total_steps)
-  kwargs = {k: v for k, v in opt.items() if k not in _RESERVED}
-  kwargs = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in kwargs.items()}
+def _plain(value):
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _single(spec: dict, key: str, schedule_cfg, total_steps: int, decay_mask):
+  """One registered optimizer from ``spec``; ``key`` names it in error messages."""
+  factory = OPTIMIZERS.get(spec["name"])
+  kwargs = {k: _plain(v) for k, v in spec.items() if k not in _RESERVED}
+  schedule = make_schedule(float(spec["learning_rate"]), schedule_cfg, total_steps)
   try:
-    tx = factory(schedule, weight_decay=float(opt.get("weight_decay", 0.0)),
-                 weight_decay_mask=labels.decay_mask, **kwargs)
+    tx = factory(schedule, weight_decay=float(spec.get("weight_decay", 0.0)),
+                 weight_decay_mask=decay_mask, **kwargs)
   except TypeError as e:
     raise ValueError(
-        f"config key optimizer (name={opt.name!r}) has an argument the optimizer does not "
+        f"config key {key} (name={spec['name']!r}) has an argument the optimizer does not "
         f"accept: {e}. Keys given: {sorted(kwargs)}") from None
-  clip = config.get("grad_clip_norm")
-  if clip:
-    tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
   return tx, schedule
+
+
+def _bool_partition(mask_fn, inner, frozen=optax.set_to_zero()):
+  return optax.partition({True: inner, False: frozen}, mask_fn)
+
+
+def make_optimizer(config, total_steps: int):
+  """Returns ``(tx, schedule)`` for a trainer config (``schedule``: the top-level one)."""
+  opt = {k: _plain(v) for k, v in config.optimizer.items()}
+  decay_mask = labels.resolve(opt.get("decay_mask") or "decay")
+  if not opt.get("groups"):
+    tx, schedule = _single(opt, "optimizer", config.schedule, total_steps, decay_mask)
+  else:
+    schedule = make_schedule(float(opt["learning_rate"]), config.schedule, total_steps)
+    if not opt.get("labels"):
+      raise ValueError("config key optimizer.labels=None: optimizer.groups needs a label "
+                       f"function name; known: {', '.join(labels.LABELS.names())}")
+    inherited = {k: opt[k] for k in ("name", "learning_rate", "weight_decay") if k in opt}
+    txs = {label: _single({**inherited, **group}, f"optimizer.groups.{label}",
+                          config.schedule, total_steps, decay_mask)[0]
+           for label, group in opt["groups"].items()}
+    label_fn = labels.resolve(opt["labels"])
+    def checked_labels(params):
+      tree = label_fn(params)
+      missing = set(jax.tree.leaves(tree)) - set(txs)
+      if missing:
+        raise ValueError(f"config key optimizer.groups: labels {sorted(missing)} produced by "
+                         f"{opt['labels']!r} have no group; groups: {sorted(txs)}")
+      return tree
+    tx = optax.partition(txs, checked_labels)
+  if config.get("trainable"):
+    tx = _bool_partition(labels.resolve(config.trainable), tx)
+  clips = []
+  if config.get("grad_clip_norm"):
+    clips.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
+  if config.get("adaptive_grad_clip"):
+    clips.append(optax.adaptive_grad_clip(float(config.adaptive_grad_clip)))
+  return (optax.chain(*clips, tx) if clips else tx), schedule
+
