@@ -3,8 +3,8 @@ r"""ViT, pre-LayerNorm, on the embedded digits (default) or on real image data.
   python -m normjax.train --config configs/vit_layernorm.py --workdir /tmp/vit_ln
 
 Default: ViT (width 64, depth 4, 4 heads, 2x2 patches, class token) on scikit-learn's
-8x8 digits, AdamW, 1500 steps of batch 128 on a 2-core CPU.
-Measured: RESULT_VIT.
+8x8 digits, AdamW, 1000 steps of batch 64 (~45 epochs) on a 2-core CPU.
+Measured (jax 0.10.2, 2-core CPU shared with other jobs): test accuracy 0.9610, 217 s wall.
 
 Paper scale (data prepared with `tfds build cifar10 --file_format=array_record`):
   --config configs/vit_layernorm.py:data=cifar10     ViT-S/4 on 32x32 CIFAR-10, 200 epochs
@@ -15,7 +15,7 @@ from normjax.config_args import parse_arg, trainer_defaults
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits", norm="layernorm")
-  c = trainer_defaults(total_steps=1500, batch_size=128)
+  c = trainer_defaults(total_steps=1000, batch_size=64)
   c.data = dict(name=arg.data)
   c.model = dict(name="vit", norm=arg.norm, norm_kwargs={}, placement="pre",
                  patch_size=2, width=64, depth=4, num_heads=4, mlp_dim=128, pool="cls",
