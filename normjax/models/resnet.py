@@ -13,6 +13,16 @@ conv) -> global average pool -> linear head.
   ``zero_init_residual`` the last norm of each block starts with scale 0 (Goyal et al. 2017),
   so every block starts as the identity.
 * padding k // 2 on every conv, as torchvision (not 'SAME'), so strided layers align the same.
+* ``conv``: 'standard', 'ws' (Weight Standardization, for BCN/GN; ``models/ws_conv.py``) or
+  'scaled_ws' (Scaled WS with gain and bias).
+* ``ibn='a'`` / ``'b'``: IBN-Net (Pan et al., ECCV 2018; XingangPan/IBN-Net
+  ``ibnnet/resnet_ibn.py``) on a BatchNorm ResNet. IBN-a: the first norm of every block in all
+  stages but the last is ``ibn`` (InstanceNorm on half the channels, ``norms/ibn.py``); IBN-b:
+  the stem norm is a full-width InstanceNorm (affine, eps 1e-5) and, in the first two stages
+  (never the last), the LAST block adds a full-width InstanceNorm after the residual add,
+  before the ReLU -- as the official ``_make_layer``, a stage's first block never does, so a
+  one-block stage has none. The official 4-stage pattern is ('a', 'a', 'a', None) /
+  ('b', 'b', None, None); "all but the last" / "the first two, not the last" generalise it.
 
 ResNet-50 = stage_sizes (3, 4, 6, 3), 'bottleneck', width 64, 'imagenet' stem: 25,557,032
 parameters with 1000 classes. ResNet-18 = (2, 2, 2, 2), 'basic'. The BatchNorm default keeps
@@ -31,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, compute_dtype, conv_kernel_init, register
+from normjax.models.ws_conv import scaled_ws_conv_layer, ws_conv_layer
 from normjax.norms import NORMS, make_norm
 
 STEMS = ("cifar", "imagenet")
@@ -51,7 +62,8 @@ def conv_layer(in_features: int, out_features: int, kernel_size: int, *, strides
                   kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
 
 
-CONVS = {"standard": conv_layer}
+CONVS = {"standard": conv_layer, "ws": ws_conv_layer, "scaled_ws": scaled_ws_conv_layer}
+IBN_VARIANTS = (None, "a", "b")
 
 
 class NormAct(nnx.Module):
@@ -100,45 +112,64 @@ def make_shortcut(in_features, out_features, *, strides, conv, norm_act):
 
 
 class BasicBlock(nnx.Module):
-  """relu(norm(conv3x3(relu(norm(conv3x3(x))))) + shortcut(x)); output width = features."""
+  """relu(norm(conv3x3(relu(norm(conv3x3(x))))) + shortcut(x)); output width = features.
+
+  Optional (IBN-Net): ``first_norm_act`` builds the first NormAct instead of ``norm_act``;
+  ``post_add_norm`` (features -> module) normalizes the sum before the final ReLU.
+  """
   expansion = 1
 
   def __init__(self, in_features: int, features: int, *, strides: int, conv: ConvFactory,
-               norm_act: NormActFactory, zero_init_residual: bool):
+               norm_act: NormActFactory, zero_init_residual: bool,
+               first_norm_act: NormActFactory | None = None,
+               post_add_norm: NormActFactory | None = None):
     self.conv1 = conv(in_features, features, 3, strides=strides)
-    self.norm_act1 = norm_act(features)
+    self.norm_act1 = (first_norm_act or norm_act)(features)
     self.conv2 = conv(features, features, 3)
     self.norm_act2 = norm_act(features, apply_act=False, zero_init_scale=zero_init_residual)
     self.shortcut = make_shortcut(in_features, features, strides=strides, conv=conv,
                                   norm_act=norm_act)
+    self.post_add_norm = post_add_norm(features) if post_add_norm else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.norm_act1(self.conv1(x))
     y = self.norm_act2(self.conv2(y))
-    return jax.nn.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+    return _add_and_activate(self, y, x)
 
 
 class BottleneckBlock(nnx.Module):
-  """1x1 (reduce) -> 3x3 (strided) -> 1x1 (expand x4), each conv + NormAct, plus shortcut."""
+  """1x1 (reduce) -> 3x3 (strided) -> 1x1 (expand x4), each conv + NormAct, plus shortcut.
+
+  ``first_norm_act`` / ``post_add_norm``: as ``BasicBlock`` (IBN-Net).
+  """
   expansion = 4
 
   def __init__(self, in_features: int, features: int, *, strides: int, conv: ConvFactory,
-               norm_act: NormActFactory, zero_init_residual: bool):
+               norm_act: NormActFactory, zero_init_residual: bool,
+               first_norm_act: NormActFactory | None = None,
+               post_add_norm: NormActFactory | None = None):
     out_features = features * self.expansion
     self.conv1 = conv(in_features, features, 1)
-    self.norm_act1 = norm_act(features)
+    self.norm_act1 = (first_norm_act or norm_act)(features)
     self.conv2 = conv(features, features, 3, strides=strides)
     self.norm_act2 = norm_act(features)
     self.conv3 = conv(features, out_features, 1)
     self.norm_act3 = norm_act(out_features, apply_act=False, zero_init_scale=zero_init_residual)
     self.shortcut = make_shortcut(in_features, out_features, strides=strides, conv=conv,
                                   norm_act=norm_act)
+    self.post_add_norm = post_add_norm(out_features) if post_add_norm else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.norm_act1(self.conv1(x))
     y = self.norm_act2(self.conv2(y))
     y = self.norm_act3(self.conv3(y))
-    return jax.nn.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+    return _add_and_activate(self, y, x)
+
+
+def _add_and_activate(block, y: jax.Array, x: jax.Array) -> jax.Array:
+  """relu(post_add_norm(y + shortcut(x))), the norm only when the block has one (IBN-b)."""
+  y = y + (x if block.shortcut is None else block.shortcut(x))
+  return jax.nn.relu(y if block.post_add_norm is None else block.post_add_norm(y))
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
@@ -158,7 +189,9 @@ class ResNet(nnx.Module):
     zero_init_residual: start each block's last norm scale at 0.
     dtype: 'float32' or 'bfloat16' activations (parameters stay float32).
     conv: a key of ``CONVS``: the conv layer factory (in, out, kernel_size, *, strides, dtype,
-      rngs) used everywhere ('standard' = ``conv_layer``).
+      rngs) used everywhere ('standard' = ``conv_layer``, 'ws', 'scaled_ws').
+    ibn: None, 'a' or 'b': an IBN-Net variant (needs norm='batchnorm'; its IBN layers take
+      the BatchNorm's ``momentum``/``epsilon`` from ``norm_kwargs``); see the module docstring.
     rngs: ``nnx.Rngs`` for parameters.
   """
 
@@ -168,8 +201,13 @@ class ResNet(nnx.Module):
                stage_sizes: Sequence[int] = (2, 2, 2, 2), block: str = "basic",
                width: int = 64, stem: str = "cifar", norm: str = "batchnorm",
                norm_kwargs: dict | None = None, zero_init_residual: bool = True,
-               dtype: str = "float32", conv: str = "standard", rngs: nnx.Rngs):
+               dtype: str = "float32", conv: str = "standard", ibn: str | None = None,
+               rngs: nnx.Rngs):
     block_class = BLOCKS[check_choice("block", block, BLOCKS)]
+    check_choice("ibn", ibn, IBN_VARIANTS)
+    if ibn is not None and norm != "batchnorm":
+      raise ValueError(f"model argument ibn={ibn!r} with norm={norm!r}: IBN-Net variants mix "
+                       f"InstanceNorm into a BatchNorm ResNet; use norm='batchnorm'")
     conv_factory = CONVS[check_choice("conv", conv, CONVS)]
     check_choice("stem", stem, STEMS)
     if not stage_sizes or any(int(n) < 1 for n in stage_sizes):
@@ -184,14 +222,28 @@ class ResNet(nnx.Module):
     norm_act = functools.partial(NormAct, norm=norm, norm_kwargs=norm_kwargs, rngs=rngs)
     self.stem_conv = make_conv(in_channels, width, 7 if stem == "imagenet" else 3,
                                strides=2 if stem == "imagenet" else 1)
-    self.stem_norm_act = norm_act(width)
+    # IBN-Net: InstanceNorm as the official PyTorch layer (affine, eps 1e-5), IBN layers
+    # with the BatchNorm's own momentum/epsilon.
+    instance_norm_act = functools.partial(NormAct, norm="instancenorm",
+                                          norm_kwargs={"epsilon": 1e-5}, rngs=rngs)
+    ibn_norm_act = functools.partial(
+        NormAct, norm="ibn", rngs=rngs,
+        norm_kwargs={k: v for k, v in norm_kwargs.items() if k in ("momentum", "epsilon")})
+    self.stem_norm_act = (instance_norm_act if ibn == "b" else norm_act)(width)
     stages, in_features = [], width
+    last_stage = len(stage_sizes) - 1
     for stage, num_blocks in enumerate(stage_sizes):
       features, blocks = width * 2 ** stage, []
       for index in range(int(num_blocks)):
+        extra = {}
+        if ibn == "a" and stage < last_stage:
+          extra["first_norm_act"] = ibn_norm_act
+        if (ibn == "b" and stage < min(2, last_stage) and index == int(num_blocks) - 1
+            and index > 0):
+          extra["post_add_norm"] = functools.partial(instance_norm_act, apply_act=False)
         blocks.append(block_class(
             in_features, features, strides=2 if stage > 0 and index == 0 else 1,
-            conv=make_conv, norm_act=norm_act, zero_init_residual=zero_init_residual))
+            conv=make_conv, norm_act=norm_act, zero_init_residual=zero_init_residual, **extra))
         in_features = features * block_class.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
