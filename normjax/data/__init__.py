@@ -8,6 +8,8 @@
 ``pystdlib`` byte-level text (vocab 256) of this interpreter's standard
              library, built on first use, split by file (``builders.py``).
 ``tokens``   nanoGPT ``train.bin`` / ``val.bin`` uint16 files in ``path``.
+``masked_digits`` the digits with a random square hole (``hole_size``, default 4),
+             task 'inpainting' (``masked_digits.py``).
 other        a TFDS image-classification dataset prepared (array_record) in
              the data_dir: ``cifar10``, ``imagenet2012``, ...
 ===========  ==============================================================
@@ -49,7 +51,7 @@ import pathlib
 
 import grain
 
-from normjax.data import pipeline, sources
+from normjax.data import masked_digits, pipeline, sources
 from normjax.data.sources import DataInfo, default_data_dir
 from normjax.registry import Registry
 
@@ -62,6 +64,7 @@ DATASETS = Registry("dataset", "data.name")
 DATASETS.register("digits", sources.load_digits)
 DATASETS.register("pystdlib", sources.load_pystdlib)
 DATASETS.register("tokens", sources.load_tokens)
+DATASETS.register("masked_digits", masked_digits.load_masked_digits)
 
 _COMMON_KEYS = ("name", "data_dir", "train_split", "eval_split", "num_workers")
 _LM_KEYS = ("seq_len", "eval_windows")
@@ -71,6 +74,7 @@ KEYS = {
     "tokens": ("name", "train_split", "eval_split", "num_workers", "path", "vocab_size")
               + _LM_KEYS,
     "tfds": _COMMON_KEYS + ("image_size", "augment"),
+    "masked_digits": _COMMON_KEYS + ("hole_size",),
 }
 ALL_KEYS = frozenset(k for keys in KEYS.values() for k in keys)
 # Keys a dataset accepts only with the value it has anyway.
@@ -86,6 +90,7 @@ _CHECKS = {
     "seq_len": _positive_int,
     "eval_windows": _positive_int,
     "image_size": _positive_int,
+    "hole_size": _positive_int,
     "vocab_size": _positive_int,
     "num_workers": lambda k, v: _positive_int(k, v, minimum=0),
 }

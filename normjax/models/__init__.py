@@ -21,7 +21,8 @@ from flax import nnx
 from normjax.registry import Registry
 
 MODELS = Registry("model", "model.name", lazy_modules=(
-    "normjax.models.vit", "normjax.models.resnet", "normjax.models.gpt2"))
+    "normjax.models.vit", "normjax.models.resnet", "normjax.models.gpt2",
+    "normjax.models.nf_resnet", "normjax.models.inpaint"))
 register = MODELS.register
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

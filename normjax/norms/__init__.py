@@ -19,7 +19,9 @@ from flax import nnx
 
 from normjax.registry import Registry
 
-NORMS = Registry("norm", "model.norm", lazy_modules=("normjax.norms.basic",))
+NORMS = Registry("norm", "model.norm", lazy_modules=(
+    "normjax.norms.basic", "normjax.norms.evonorm", "normjax.norms.batch_channel",
+    "normjax.norms.ibn", "normjax.norms.region_norm", "normjax.norms.alpha_bn"))
 register = NORMS.register
 
 
