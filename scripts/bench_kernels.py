@@ -5,8 +5,8 @@
     python scripts/bench_kernels.py --formulations           # CPU: alternative XLA forms
 
 For each shape and norm it times, with warm-up, ``block_until_ready`` and the
-median of several repeats (candidates interleaved round by round, so load from
-other processes hits all of them alike):
+median of several repeats (see ``time_interleaved``: candidates take turns in
+rounds, so load from other processes hits all of them alike):
 
 * forward: ``y = norm(x)``;
 * forward+backward: ``y, vjp = jax.vjp(norm, x, scale[, bias]); vjp(dy)``, i.e.
@@ -20,11 +20,15 @@ prints the fraction of the device's peak memory bandwidth (datasheet figure from
 
 ``--formulations`` (CPU) times the alternative XLA formulations of the fused
 LayerNorm that were tried while tuning ``normjax/kernels/fused.py``.
+
+On a 2-core CPU the default run takes a few minutes (peak memory about 4.5 GB,
+for 32768x4096); big shapes get fewer repeats. Results: benchmarks.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -52,25 +56,38 @@ def parse_shape(text: str) -> tuple[int, ...]:
   return shape
 
 
-def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int) -> dict:
-  """Per ``fns[k](*args[k])``: (median wall s, min wall s, median process CPU s).
+def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int, rounds: int = 3
+                     ) -> dict:
+  """Per ``fns[k](*args[k])``: (median wall s, min wall s, median process CPU s,
+  mean minor page faults per call).
 
-  Candidates alternate call by call. CPU time (all threads of this process) is
-  less sensitive than wall time to other processes on a shared machine.
+  ``rounds`` rounds; in each, every candidate runs ``warmup`` untimed calls and
+  then ``repeats // rounds`` timed calls in a row, and the order of candidates
+  rotates from round to round. Consecutive calls see the allocator state the
+  function itself leaves (a call right after a function that freed much memory
+  pays the page faults of re-mapping it), and rotating spreads both that and the
+  load of other processes over all candidates. CPU time (all threads of this
+  process) is less sensitive than wall time to other processes.
   """
-  for name, fn in fns.items():
-    for _ in range(warmup):
-      jax.block_until_ready(fn(*args[name]))
+  per_round = max(1, repeats // rounds)
   wall = {name: [] for name in fns}
   cpu = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      cpu_start, start = time.process_time(), time.perf_counter()
-      jax.block_until_ready(fn(*args[name]))
-      wall[name].append(time.perf_counter() - start)
-      cpu[name].append(time.process_time() - cpu_start)
-  return {name: (statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name]))
-          for name in fns}
+  faults = {name: [] for name in fns}
+  names = list(fns)
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      fn = fns[name]
+      for _ in range(warmup):
+        jax.block_until_ready(fn(*args[name]))
+      for _ in range(per_round):
+        faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        cpu_start, start = time.process_time(), time.perf_counter()
+        jax.block_until_ready(fn(*args[name]))
+        wall[name].append(time.perf_counter() - start)
+        cpu[name].append(time.process_time() - cpu_start)
+        faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start)
+  return {name: (statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name]),
+                 statistics.mean(faults[name])) for name in fns}
 
 
 def forward_and_backward(f):
@@ -118,14 +135,19 @@ def bench_shape(shape, norm, dtype, args):
       "flax fwd+bwd": jax.jit(forward_and_backward(theirs)),
   }
   inputs = {k: (x, *params) if k.endswith("fwd") else (x, *params, dy) for k in fns}
-  timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats)
+  # Big shapes (32768x4096: 512 MiB per array, seconds per flax fwd+bwd on 2 cores)
+  # get fewer calls: at least 4 timed calls in 2 rounds.
+  shrink = max(1, n * d // (8192 * 768 * 4))
+  timings = time_interleaved(
+      fns, inputs, warmup=max(1, args.warmup // shrink), repeats=max(4, args.repeats // shrink),
+      rounds=max(2, args.rounds // shrink) if shrink > 1 else args.rounds)
   array_bytes = n * d * jnp.dtype(dtype).itemsize
   rows = []
-  for name, (median, best, cpu) in timings.items():
+  for name, (median, best, cpu, faults) in timings.items():
     traffic = (2 if name.endswith("fwd") else 5) * array_bytes
     rows.append(dict(shape=f"{n}x{d}", norm=norm, dtype=jnp.dtype(dtype).name, what=name,
                      median_ms=median * 1e3, min_ms=best * 1e3, cpu_ms=cpu * 1e3,
-                     gbps=traffic / median / 1e9))
+                     faults=faults, gbps=traffic / median / 1e9))
   return rows
 
 
@@ -207,11 +229,12 @@ def bench_formulations(shape, args):
   for name, f in _formulations().items():
     fns[name] = jax.jit(forward_and_backward(f))
   inputs = {k: (x, s, b, dy) for k in fns}
-  timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats)
+  timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats,
+                             rounds=args.rounds)
   base = timings["flax.linen.LayerNorm"]
   print(f"\nLayerNorm forward+backward, {n}x{d} float32, formulations: wall median, "
         "wall min, CPU median (ms); ratios to flax of wall median, wall min, CPU median")
-  for name, (median, best, cpu) in timings.items():
+  for name, (median, best, cpu, _) in timings.items():
     print(f"  {name:46s} {median * 1e3:7.2f} {best * 1e3:7.2f} {cpu * 1e3:7.2f}   "
           f"{median / base[0]:5.2f}x {best / base[1]:5.2f}x {cpu / base[2]:5.2f}x")
 
@@ -226,8 +249,10 @@ def main():
   parser.add_argument("--implementation", default=None, choices=kernels.IMPLEMENTATIONS,
                       help="normjax path to time (default: what the dispatcher picks)")
   parser.add_argument("--epsilon", type=float, default=1e-6)
-  parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=2, help="untimed calls per round")
+  parser.add_argument("--repeats", type=int, default=12, help="timed calls per candidate")
+  parser.add_argument("--rounds", type=int, default=4,
+                      help="rounds over the candidates (repeats are split between them)")
   parser.add_argument("--peak-gbps", type=float, default=None,
                       help="device peak memory bandwidth in GB/s (GPU/TPU)")
   parser.add_argument("--formulations", action="store_true",
@@ -250,11 +275,11 @@ def main():
       all_rows += rows
       by = {r["what"]: r for r in rows}
       print(f"\n{norm} {rows[0]['shape']} {args.dtype}:  wall median ms (min ms)  "
-            "CPU ms  GB/s (at the median)" + ("  %peak" if peak else ""))
+            "CPU ms  GB/s (at the median)" + ("  %peak" if peak else "") + "  page faults/call")
       for r in rows:
         extra = f"  {r['gbps'] * 1e9 / peak:6.1%}" if peak else ""
         print(f"  {r['what']:16s} {r['median_ms']:9.2f} ({r['min_ms']:8.2f}) "
-              f"{r['cpu_ms']:9.2f} {r['gbps']:7.1f}{extra}")
+              f"{r['cpu_ms']:9.2f} {r['gbps']:7.1f}{extra} {r['faults']:9.0f}")
       for what in ("fwd", "fwd+bwd"):
         ours, theirs = by[f"normjax {what}"], by[f"flax {what}"]
         print(f"  normjax/flax {what}: {ours['median_ms'] / theirs['median_ms']:.2f}x "
