@@ -72,3 +72,19 @@ def trainer_defaults(**overrides) -> ml_collections.ConfigDict:
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def sibling_config(config_file: str, name: str, arg: str | None = None):
+  """``get_config(arg)`` of ``<dir of config_file>/<name>.py``: derive a config from another.
+
+  A method's config states only what the method changes, e.g. in ``configs/resnet_evonorm.py``:
+  ``c = sibling_config(__file__, 'resnet_batchnorm', f'data={arg.data}')`` then
+  ``c.model.norm = 'evonorm_s0'``; the base keeps the data, schedule and paper-scale variants.
+  """
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"normjax_configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

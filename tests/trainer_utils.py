@@ -1,7 +1,6 @@
 """Helpers for trainer tests: load configs, shrink them, run the CLI, read checkpoints."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,14 +11,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from normjax.config_args import sibling_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return sibling_config(str(ROOT / "configs" / "x.py"), name, arg)
 
 
 # Overrides that make each foundation config a seconds-long run (same code paths).
