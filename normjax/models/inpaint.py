@@ -12,10 +12,11 @@ the missing pixels.
   decoder: conv3x3 (pad 1) to 4x channels -> pixel shuffle x2 -> norm_L -> ReLU;
            reflect-pad 1, conv3x3 to the image channels; output (tanh(x) + 1) / 2 in [0, 1]
 
-``norm='region_norm'`` (default) is the paper's choice: norm_B = RN-B with the hole mask
-(``region_norm_b``), norm_L = RN-L (``region_norm_l``, ``threshold``). Any other registered
-norm name puts that norm at every site (e.g. 'batchnorm', 'instancenorm', 'none' as
-baselines), called without the mask. Scaled down from the official 256-px model: 3x3 (not
+norm_B is ``norm`` and norm_L is ``decoder_norm``; the defaults are the paper's choice:
+RN-B with the hole mask (``region_norm_b``) in the encoder, RN-L (``region_norm_l``,
+``threshold``) in the residual blocks and the decoder. Any registered norm can take either
+place (e.g. 'batchnorm', 'instancenorm', 'none' as baselines); ``region_norm_b`` layers get
+the hole mask (nearest-resized to their resolution), the others none. Scaled down from the official 256-px model: 3x3 (not
 7x7) outer convs, one downsampling (not two), width 32 (not 64), 2 middle blocks (not 8);
 convs have biases, as the official ones without spectral norm.
 """
@@ -29,12 +30,16 @@ from flax import nnx
 
 from normjax.models import compute_dtype, register
 from normjax.norms import NORMS, make_norm
-
-REGION_NORM = "region_norm"
+from normjax.norms.region_norm import RegionNormB
 
 
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+def apply_norm(norm, x: jax.Array, hole: jax.Array) -> jax.Array:
+  """``norm(x)``, with the hole mask for a mask-conditioned RN-B layer."""
+  return norm(x, mask=hole) if isinstance(norm, RegionNormB) else norm(x)
 
 
 def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
@@ -55,9 +60,9 @@ class ResidualBlock(nnx.Module):
     self.conv2 = conv(features, features, (3, 3))
     self.norm2 = make_norm_l(features)
 
-  def __call__(self, x):
-    y = jax.nn.relu(self.norm1(self.conv1(reflect_pad(x, self.dilation))))
-    return x + self.norm2(self.conv2(reflect_pad(y, 1)))
+  def __call__(self, x, hole):
+    y = jax.nn.relu(apply_norm(self.norm1, self.conv1(reflect_pad(x, self.dilation)), hole))
+    return x + apply_norm(self.norm2, self.conv2(reflect_pad(y, 1)), hole)
 
 
 @register("inpaint")
@@ -67,31 +72,28 @@ class InpaintNet(nnx.Module):
   Args:
     in_channels: image channels (from the data). width: encoder width (doubled after the
       downsampling). num_blocks: middle residual blocks. dilation: their first conv's.
-    norm: 'region_norm' (RN-B + RN-L) or any registered norm name; norm_kwargs: its
-      keyword arguments (for 'region_norm': ``epsilon`` only). threshold: RN-L's.
+    norm: the encoder norm (default 'region_norm_b'); decoder_norm: the norm of the residual
+      blocks and the decoder (default 'region_norm_l'); any registered names.
+    norm_kwargs / decoder_norm_kwargs: their keyword arguments. threshold: RN-L's (used
+      when decoder_norm is 'region_norm_l').
     dtype: activation dtype. rngs: parameter RNGs.
   """
 
   task = "inpainting"
 
   def __init__(self, *, in_channels: int = 1, width: int = 32, num_blocks: int = 2,
-               dilation: int = 2, norm: str = REGION_NORM, norm_kwargs: dict | None = None,
+               dilation: int = 2, norm: str = "region_norm_b", norm_kwargs: dict | None = None,
+               decoder_norm: str = "region_norm_l", decoder_norm_kwargs: dict | None = None,
                threshold: float = 0.8, dtype: str = "float32", rngs: nnx.Rngs):
     if width < 1 or num_blocks < 0 or dilation < 1:
       raise ValueError(f"model arguments width={width}, num_blocks={num_blocks}, dilation="
                        f"{dilation}: need width >= 1, num_blocks >= 0, dilation >= 1")
-    norm_kwargs = dict(norm_kwargs or {})
-    self.region = norm == REGION_NORM
-    if self.region:
-      if set(norm_kwargs) - {"epsilon"}:
-        raise ValueError(f"model argument norm_kwargs={norm_kwargs!r}: with norm='region_norm'"
-                         f" only 'epsilon' applies (RN-L's threshold is model.threshold)")
-      make_b = functools.partial(make_norm, "region_norm_b", rngs=rngs, **norm_kwargs)
-      make_l = functools.partial(make_norm, "region_norm_l", rngs=rngs, threshold=threshold,
-                                 **norm_kwargs)
-    else:
-      NORMS.get(norm)
-      make_b = make_l = functools.partial(make_norm, norm, rngs=rngs, **norm_kwargs)
+    NORMS.get(norm), NORMS.get(decoder_norm)
+    decoder_norm_kwargs = dict(decoder_norm_kwargs or {})
+    if decoder_norm == "region_norm_l":
+      decoder_norm_kwargs.setdefault("threshold", threshold)
+    make_b = functools.partial(make_norm, norm, rngs=rngs, **dict(norm_kwargs or {}))
+    make_l = functools.partial(make_norm, decoder_norm, rngs=rngs, **decoder_norm_kwargs)
     self.dtype = compute_dtype(dtype)
     conv = functools.partial(nnx.Conv, padding="VALID", dtype=self.dtype, rngs=rngs)
     self.encoder_conv1 = conv(in_channels, width, (3, 3))
@@ -105,21 +107,18 @@ class InpaintNet(nnx.Module):
     self.decoder_norm = make_l(width)
     self.output_conv = conv(width, in_channels, (3, 3))
 
-  def _norm_b(self, norm, x, hole):
-    return norm(x, mask=hole) if self.region else norm(x)
-
   def __call__(self, inputs) -> jax.Array:
     """``(image, hole)``, both (B, H, W, C) / (B, H, W, 1), hole 1 = missing -> (B, H, W, C)."""
     image, hole = inputs
     hole = hole.astype(self.dtype)
     x = image.astype(self.dtype) * (1 - hole) + hole
-    x = jax.nn.relu(self._norm_b(self.encoder_norm1, self.encoder_conv1(reflect_pad(x, 1)), hole))
-    x = jax.nn.relu(self._norm_b(self.encoder_norm2, self.encoder_conv2(x), hole))
+    x = jax.nn.relu(apply_norm(self.encoder_norm1, self.encoder_conv1(reflect_pad(x, 1)), hole))
+    x = jax.nn.relu(apply_norm(self.encoder_norm2, self.encoder_conv2(x), hole))
     for block in self.blocks:
-      x = block(x)
-    x = jax.nn.relu(self.decoder_norm(pixel_shuffle(self.decoder_conv(x), 2)))
+      x = block(x, hole)
+    x = jax.nn.relu(apply_norm(self.decoder_norm, pixel_shuffle(self.decoder_conv(x), 2), hole))
     x = self.output_conv(reflect_pad(x, 1))
     return ((jnp.tanh(x) + 1) / 2).astype(jnp.float32)
 
 
-__all__ = ["reflect_pad", "pixel_shuffle", "ResidualBlock", "InpaintNet"]
+__all__ = ["reflect_pad", "apply_norm", "pixel_shuffle", "ResidualBlock", "InpaintNet"]

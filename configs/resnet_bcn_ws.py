@@ -1,0 +1,47 @@
+r"""ResNet with Batch-Channel Normalization + Weight Standardization (Qiao et al. 2019).
+
+  python -m normjax.train --config configs/resnet_bcn_ws.py --workdir /tmp/resnet_bcn_ws
+  python -m normjax.train --config configs/resnet_bcn_ws.py:batch=2,estimated=True \
+      --workdir /tmp/resnet_bcn_ws_b2           # micro-batch with estimated BN statistics
+
+``configs/resnet_batchnorm.py`` (3-stage basic-block ResNet, width 32, CIFAR stem; SGD +
+Nesterov, lr 0.1, 1000 steps of batch 128) with every conv a ``WSConv``
+(``normjax/models/ws_conv.py``) and every norm a ``batch_channel_norm``
+(``normjax/norms/batch_channel.py``) with the official settings: 32 groups, eps 1e-5,
+PyTorch BN momentum 0.1 (0.9 here). ``estimated=True`` uses EstBN for the batch part
+(normalizes with running statistics updated from each batch; for micro-batches).
+``batch=N`` sets the batch size; below 32 the learning rate scales linearly (0.1 N / 32)
+and the run takes 4000 steps.
+
+Measured (2-core CPU shared with other jobs, one run each): RESULT_BCN.
+
+Paper scale: ``:data=cifar10`` (ResNet-18, 200 epochs; micro-batch ``batch=2`` per device
+is the paper's 1-2 images/GPU regime).
+"""
+from normjax.config_args import parse_arg, trainer_defaults
+
+MICRO_BATCH = 32  # below this batch size: linear learning-rate scaling and 4000 steps
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, data="digits", batch=128, estimated=False, groups=32)
+  c = trainer_defaults(total_steps=1000, batch_size=arg.batch)
+  c.data = dict(name=arg.data)
+  c.model = dict(name="resnet", norm="batch_channel_norm", conv="ws",
+                 norm_kwargs=dict(num_groups=arg.groups, momentum=0.9, epsilon=1e-5,
+                                  estimated=arg.estimated),
+                 stage_sizes=(1, 1, 1), block="basic", width=32, stem="cifar")
+  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
+                     nesterov=True)
+  c.schedule.warmup_steps = 50
+  if arg.batch < MICRO_BATCH:
+    c.optimizer.learning_rate = 0.1 * arg.batch / MICRO_BATCH
+    c.total_steps = 4000
+  if arg.data == "cifar10":
+    c.total_steps, c.total_epochs = None, 200.0
+    c.eval_batch_size = 1000
+    c.data = dict(name="cifar10", image_size=32)
+    c.model.update(stage_sizes=(2, 2, 2, 2), width=64)
+    c.schedule.warmup_steps = 390
+    c.eval_every, c.checkpoint_every = 2000, 2000
+  return c

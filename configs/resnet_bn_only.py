@@ -1,0 +1,38 @@
+r"""Training BatchNorm and only BatchNorm (Frankle, Schwab, Morcos, ICLR 2021).
+
+  python -m normjax.train --config configs/resnet_bn_only.py --workdir /tmp/resnet_bn_only
+
+The ResNet of configs/resnet_batchnorm.py (3-stage basic blocks, width 32, CIFAR stem) with
+every conv and the linear head frozen at their random initialization: only the BatchNorm
+scale/bias are trained (``config.trainable='norm_affine'``, the label of
+``normjax/optim/labels.py``; every other leaf gets a zero update and no weight decay).
+``zero_init_residual=False`` (all scales start at 1, as the paper's ResNets); global-norm
+clipping off, since the frozen leaves' gradients would count in the global norm; SGD +
+Nesterov, lr 0.1, 1000 steps of batch 128. ``:trainable=all`` trains everything (control).
+
+Measured (2-core CPU shared with other jobs, one run each): RESULT_BN_ONLY.
+
+Paper scale: ``:data=cifar10`` (ResNet-18 layout, 160 epochs).
+"""
+from normjax.config_args import parse_arg, trainer_defaults
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, data="digits", trainable="norm_affine")
+  c = trainer_defaults(total_steps=1000, batch_size=128)
+  c.data = dict(name=arg.data)
+  c.model = dict(name="resnet", norm="batchnorm", norm_kwargs={}, stage_sizes=(1, 1, 1),
+                 block="basic", width=32, stem="cifar", zero_init_residual=False)
+  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
+                     nesterov=True)
+  c.trainable = None if arg.trainable == "all" else arg.trainable
+  c.grad_clip_norm = None
+  c.schedule.warmup_steps = 50
+  if arg.data == "cifar10":
+    c.total_steps, c.total_epochs = None, 160.0
+    c.eval_batch_size = 1000
+    c.data = dict(name="cifar10", image_size=32)
+    c.model.update(stage_sizes=(2, 2, 2, 2), width=64)
+    c.schedule.warmup_steps = 390
+    c.eval_every, c.checkpoint_every = 2000, 2000
+  return c

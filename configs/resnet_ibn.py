@@ -1,0 +1,47 @@
+r"""IBN-Net ResNets (Pan et al., ECCV 2018): IBN-a or IBN-b on the embedded digits.
+
+  python -m normjax.train --config configs/resnet_ibn.py:variant=a --workdir /tmp/resnet_ibn_a
+  python -m normjax.train --config configs/resnet_ibn.py:variant=b --workdir /tmp/resnet_ibn_b
+
+A BatchNorm ResNet (``normjax/models/resnet.py`` with ``ibn='a' | 'b'``): IBN-a puts an IBN
+layer (InstanceNorm on half the channels, BatchNorm on the rest; ``normjax/norms/ibn.py``)
+after the first conv of every block of all stages but the last; IBN-b makes the stem norm an
+InstanceNorm and adds an InstanceNorm after the residual add of the last block of the first
+two stages. Stages of 2, 2, 1 basic blocks (so both variants have their IN layers; the
+official IBN-b skips a stage's first block), width 32, CIFAR stem; BatchNorm momentum 0.9 and
+eps 1e-5 (PyTorch's); SGD + Nesterov, lr 0.1, 1000 steps of batch 128.
+
+Measured (2-core CPU shared with other jobs, one run each): RESULT_IBN.
+
+Paper scale: ``:variant=a,data=imagenet2012`` (ResNet-50-IBN-a, 90 epochs, batch 1024).
+"""
+from normjax.config_args import parse_arg, trainer_defaults
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, variant="a", data="digits")
+  if arg.variant not in ("a", "b"):
+    raise ValueError(f"config argument variant={arg.variant!r}: 'a' (IBN-a) or 'b' (IBN-b)")
+  c = trainer_defaults(total_steps=1000, batch_size=128)
+  c.data = dict(name=arg.data)
+  c.model = dict(name="resnet", norm="batchnorm", norm_kwargs=dict(momentum=0.9, epsilon=1e-5),
+                 ibn=arg.variant, stage_sizes=(2, 2, 1), block="basic", width=32, stem="cifar")
+  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
+                     nesterov=True)
+  c.schedule.warmup_steps = 50
+  if arg.data == "cifar10":
+    c.total_steps, c.total_epochs = None, 200.0
+    c.eval_batch_size = 1000
+    c.data = dict(name="cifar10", image_size=32)
+    c.model.update(stage_sizes=(2, 2, 2, 2), width=64)
+    c.schedule.warmup_steps = 390
+    c.eval_every, c.checkpoint_every = 2000, 2000
+  elif arg.data == "imagenet2012":
+    c.total_steps, c.total_epochs = None, 90.0
+    c.batch_size, c.eval_batch_size = 1024, 1000
+    c.data = dict(name="imagenet2012", image_size=224, eval_split="validation")
+    c.model.update(stage_sizes=(3, 4, 6, 3), block="bottleneck", width=64, stem="imagenet")
+    c.optimizer.update(learning_rate=0.4, weight_decay=1e-4)
+    c.schedule.warmup_steps = 6250
+    c.eval_every, c.checkpoint_every = 5000, 5000
+  return c

@@ -1,0 +1,178 @@
+r"""Test-time alpha-BN on corrupted images: evaluate a trained BatchNorm ResNet three ways.
+
+  python -m normjax.train --config configs/resnet_batchnorm.py --workdir /tmp/resnet_bn
+  python -m normjax.alpha_bn_eval --workdir /tmp/resnet_bn [--alphas 0,1,0.1] [--batch_size 64]
+
+Loads the run's config (``config.json``) and latest checkpoint, rebuilds the model with every
+``batchnorm`` replaced by ``alpha_bn`` (same variables, so the checkpoint loads as is;
+``normjax/norms/alpha_bn.py``) and measures eval-split accuracy on clean and corrupted images
+with normalization statistics
+
+* alpha = 0: source (running) statistics -- ordinary BatchNorm evaluation;
+* alpha = 1: the test batch's own statistics (unbiased variance);
+* 0 < alpha < 1: the alpha-BN mix (default 0.1, 10 % test batch).
+
+Test batches are ``--batch_size`` real examples (the last one smaller; never padded, so
+padding never enters the statistics). Corruptions act on the normalized images z (pixel
+mean 0, variance 1 over the training set for digits), deterministically (noise drawn from
+``np.random.default_rng([seed, batch_index])``):
+
+* ``noise``: z + 0.5 * N(0, 1) (Gaussian noise of half the training pixel std);
+* ``contrast``: m + 0.3 * (z - m), m = each image's mean (70 % less contrast);
+* ``blur``: Gaussian blur, sigma 1 px, kernel radius 2, reflect padding, per channel.
+
+Blur and contrast commute with the affine map from raw pixels to z, so they equal the same
+corruption on raw pixels (no clipping to the pixel range is applied).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from normjax import data as nj_data
+from normjax.config_check import model_kwargs
+from normjax.models import MODELS
+from normjax.state import ModelDef, load_pretrained, split
+
+NOISE_STD = 0.5
+CONTRAST = 0.3
+BLUR_SIGMA = 1.0
+BLUR_RADIUS = 2
+DEFAULT_ALPHAS = (0.0, 1.0, 0.1)
+
+
+# ----------------------------------------------------------------------------- corruptions
+def gaussian_noise(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  return (images + NOISE_STD * rng.standard_normal(images.shape)).astype(np.float32)
+
+
+def low_contrast(images: np.ndarray, rng=None) -> np.ndarray:
+  mean = images.mean(axis=(1, 2, 3), keepdims=True)
+  return (mean + CONTRAST * (images - mean)).astype(np.float32)
+
+
+def gaussian_blur(images: np.ndarray, rng=None) -> np.ndarray:
+  offsets = np.arange(-BLUR_RADIUS, BLUR_RADIUS + 1)
+  kernel = np.exp(-0.5 * (offsets / BLUR_SIGMA) ** 2)
+  kernel /= kernel.sum()
+  out = images.astype(np.float64)
+  for axis in (1, 2):  # separable: rows, then columns
+    pad = [(0, 0)] * out.ndim
+    pad[axis] = (BLUR_RADIUS, BLUR_RADIUS)
+    padded = np.pad(out, pad, mode="reflect")
+    size = out.shape[axis]
+    out = sum(w * np.take(padded, np.arange(size) + i, axis=axis) for i, w in enumerate(kernel))
+  return out.astype(np.float32)
+
+
+CORRUPTIONS = {"clean": lambda images, rng=None: images, "noise": gaussian_noise,
+               "contrast": low_contrast, "blur": gaussian_blur}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--workdir {workdir!r}: no config.json; give the workdir of a "
+                            f"finished run of configs/resnet_batchnorm.py")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.model.get("norm") != "batchnorm":
+    raise ValueError(f"--workdir {workdir!r}: its model.norm={config.model.get('norm')!r}; "
+                     f"alpha-BN evaluates a BatchNorm model (norm='batchnorm')")
+  return config
+
+
+def eval_batches(config, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """The eval split as (images, labels) batches of real examples only."""
+  batches = []
+  for batch in nj_data.eval_iterator(config.data, global_batch_size=batch_size):
+    real = batch["mask"] > 0
+    if real.any():
+      batches.append((batch["image"][real], batch["label"][real]))
+  return batches
+
+
+def evaluate(workdir: str, *, alphas=DEFAULT_ALPHAS, batch_size: int = 64,
+             corruptions=tuple(CORRUPTIONS), seed: int = 0) -> dict:
+  """Accuracy ``{corruption: {alpha: accuracy}}`` of the run in ``workdir``."""
+  if batch_size < 2:
+    raise ValueError(f"--batch_size={batch_size}: test-batch statistics need >= 2 examples")
+  unknown = [c for c in corruptions if c not in CORRUPTIONS]
+  if unknown:
+    raise ValueError(f"corruptions {unknown}: known: {', '.join(CORRUPTIONS)}")
+  config = load_run_config(workdir)
+  info = nj_data.get_info(config.data)
+  kwargs = model_kwargs(config.model, info)
+  base_norm_kwargs = dict(kwargs.get("norm_kwargs") or {})
+
+  def make(alpha, rngs):
+    return MODELS.get(config.model.name)(
+        **{**kwargs, "norm": "alpha_bn", "norm_kwargs": {**base_norm_kwargs, "alpha": alpha}},
+        rngs=rngs)
+
+  abstract = jax.eval_shape(lambda: dict(zip(("params", "model_state"),
+                                             split(make(0.0, nnx.Rngs(0))))))
+  loaded = load_pretrained(abstract, workdir)
+  params, model_state = loaded["params"], loaded["model_state"]
+  batches = eval_batches(config, batch_size)
+  corrupted = {name: [(CORRUPTIONS[name](images, np.random.default_rng([seed, i])), labels)
+                      for i, (images, labels) in enumerate(batches)] for name in corruptions}
+  results = {name: {} for name in corruptions}
+  for alpha in alphas:
+    model_def = ModelDef.create(functools.partial(make, float(alpha)))
+    logits_fn = jax.jit(lambda p, s, x, d=model_def: d.merge(p, s, train=False)(x))
+    for name in corruptions:
+      correct = sum(int(jnp.sum(jnp.argmax(logits_fn(params, model_state, images), -1) == labels))
+                    for images, labels in corrupted[name])
+      results[name][float(alpha)] = correct / info.num_eval
+  return results
+
+
+def format_table(results: dict, alphas=DEFAULT_ALPHAS) -> str:
+  def header(alpha):
+    if alpha == 0:
+      return "source stats (a=0)"
+    if alpha == 1:
+      return "test-batch stats (a=1)"
+    return f"alpha-BN (a={alpha:g})"
+  rows = ["| corruption | " + " | ".join(header(a) for a in alphas) + " |",
+          "|---|" + "---|" * len(alphas)]
+  for name, by_alpha in results.items():
+    rows.append(f"| {name} | " + " | ".join(f"{by_alpha[float(a)]:.4f}" for a in alphas) + " |")
+  return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- command line
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a configs/resnet_batchnorm.py run.")
+_ALPHAS = flags.DEFINE_list("alphas", [str(a) for a in DEFAULT_ALPHAS],
+                            "Test-batch weights to evaluate (0 = source statistics).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Test batch size (statistics per batch).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise corruption.")
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (a finished configs/resnet_batchnorm.py run)")
+  logging.set_verbosity(logging.WARNING)  # orbax's info lines
+  try:
+    alphas = tuple(float(a) for a in _ALPHAS.value)
+    results = evaluate(_WORKDIR.value, alphas=alphas, batch_size=_BATCH_SIZE.value,
+                       seed=_SEED.value)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise SystemExit(f"normjax.alpha_bn_eval: {e}") from None
+  print(f"eval accuracy, test batches of {_BATCH_SIZE.value}, checkpoint in {_WORKDIR.value}")
+  print(format_table(results, alphas))
+
+
+if __name__ == "__main__":
+  app.run(main)
