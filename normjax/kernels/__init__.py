@@ -25,6 +25,10 @@ environment variable ``NORMJAX_KERNELS``, then ``"auto"``. The choice is made wh
 a function is traced, so a function already jitted keeps the path it was traced
 with. The platform is the device of a concrete ``x``, else ``jax.default_backend()``.
 
+Autodiff: the custom_vjp paths support reverse mode (grad, vjp, and
+forward-over-reverse Hessian-vector products), not ``jax.jvp``/``jacfwd`` of the
+norm itself; use ``implementation="reference"`` for forward mode.
+
 Sharding: "reference" and "fused" are plain XLA and shard like any jnp code
 (rows on any mesh axes). The Pallas path, under a mesh set with ``jax.set_mesh``,
 runs per shard of the leading axis in ``jax.shard_map``; without one, XLA

@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from normjax.kernels import fused
 from normjax.kernels.reference import compute_dtype
+
 FLAVORS = ("masked", "blocked")
 MAX_MASKED_WIDTH = 16384  # whole padded row in registers; wider rows: use 'fused'.
 
