@@ -11,6 +11,11 @@ Init (nanoGPT ``_init_weights``): every linear kernel and both embeddings ~ N(0,
 probabilities (``jax.nn.dot_product_attention`` has none), the tanh-approximate GELU of the
 original GPT-2 (nanoGPT uses the exact one), and any registered norm / placement. Norm epsilon
 follows flax (1e-6); GPT-2/PyTorch's LayerNorm uses ``norm_kwargs={'epsilon': 1e-5}``.
+
+``tie_embeddings=False`` gives a separate head ``Linear(width, vocab)`` WITH a bias (it holds a
+folded final-norm bias after ``normjax.models.conversions`` / ``normjax.norms.folding``).
+With a ``compressed_residual`` norm (CRMSNorm) the embeddings and the residual stream are
+width - 1 wide (``normjax.models.transformer``). ``zero_mean_writers``: see there.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import compute_dtype, register
-from normjax.models.transformer import LinearInits, Transformer
+from normjax.models.transformer import LinearInits, Transformer, residual_width
 
 
 def _embedded_sharding(tokens: jax.Array) -> jax.sharding.PartitionSpec | None:
@@ -50,6 +55,8 @@ class GPT2(nnx.Module):
     norm: a name in ``normjax.norms.NORMS``; norm_kwargs: its keyword arguments.
     dtype: 'float32' or 'bfloat16' activations (parameters stay float32).
     embedding_norm: also normalize the summed embeddings before the first block.
+    tie_embeddings: logits = h @ wte^T (nanoGPT); False: a separate head with a bias.
+    zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -58,21 +65,29 @@ class GPT2(nnx.Module):
   def __init__(self, *, vocab_size: int, max_len: int, width: int, depth: int,
                num_heads: int, mlp_ratio: int = 4, placement: str = "pre",
                dropout: float = 0.0, norm: str = "layernorm", norm_kwargs: dict | None = None,
-               dtype: str = "float32", embedding_norm: bool = False, rngs: nnx.Rngs):
+               dtype: str = "float32", embedding_norm: bool = False, tie_embeddings: bool = True,
+               zero_mean_writers: bool = False, rngs: nnx.Rngs):
     self.dtype = compute_dtype(dtype)
     self.max_len = max_len
+    stream = residual_width(norm, width)
     normal = nnx.initializers.normal(0.02)
     residual_normal = nnx.initializers.normal(0.02 / math.sqrt(2 * depth))
     inits = LinearInits(qkv_kernel=normal, attn_out_kernel=residual_normal,
                         mlp_hidden_kernel=normal, mlp_out_kernel=residual_normal)
-    self.token_embedding = nnx.Embed(vocab_size, width, embedding_init=normal, dtype=self.dtype,
+    self.token_embedding = nnx.Embed(vocab_size, stream, embedding_init=normal, dtype=self.dtype,
                                      rngs=rngs)
-    self.position_embedding = nnx.Embed(max_len, width, embedding_init=normal,
+    self.position_embedding = nnx.Embed(max_len, stream, embedding_init=normal,
                                         dtype=self.dtype, rngs=rngs)
     self.transformer = Transformer(
         depth=depth, width=width, num_heads=num_heads, mlp_dim=mlp_ratio * width, norm=norm,
         norm_kwargs=norm_kwargs, placement=placement, causal=True, dropout=dropout,
-        inits=inits, dtype=self.dtype, embedding_norm=embedding_norm, rngs=rngs)
+        inits=inits, dtype=self.dtype, embedding_norm=embedding_norm,
+        zero_mean_writers=zero_mean_writers, rngs=rngs)
+    self.head = (nnx.data(None) if tie_embeddings else
+                 nnx.Linear(stream, vocab_size, kernel_init=normal, dtype=self.dtype, rngs=rngs))
+    # a layer that records an AuxLoss in training (FakeLN's residual-std loss) tells the trainer
+    self.has_aux_loss = any(getattr(node, "records_aux_loss", False)
+                            for _, node in nnx.iter_graph(self.transformer))
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """int tokens (B, T) -> float32 logits (B, T, vocab_size)."""
@@ -82,5 +97,7 @@ class GPT2(nnx.Module):
     x = (self.token_embedding(tokens, out_sharding=_embedded_sharding(tokens))
          + self.position_embedding(jnp.arange(length)))
     h = self.transformer(x)
+    if self.head is not None:
+      return self.head(h).astype(jnp.float32)
     wte = self.token_embedding.embedding[...].astype(h.dtype)
     return jnp.einsum("btc,vc->btv", h, wte, preferred_element_type=jnp.float32)

@@ -7,14 +7,34 @@ Norm placement lives in one table, ``PLACEMENTS``. For each sublayer f (attentio
 
 * ``pre``  (GPT-2, ViT; Xiong et al. 2020): input norm only, plus a final norm after the last block.
 * ``post`` (Vaswani et al. 2017): residual norm only, no final norm.
+* ``peri`` (Peri-LN, Kim et al. 2025, arXiv 2502.02732): input AND output norm (on the module
+  output, before the residual add; nothing on the residual path itself), plus the final norm;
+  Gemma 2's block is this structure with RMSNorm. The optional norm on the embeddings is the
+  ``embedding_norm`` argument of ``Transformer``.
 
-Peri-LN (Kim et al. 2025: input and output norm, final norm) is one more table entry; the
-optional norm on the embeddings is the ``embedding_norm`` argument of ``Transformer``.
 Dropout (rate ``dropout``) acts on the embeddings and on each residual branch's output, as
 nanoGPT's resid_dropout; not on attention probabilities or the MLP hidden layer.
 Norm attributes: ``attn_norm``/``mlp_norm`` (input), ``attn_output_norm``/``mlp_output_norm``,
 ``attn_residual_norm``/``mlp_residual_norm``, ``embedding_norm``, ``final_norm``; an absent
-norm is ``None``.
+norm is ``None``. A norm class with ``needs_site = True`` also receives ``site=NormSite(role,
+block, depth)`` (FakeLN's removal schedule uses it).
+
+Extensions used by the Pre-RMSNorm/CRMSNorm equivalence (``normjax.models.conversions``) and
+LayerNorm removal (``normjax.norms.fakeln``):
+
+* ``zero_mean_writers``: recentre everything written into the residual stream (the embeddings'
+  sum and each branch output) over the feature axis in the forward. This is the zero-mean
+  reparameterisation of Jiang et al. 2023 (``DenseZeroMeanOutput`` in
+  ZixuanJiang/pre-rmsnorm-transformer:jax/model.py subtracts the kernel's and bias's mean over
+  the output axis); centering the output h = xW + b equals using W - mean_out(W), b - mean(b).
+  Exact with dropout 0 (dropout breaks the zero mean of a written vector in training).
+* a norm class with ``compressed_residual = True`` (CRMSNorm) makes the residual stream
+  ``width - 1`` wide: writers (embeddings, attention ``proj``, MLP ``fc2``) produce width-1
+  coordinates and readers (``qkv``, ``fc1``, the head) take width-1 inputs; heads stay
+  width/num_heads wide.
+* an attention-input norm with ``separate_value_path`` (FakeLN) gives the attention two inputs,
+  one for the Q/K projections and one for V (``MultiHeadSelfAttention(x, value_input)``), so
+  LayerNorm removal can freeze the two uses of that norm separately.
 """
 from __future__ import annotations
 
@@ -26,7 +46,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, check_divisible
-from normjax.norms import make_norm
+from normjax.norms import NORMS, make_norm
 
 Initializer = Callable[..., jax.Array]
 
@@ -43,7 +63,33 @@ class Placement:
 PLACEMENTS = {
     "pre": Placement(input_norm=True, output_norm=False, residual_norm=False, final_norm=True),
     "post": Placement(input_norm=False, output_norm=False, residual_norm=True, final_norm=False),
+    "peri": Placement(input_norm=True, output_norm=True, residual_norm=False, final_norm=True),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSite:
+  """Where a norm sits: ``role`` (embedding, attn_input, attn_output, attn_residual, mlp_input,
+  mlp_output, mlp_residual, final), ``block`` index (None outside blocks), model ``depth``."""
+  role: str
+  block: int | None
+  depth: int
+
+
+def build_norm(norm: str, features: int, norm_kwargs: dict, site: NormSite, rngs: nnx.Rngs):
+  """``make_norm`` plus ``site=`` for norm classes that declare ``needs_site``."""
+  extra = {"site": site} if getattr(NORMS.get(norm), "needs_site", False) else {}
+  return make_norm(norm, features, rngs=rngs, **norm_kwargs, **extra)
+
+
+def residual_width(norm: str, width: int) -> int:
+  """Width of the residual stream: ``width - 1`` for a norm with ``compressed_residual``."""
+  return width - 1 if getattr(NORMS.get(norm), "compressed_residual", False) else width
+
+
+def center(x: jax.Array) -> jax.Array:
+  """x - mean over the feature axis (the zero-mean reparameterisation of a written vector)."""
+  return x - jnp.mean(x, axis=-1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,32 +116,43 @@ def stacked_init(init: Initializer, parts: int) -> Initializer:
 
 
 class MultiHeadSelfAttention(nnx.Module):
-  """Self-attention with a fused (width, 3*width) q|k|v projection and an output projection.
+  """Self-attention with a fused (stream, 3*width) q|k|v projection and an output projection.
 
   softmax(q k^T / sqrt(head_dim) [+ causal mask]) v per head, via
   ``jax.nn.dot_product_attention`` (which picks cuDNN flash attention where available).
+  ``stream_width`` is the residual stream's width (``width`` except for CRMSNorm models).
+  ``value_input``, when given, feeds the V columns of the projection instead of ``x``.
   """
 
   def __init__(self, width: int, num_heads: int, *, causal: bool, inits: LinearInits,
-               dtype, rngs: nnx.Rngs):
-    self.num_heads, self.causal = num_heads, causal
-    self.qkv = nnx.Linear(width, 3 * width, kernel_init=stacked_init(inits.qkv_kernel, 3),
-                          dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(width, width, kernel_init=inits.attn_out_kernel, dtype=dtype,
+               dtype, rngs: nnx.Rngs, stream_width: int | None = None):
+    stream_width = width if stream_width is None else stream_width
+    self.width, self.num_heads, self.causal = width, num_heads, causal
+    self.qkv = nnx.Linear(stream_width, 3 * width,
+                          kernel_init=stacked_init(inits.qkv_kernel, 3), dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(width, stream_width, kernel_init=inits.attn_out_kernel, dtype=dtype,
                            rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    batch, length, width = x.shape
-    qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
+  def _split_qkv(self, x: jax.Array, value_input: jax.Array) -> jax.Array:
+    kernel, bias = self.qkv.kernel[...].astype(x.dtype), self.qkv.bias[...].astype(x.dtype)
+    split = 2 * self.width
+    return jnp.concatenate([x @ kernel[:, :split] + bias[:split],
+                            value_input @ kernel[:, split:] + bias[split:]], axis=-1)
+
+  def __call__(self, x: jax.Array, value_input: jax.Array | None = None) -> jax.Array:
+    batch, length, _ = x.shape
+    qkv = self.qkv(x) if value_input is None else self._split_qkv(x, value_input)
+    qkv = qkv.reshape(batch, length, 3, self.num_heads, self.width // self.num_heads)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     out = jax.nn.dot_product_attention(query, key, value, is_causal=self.causal)
-    return self.proj(out.reshape(batch, length, width))
+    return self.proj(out.reshape(batch, length, self.width))
 
 
 class Mlp(nnx.Module):
   """fc2(gelu(fc1(x))) with the tanh-approximate GELU (GPT-2's and big_vision's choice)."""
 
   def __init__(self, width: int, hidden: int, *, inits: LinearInits, dtype, rngs: nnx.Rngs):
+    # width: the residual stream's width (inputs of fc1, outputs of fc2)
     self.fc1 = nnx.Linear(width, hidden, kernel_init=inits.mlp_hidden_kernel,
                           bias_init=inits.mlp_bias, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(hidden, width, kernel_init=inits.mlp_out_kernel,
@@ -106,12 +163,17 @@ class Mlp(nnx.Module):
 
 
 def residual_branch(x, sublayer, *, input_norm=None, output_norm=None, residual_norm=None,
-                    dropout=None, mask=None):
-  """x <- residual_norm(x + dropout(output_norm(sublayer(input_norm(x))))); None = skip."""
+                    dropout=None, mask=None, zero_mean=False):
+  """x <- residual_norm(x + dropout(output_norm(sublayer(input_norm(x))))); None = skip.
+
+  ``zero_mean`` recentres the written vector (after the output norm) over the feature axis.
+  """
   h = x if input_norm is None else input_norm(x, mask=mask)
   h = sublayer(h)
   if output_norm is not None:
     h = output_norm(h, mask=mask)
+  if zero_mean:
+    h = center(h)
   if dropout is not None:
     h = dropout(h)
   x = x + h
@@ -129,60 +191,77 @@ class TransformerBlock(nnx.Module):
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, *, norm: str,
                norm_kwargs: dict, placement: str, causal: bool, dropout: float,
-               inits: LinearInits, dtype, rngs: nnx.Rngs):
+               inits: LinearInits, dtype, rngs: nnx.Rngs, index: int = 0, depth: int = 1,
+               zero_mean_writers: bool = False):
     where = PLACEMENTS[check_choice("placement", placement, PLACEMENTS)]
-    maybe_norm = lambda wanted: (make_norm(norm, width, rngs=rngs, **norm_kwargs)
-                                 if wanted else None)
-    self.attn_norm = maybe_norm(where.input_norm)
+    stream = residual_width(norm, width)
+    def maybe_norm(wanted, role):
+      return (build_norm(norm, stream, norm_kwargs, NormSite(role, index, depth), rngs)
+              if wanted else None)
+    self.zero_mean_writers = zero_mean_writers
+    self.attn_norm = maybe_norm(where.input_norm, "attn_input")
     self.attn = MultiHeadSelfAttention(width, num_heads, causal=causal, inits=inits,
-                                       dtype=dtype, rngs=rngs)
-    self.attn_output_norm = maybe_norm(where.output_norm)
-    self.attn_residual_norm = maybe_norm(where.residual_norm)
+                                       dtype=dtype, rngs=rngs, stream_width=stream)
+    self.attn_output_norm = maybe_norm(where.output_norm, "attn_output")
+    self.attn_residual_norm = maybe_norm(where.residual_norm, "attn_residual")
     self.attn_dropout = _dropout(dropout, rngs)
-    self.mlp_norm = maybe_norm(where.input_norm)
-    self.mlp = Mlp(width, mlp_dim, inits=inits, dtype=dtype, rngs=rngs)
-    self.mlp_output_norm = maybe_norm(where.output_norm)
-    self.mlp_residual_norm = maybe_norm(where.residual_norm)
+    self.mlp_norm = maybe_norm(where.input_norm, "mlp_input")
+    self.mlp = Mlp(stream, mlp_dim, inits=inits, dtype=dtype, rngs=rngs)
+    self.mlp_output_norm = maybe_norm(where.output_norm, "mlp_output")
+    self.mlp_residual_norm = maybe_norm(where.residual_norm, "mlp_residual")
     self.mlp_dropout = _dropout(dropout, rngs)
 
+  def _attention_inputs(self, x, mask=None):
+    """(Q/K input, V input or None) from the attention input norm."""
+    if getattr(self.attn_norm, "separate_value_path", False):
+      return self.attn_norm.qk_and_v(x, mask=mask)
+    return (x if self.attn_norm is None else self.attn_norm(x, mask=mask)), None
+
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    x = residual_branch(x, self.attn, input_norm=self.attn_norm,
+    x = residual_branch(x, lambda h: self.attn(*h), input_norm=self._attention_inputs,
                         output_norm=self.attn_output_norm, residual_norm=self.attn_residual_norm,
-                        dropout=self.attn_dropout, mask=mask)
+                        dropout=self.attn_dropout, mask=mask, zero_mean=self.zero_mean_writers)
     return residual_branch(x, self.mlp, input_norm=self.mlp_norm,
                            output_norm=self.mlp_output_norm, residual_norm=self.mlp_residual_norm,
-                           dropout=self.mlp_dropout, mask=mask)
+                           dropout=self.mlp_dropout, mask=mask, zero_mean=self.zero_mean_writers)
 
 
 class Transformer(nnx.Module):
   """[embedding_norm] -> embedding dropout -> ``depth`` blocks -> [final_norm].
 
-  Input: the summed token/patch and position embeddings (B, T, width); ``mask`` (B, T), True =
-  real token, goes to every norm. The final norm exists when the placement asks for one.
+  Input: the summed token/patch and position embeddings (B, T, stream width); ``mask`` (B, T),
+  True = real token, goes to every norm. The final norm exists when the placement asks for one.
+  ``zero_mean_writers`` recentres the input embeddings and every branch output.
   """
 
   def __init__(self, *, depth: int, width: int, num_heads: int, mlp_dim: int, norm: str,
                norm_kwargs: dict | None, placement: str, causal: bool, dropout: float,
-               inits: LinearInits, dtype, embedding_norm: bool = False, rngs: nnx.Rngs):
+               inits: LinearInits, dtype, embedding_norm: bool = False,
+               zero_mean_writers: bool = False, rngs: nnx.Rngs):
     check_choice("placement", placement, PLACEMENTS)
     check_divisible("width", width, "num_heads", num_heads)
     if depth < 1:
       raise ValueError(f"model argument depth={depth!r}: must be >= 1")
     norm_kwargs = dict(norm_kwargs or {})
-    self.embedding_norm = (make_norm(norm, width, rngs=rngs, **norm_kwargs)
-                           if embedding_norm else None)
+    stream = residual_width(norm, width)
+    self.zero_mean_writers = zero_mean_writers
+    self.embedding_norm = (build_norm(norm, stream, norm_kwargs, NormSite("embedding", None, depth),
+                                      rngs) if embedding_norm else None)
     self.embedding_dropout = _dropout(dropout, rngs)
     self.blocks = nnx.List([
         TransformerBlock(width, num_heads, mlp_dim, norm=norm, norm_kwargs=norm_kwargs,
                          placement=placement, causal=causal, dropout=dropout, inits=inits,
-                         dtype=dtype, rngs=rngs)
-        for _ in range(depth)])
-    self.final_norm = (make_norm(norm, width, rngs=rngs, **norm_kwargs)
+                         dtype=dtype, rngs=rngs, index=i, depth=depth,
+                         zero_mean_writers=zero_mean_writers)
+        for i in range(depth)])
+    self.final_norm = (build_norm(norm, stream, norm_kwargs, NormSite("final", None, depth), rngs)
                        if PLACEMENTS[placement].final_norm else None)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     if self.embedding_norm is not None:
       x = self.embedding_norm(x, mask=mask)
+    if self.zero_mean_writers:
+      x = center(x)
     if self.embedding_dropout is not None:
       x = self.embedding_dropout(x)
     for block in self.blocks:

@@ -9,7 +9,9 @@ position embedding ~ N(0, 1/width), class token 0, attention and MLP kernels Xav
 v each on its own (width, width) fan), MLP biases ~ N(0, 1e-6), head zero-initialized (kernel
 and bias). Unlike big_vision, the class token gets a position embedding too (as the original
 google-research/vision_transformer), so ViT-B/16 at 224 px with 1000 classes has 86,567,656
-parameters, the standard count.
+parameters, the standard count. With a ``compressed_residual`` norm (CRMSNorm) the patch
+embedding, class token, position embedding and residual stream are width - 1 wide;
+``zero_mean_writers``: the zero-mean reparameterisation (``normjax.models.transformer``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from flax import nnx
 
 from normjax.models import (check_choice, check_divisible, compute_dtype, conv_kernel_init,
                             register)
-from normjax.models.transformer import LinearInits, Transformer
+from normjax.models.transformer import LinearInits, Transformer, residual_width
 
 POOLS = ("cls", "mean")
 
@@ -39,6 +41,7 @@ class VisionTransformer(nnx.Module):
     norm: a name in ``normjax.norms.NORMS``; norm_kwargs: its keyword arguments.
     dtype: 'float32' or 'bfloat16' activations (parameters stay float32).
     embedding_norm: also normalize the embeddings before the first block.
+    zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -48,29 +51,32 @@ class VisionTransformer(nnx.Module):
                patch_size: int, width: int, depth: int, num_heads: int, mlp_dim: int,
                pool: str = "cls", placement: str = "pre", dropout: float = 0.0,
                norm: str = "layernorm", norm_kwargs: dict | None = None,
-               dtype: str = "float32", embedding_norm: bool = False, rngs: nnx.Rngs):
+               dtype: str = "float32", embedding_norm: bool = False,
+               zero_mean_writers: bool = False, rngs: nnx.Rngs):
     check_choice("pool", pool, POOLS)
     check_divisible("image_size", image_size, "patch_size", patch_size)
     self.dtype = compute_dtype(dtype)
     self.image_size, self.in_channels, self.pool = image_size, in_channels, pool
     lecun = nnx.initializers.lecun_normal()
-    self.patch_embedding = nnx.Conv(in_channels, width, (patch_size, patch_size),
+    stream = residual_width(norm, width)
+    self.patch_embedding = nnx.Conv(in_channels, stream, (patch_size, patch_size),
                                     strides=(patch_size, patch_size), padding="VALID",
                                     kernel_init=conv_kernel_init(lecun, "fan_in"),
                                     dtype=self.dtype, rngs=rngs)
     num_tokens = (image_size // patch_size) ** 2 + (pool == "cls")
-    self.cls_token = (nnx.Param(jnp.zeros((width,), jnp.float32)) if pool == "cls"
+    self.cls_token = (nnx.Param(jnp.zeros((stream,), jnp.float32)) if pool == "cls"
                       else nnx.data(None))
     position_init = nnx.initializers.normal(width ** -0.5)
-    self.position_embedding = nnx.Param(position_init(rngs.params(), (num_tokens, width)))
+    self.position_embedding = nnx.Param(position_init(rngs.params(), (num_tokens, stream)))
     xavier = nnx.initializers.xavier_uniform()
     inits = LinearInits(qkv_kernel=xavier, attn_out_kernel=xavier, mlp_hidden_kernel=xavier,
                         mlp_out_kernel=xavier, mlp_bias=nnx.initializers.normal(1e-6))
     self.transformer = Transformer(
         depth=depth, width=width, num_heads=num_heads, mlp_dim=mlp_dim, norm=norm,
         norm_kwargs=norm_kwargs, placement=placement, causal=False, dropout=dropout,
-        inits=inits, dtype=self.dtype, embedding_norm=embedding_norm, rngs=rngs)
-    self.head = nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros_init(),
+        inits=inits, dtype=self.dtype, embedding_norm=embedding_norm,
+        zero_mean_writers=zero_mean_writers, rngs=rngs)
+    self.head = nnx.Linear(stream, num_classes, kernel_init=nnx.initializers.zeros_init(),
                            dtype=self.dtype, rngs=rngs)
 
   def __call__(self, images: jax.Array) -> jax.Array:

@@ -20,9 +20,28 @@ from flax import nnx
 from normjax.registry import Registry
 
 NORMS = Registry("norm", "model.norm", lazy_modules=(
-    "normjax.norms.basic", "normjax.norms.evonorm", "normjax.norms.batch_channel",
-    "normjax.norms.ibn", "normjax.norms.region_norm", "normjax.norms.alpha_bn"))
+    "normjax.norms.basic", "normjax.norms.powernorm", "normjax.norms.unified",
+    "normjax.norms.crmsnorm", "normjax.norms.fakeln", "normjax.norms.evonorm",
+    "normjax.norms.batch_channel", "normjax.norms.ibn", "normjax.norms.region_norm",
+    "normjax.norms.alpha_bn"))
 register = NORMS.register
+
+# Public names of the norm modules, imported on first access (``normjax.norms.PowerNorm``).
+_EXPORTS = {
+    "LayerNorm": "basic", "RMSNorm": "basic", "BatchNorm": "basic", "GroupNorm": "basic",
+    "InstanceNorm": "basic", "Identity": "basic",
+    "PowerNorm": "powernorm", "power_norm": "powernorm", "group_scaling": "powernorm",
+    "UnifiedNorm": "unified", "unified_norm": "unified",
+    "CRMSNorm": "crmsnorm", "crms_norm": "crmsnorm",
+    "FakeLN": "fakeln", "fake_layer_norm": "fakeln",
+}
+
+
+def __getattr__(name: str):
+  if name in _EXPORTS:
+    import importlib
+    return getattr(importlib.import_module(f"normjax.norms.{_EXPORTS[name]}"), name)
+  raise AttributeError(f"module 'normjax.norms' has no attribute {name!r}")
 
 
 def make_norm(name: str, num_features: int, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:

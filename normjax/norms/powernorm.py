@@ -195,4 +195,15 @@ class PowerNorm(AffineNorm):
     return y
 
 
-__all__ = ["group_scaling", "power_norm", "PowerNorm"]
+class GroupScaling(nnx.Module):
+  """PowerNorm's parameter-free GroupScaling step alone: what remains of a PowerNorm after its
+  eval affine map is folded into the next linear layer (``normjax.norms.folding``)."""
+
+  def __init__(self, num_features: int, groups: int):
+    self.num_features, self.groups = num_features, groups
+
+  def __call__(self, x, mask=None):
+    return group_scaling(x.astype(_stats_dtype(x)), self.groups).astype(x.dtype)
+
+
+__all__ = ["group_scaling", "power_norm", "PowerNorm", "GroupScaling"]
