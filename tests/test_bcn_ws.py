@@ -149,9 +149,9 @@ def test_ws_output_is_invariant_to_kernel_scale_and_shift():
 
 
 def test_resnet_with_ws_convs_and_bcn():
-  model = make_model("resnet", num_classes=10, in_channels=1, stage_sizes=(1, 1), width=8,
-                     conv="ws", norm="batch_channel_norm", norm_kwargs={"num_groups": 4},
-                     rngs=nnx.Rngs(0))
+  model = nnx.eval_shape(lambda: make_model(
+      "resnet", num_classes=10, in_channels=1, stage_sizes=(1, 1), width=8, conv="ws",
+      norm="batch_channel_norm", norm_kwargs={"num_groups": 4}, rngs=nnx.Rngs(0)))
   convs = [m for _, m in nnx.iter_graph(model) if isinstance(m, WSConv)]
   assert len(convs) == 6  # stem, 2 + 2 block convs, 1 projection
   norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, batch_channel.BatchChannelNorm)]
