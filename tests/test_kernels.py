@@ -273,7 +273,7 @@ def test_sharded_jit_equals_unsharded(name, axis_type):
 
 @pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
 def test_fused_row_blocks_match_reference(norm):
-  # 256 rows in lax.map blocks of 8 rows.
+  # 256 rows in lax.scan blocks of 8 rows.
   x, scale, bias, dy = make_inputs((4, 64, 24))
   bias = bias if norm == "layer_norm" else None
   blocked = fused.xla_kernels(backward_block_values=8 * 24)
@@ -318,3 +318,21 @@ def test_pallas_kernels_lower_for_gpu_and_tpu(platform, flavor):
     return ln[1](dy), rms[1](dy)
   text = jax.jit(both).trace(x, s, x).lower(lowering_platforms=(platform,)).as_text()
   assert "custom_call" in text
+
+
+def test_fused_row_blocks_on_a_one_device_explicit_mesh():
+  # The trainer's CPU default: rows typed as sharded over a 1-device mesh.
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+  x, scale, bias, dy = make_inputs((4, 64, 24))
+  blocked = fused.xla_kernels(8 * 24)
+  def loss(x, s, b):
+    return jnp.sum((fused.layer_norm(x, s, b, kernels=blocked)
+                    + fused.rms_norm(x, s, kernels=blocked)) * dy)
+  want = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
+  with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    assert "scan" in str(jax.make_jaxpr(jax.grad(loss))(xs, scale, bias))
+    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(xs, scale, bias)
+  assert got[0].sharding.spec[0] == "data"
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)

@@ -35,9 +35,9 @@ The XLA form is tuned for XLA:CPU (jax 0.10; measurements in benchmarks.md):
     p  = mean_j(scale * dy),             q = rstd (mean_j(scale * dy * x) - mean p)
     dscale = rstd^T (dy * x) - (mean rstd)^T dy,   dbias = 1^T dy,
 
-  evaluated in ``lax.map`` blocks of about ``BACKWARD_BLOCK_VALUES`` values so
-  that x, dy and the block's temporaries stay in cache; the per-block partial
-  dscale/dbias are summed after the loop. Blocking halves the backward's time
+  evaluated in ``lax.scan`` steps over blocks of about ``BACKWARD_BLOCK_VALUES``
+  values so that x, dy and the block's temporaries stay in cache; dscale/dbias
+  accumulate in the scan carry. Blocking halves the backward's time
   and keeps XLA's temporary buffer small (on CPU every large buffer is
   page-faulted in afresh on each call).
 """
@@ -160,7 +160,7 @@ def _sum_over_rows(weights, a):
   return jnp.matmul(weights, a, precision=jax.lax.Precision.HIGHEST, out_sharding=out_spec)
 
 
-# Values (rows x features) per lax.map step of the backward on CPU; None: one pass
+# Values (rows x features) per lax.scan step of the backward on CPU; None: one pass
 # over all rows. 32K float32 values = 128 KiB per array: x, dy and the step's
 # temporaries fit the 1 MiB L2 cache. Measured in benchmarks.md.
 BACKWARD_BLOCK_VALUES: int | None = 32 * 1024
@@ -170,10 +170,12 @@ def _row_block(x, block_values):
   """Rows per block (a divisor of the row count near block_values / features),
   or None to run unblocked.
 
-  Unblocked under a mesh: a loop over row blocks would fight the row sharding.
+  Unblocked under a mesh of several devices: a loop over row blocks would fight
+  the row sharding.
   """
   n_rows, n_features = x.shape
-  if not block_values or not jax.sharding.get_abstract_mesh().empty:
+  mesh = jax.sharding.get_abstract_mesh()
+  if not block_values or (not mesh.empty and mesh.size > 1):
     return None
   target = max(1, block_values // n_features)
   if n_rows < 2 * target:
@@ -187,16 +189,34 @@ def _row_block(x, block_values):
 def _over_row_blocks(fn, block, row_args, shared_args):
   """``fn(*row_args, *shared_args) -> (per_row, *column_sums)`` over row blocks.
 
-  With ``block`` rows per ``lax.map`` step; ``per_row`` is stitched back and the
-  per-block partial column sums are added up. ``block=None`` runs ``fn`` once.
+  A ``lax.scan`` takes ``block`` rows per step; ``per_row`` is stitched back and
+  the column sums are accumulated in the carry (stacking per-block partial sums
+  instead would allocate blocks x features values: 128 MiB at 32768x4096).
+  ``block=None`` runs ``fn`` once on all rows.
   """
   if block is None:
     return fn(*row_args, *shared_args)
+  # Rows typed as sharded over a one-device mesh (Explicit axes): scan wants its
+  # xs unsharded along the loop axis, and on one device resharding is free.
+  row_spec = jax.typeof(row_args[0]).sharding.spec
+  typed_sharded = any(axes is not None for axes in row_spec)
+  if typed_sharded:
+    row_args = [jax.sharding.reshard(a, P()) for a in row_args]
   n_blocks = row_args[0].shape[0] // block
   blocked = [a.reshape((n_blocks, block) + a.shape[1:]) for a in row_args]
-  per_row, *sums = jax.lax.map(lambda rows: fn(*rows, *shared_args), blocked)
-  return (per_row.reshape((-1,) + per_row.shape[2:]),
-          *(None if s is None else s.sum(0) for s in sums))
+  _, *sums_shape = jax.eval_shape(lambda *rows: fn(*rows, *shared_args),
+                                  *(a[0] for a in blocked))
+  zeros = [None if s is None else jnp.zeros(s.shape, s.dtype) for s in sums_shape]
+
+  def step(sums, rows):
+    per_row, *block_sums = fn(*rows, *shared_args)
+    return [None if s is None else s + b for s, b in zip(sums, block_sums)], per_row
+
+  sums, per_row = jax.lax.scan(step, zeros, blocked)
+  per_row = per_row.reshape((-1,) + per_row.shape[2:])
+  if typed_sharded:
+    per_row = jax.sharding.reshard(per_row, row_spec)
+  return (per_row, *sums)
 
 
 def layer_norm_inference_xla(x, scale, bias, epsilon):
@@ -289,7 +309,7 @@ def rms_norm_backward_xla(x, scale, rstd, dy, block_values=BACKWARD_BLOCK_VALUES
 
 @functools.lru_cache(maxsize=None)
 def xla_kernels(backward_block_values: int | None = BACKWARD_BLOCK_VALUES) -> NormKernels:
-  """The XLA ``NormKernels``, backward in lax.map blocks of about this many values."""
+  """The XLA ``NormKernels``, backward in row blocks of about this many values."""
   blocks = dict(block_values=backward_block_values)
   return NormKernels(
       name=f"fused[backward blocks of {backward_block_values} values]",
