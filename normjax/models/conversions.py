@@ -163,10 +163,15 @@ def convert(name: str, kwargs: dict, params: dict, to: str) -> tuple[dict, dict]
 
 
 def build(name: str, kwargs: dict, params: dict, seed: int = 0) -> nnx.Module:
-  """``make_model(name, **kwargs)`` holding ``params`` (cast to the model's parameter dtypes)."""
-  model = make_model(name, rngs=nnx.Rngs(seed), **kwargs)
-  graph, state, rest = nnx.split(model, nnx.Param, ...)
-  abstract = nnx.to_pure_dict(state)
+  """``make_model(name, **kwargs)`` holding ``params`` (cast to the model's parameter dtypes).
+
+  The structure comes from ``nnx.eval_shape`` (no parameter initialization runs); non-parameter
+  state (dropout keys, running statistics), if any, is initialized in one jitted call.
+  """
+  make = lambda: make_model(name, rngs=nnx.Rngs(seed), **kwargs)
+  graph, abstract_params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
   names = lambda path: tuple(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
   flat_new = {names(path): v for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   def take(path, like):
@@ -178,11 +183,11 @@ def build(name: str, kwargs: dict, params: dict, seed: int = 0) -> nnx.Module:
       raise ValueError(f"conversion: parameter {'/'.join(key)} has shape {np.shape(value)}, "
                        f"the model expects {like.shape}")
     return jnp.asarray(value, like.dtype)
-  new = jax.tree_util.tree_map_with_path(take, abstract)
+  new = jax.tree_util.tree_map_with_path(take, nnx.to_pure_dict(abstract_params))
   if flat_new:
     raise ValueError(f"conversion: unexpected parameters {sorted(flat_new)[:5]}")
-  nnx.replace_by_pure_dict(state, new)
-  return nnx.merge(graph, state, rest)
+  nnx.replace_by_pure_dict(abstract_params, new)
+  return nnx.merge(graph, abstract_params, rest)
 
 
 __all__ = ["convert", "build", "ln_to_rmsnorm", "rmsnorm_to_crmsnorm", "check_convertible"]

@@ -39,6 +39,39 @@ class EvalMap:
   remainder: nnx.Module | None = None
 
 
+def _is_foldable(norm: nnx.Module) -> bool:
+  from normjax.norms.fakeln import FakeLN
+  return isinstance(norm, (BatchNorm, FakeLN)) or hasattr(norm, "eval_affine")
+
+
+def _refuse(norm: nnx.Module):
+  raise ValueError(f"{type(norm).__name__} normalizes each token/example by its own statistics "
+                   f"in eval mode; only affine-in-eval norms (BatchNorm, PowerNorm, UnifiedNorm, "
+                   f"frozen FakeLN) can be folded")
+
+
+def check_foldable(model: nnx.Module):
+  """Structural checks (no array is touched): ValueError naming what cannot be folded."""
+  from normjax.norms.powernorm import PowerNorm
+  stack = model.transformer
+  if stack.embedding_norm is not None:
+    raise ValueError("embedding_norm: folding it into the embeddings is not implemented")
+  for i, block in enumerate(stack.blocks):
+    for name in ("attn_residual_norm", "mlp_residual_norm"):
+      if getattr(block, name) is not None:
+        raise ValueError(f"blocks[{i}].{name}: a norm after the residual add (post placement) "
+                         f"has no adjacent linear layer to fold into")
+    for name in ("attn_norm", "mlp_norm", "attn_output_norm", "mlp_output_norm"):
+      norm = getattr(block, name)
+      if norm is not None and not _is_foldable(norm):
+        _refuse(norm)
+      if name.endswith("output_norm") and isinstance(norm, PowerNorm):
+        raise ValueError(f"blocks[{i}].{name}: a PowerNorm after a linear layer cannot be "
+                         f"folded into it: GroupScaling sits between the layer and the affine map")
+  if stack.final_norm is not None and not _is_foldable(stack.final_norm):
+    _refuse(stack.final_norm)
+
+
 def eval_map(norm: nnx.Module, value_path: bool = False) -> EvalMap:
   """The eval-mode affine map of ``norm`` (for FakeLN's V path: ``value_path=True``)."""
   from normjax.norms.fakeln import FakeLN
@@ -61,9 +94,7 @@ def eval_map(norm: nnx.Module, value_path: bool = False) -> EvalMap:
     return EvalMap(a, c, remainder=GroupScaling(features, norm.groups))
   if hasattr(norm, "eval_affine"):
     return EvalMap(*norm.eval_affine())
-  raise ValueError(f"{type(norm).__name__} normalizes each token/example by its own statistics "
-                   f"in eval mode; only affine-in-eval norms (BatchNorm, PowerNorm, UnifiedNorm, "
-                   f"frozen FakeLN) can be folded")
+  _refuse(norm)
 
 
 def fold_into_next(m: EvalMap, kernel, bias):
@@ -95,10 +126,6 @@ def _replacement(m: EvalMap, features: int) -> nnx.Module:
 
 
 def _fold_block(block):
-  for name in ("attn_residual_norm", "mlp_residual_norm"):
-    if getattr(block, name) is not None:
-      raise ValueError(f"{name}: a norm after the residual add (post placement) has no adjacent "
-                       f"linear layer to fold into")
   qkv = block.attn.qkv
   if block.attn_norm is not None:
     main = eval_map(block.attn_norm)
@@ -126,11 +153,10 @@ def _fold_block(block):
 
 def fold_norms(model: nnx.Module) -> nnx.Module:
   """An eval-mode copy of a ViT / GPT-2 with every norm folded into its adjacent linear layer."""
+  check_foldable(model)
   model = nnx.clone(model)
   model.eval()
   stack = model.transformer
-  if stack.embedding_norm is not None:
-    raise ValueError("embedding_norm: folding it into the embeddings is not implemented")
   for block in stack.blocks:
     _fold_block(block)
   if stack.final_norm is not None:
@@ -146,4 +172,4 @@ def fold_norms(model: nnx.Module) -> nnx.Module:
   return model
 
 
-__all__ = ["EvalMap", "eval_map", "fold_into_next", "fold_into_previous", "fold_norms"]
+__all__ = ["EvalMap", "check_foldable", "eval_map", "fold_into_next", "fold_into_previous", "fold_norms"]
