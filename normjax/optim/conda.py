@@ -153,8 +153,10 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       a pytree or ``fn(params)`` of bools, or of ``MatrixAxes``/None for N-D kernels.
     mu_dtype: dtype of the first moment (default: the parameter's). ``nu`` and the basis
       use the parameter's dtype, as the official code.
-    precision: ``jax.lax.Precision`` of the rotations (default: JAX's default, i.e. TF32
-      on recent NVIDIA GPUs, as nanoGPT-based training sets in torch).
+    precision: precision of the rotation matmuls (``jax.lax.Precision`` or a string).
+      None uses JAX's default: exact float32 on CPU, TF32 on recent NVIDIA GPUs (what
+      nanoGPT's train.py enables in torch), one bfloat16 pass on TPU; ``'highest'``
+      rotates in full float32 everywhere, at several times the matmul cost.
   """
   for name, value in dict(eps=eps, scale=scale).items():
     if isinstance(value, (int, float)) and value < 0:
@@ -247,6 +249,8 @@ def add_decayed_weights_after_step(weight_decay: float, learning_rate: optax.Sca
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("weight decay needs params: call update(grads, state, params)")
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+      return updates, DecayAfterStepState(count=optax.safe_increment(state.count))
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     new = jax.tree.map(
         lambda d, p: (d.astype(_F32) + weight_decay * (p.astype(_F32) - lr * d.astype(_F32))
