@@ -73,3 +73,21 @@ def test_zero_mean_writers_keep_the_stream_centred():
     stream = model.transformer(x)  # norm 'none': the final "norm" is the identity
     means = np.abs(np.asarray(stream).mean(-1)).max()
     assert (means < 1e-5) if zero_mean else (means > 0.1)
+
+
+def test_transformer_norm_configs_are_valid():
+  """Every config of this family resolves and passes the trainer's checks (no compilation)."""
+  from normjax import data as nj_data
+  from normjax.config_check import check_config
+  from tests import trainer_utils as tu
+  expected = {"vit_powernorm": ("powernorm", "pre"), "vit_unified": ("unifiednorm", "pre"),
+              "gpt2_powernorm": ("powernorm", "pre"), "gpt2_rmsnorm": ("rmsnorm", "pre"),
+              "gpt2_crmsnorm": ("crmsnorm", "pre"), "gpt2_perinorm": ("layernorm", "peri"),
+              "gpt2_ln_removal": ("fakeln", "pre")}
+  for name, (norm, placement) in expected.items():
+    config = tu.load_config(name)
+    assert (config.model.norm, config.model.placement) == (norm, placement), name
+    assert check_config(config, nj_data.get_info(config.data)) == config.total_steps
+  pn = tu.load_config("vit_powernorm").model.norm_kwargs
+  assert pn.groups == 4 and pn.warmup_steps == tu.load_config("vit_powernorm").schedule.warmup_steps
+  assert tu.load_config("gpt2_ln_removal", "remove=False").model.norm == "layernorm"

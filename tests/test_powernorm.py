@@ -157,3 +157,14 @@ def test_registry_export_and_errors():
                         ({"warmup_steps": -1}, "warmup_steps=-1"), ({"epsilon": 0.0}, "epsilon")]:
     with pytest.raises(ValueError, match=match):
       PowerNorm(C, **kwargs)
+
+
+def test_vit_powernorm_config_trains(tmp_path):
+  """The headline command's config, shrunk: runs, learns state, checkpoints it."""
+  from normjax import train
+  from tests import trainer_utils as tu
+  config = tu.apply(tu.load_config("vit_powernorm"), tu.overrides("vit", 3))
+  config.model.norm_kwargs.groups = 2  # the shrunk model has 2 heads
+  assert np.isfinite(train.train_and_evaluate(config, str(tmp_path))["eval_loss"])
+  norm_state = tu.restore_state(tmp_path)["model_state"]["transformer"]["final_norm"]
+  assert int(norm_state["step"]) == 3 and np.abs(norm_state["ema_gz"]).max() > 0
