@@ -298,7 +298,7 @@ def test_inject_hyperparams(name):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", ["adamp_wd", "sgdp"])
 def test_dtypes_multisteps_and_cond(name, dtype):
   factory, kw = OPTIMIZERS[name]
   harness.check_preserve_dtype(factory(**kw), dtype)
