@@ -11,5 +11,16 @@ from normjax.registry import Registry
 
 OPTIMIZERS = Registry(
     "optimizer", "optimizer.name",
-    lazy_modules=("normjax.optim.optax_aliases",))
+    lazy_modules=("normjax.optim.optax_aliases", "normjax.optim.adamp",
+                  "normjax.optim.conda", "normjax.optim.nap"))
 register = OPTIMIZERS.register
+
+# Public API (after ``register``, which these modules import). The functions shadow their
+# modules' names: reach a module itself with ``importlib.import_module``.
+from normjax.optim import labels  # noqa: E402
+from normjax.optim.adamp import (ScaleByAdamPState, ScaleBySGDPState, adamp,  # noqa: E402
+                                 scale_by_adamp, scale_by_sgdp, sgdp)
+from normjax.optim.conda import (CondaDimensionNumbers, ScaleByCondaState,  # noqa: E402
+                                 add_decayed_weights_after_step, conda, scale_by_conda)
+from normjax.optim.nap import (NormalizeAndProjectState, nap,  # noqa: E402
+                               normalize_and_project)
