@@ -41,6 +41,7 @@ import contextvars
 import os
 
 import jax
+import jax.numpy as jnp
 
 from normjax.kernels import fused, pallas_norm, reference
 
@@ -127,16 +128,20 @@ def resolve_implementation(x, implementation: str | None = None) -> str:
 
 
 def _check_args(x, scale, bias, epsilon):
+  """Validates the arguments; returns ``scale``, ones when it is None."""
   if x.ndim < 1:
     raise ValueError(f"x.shape={x.shape}: expected at least one axis (the features)")
   features = x.shape[-1]
+  if scale is None:
+    scale = jnp.ones((features,), reference.compute_dtype(x.dtype))
   if scale.shape != (features,):
     raise ValueError(f"scale.shape={scale.shape}: expected ({features},), the size of "
-                     "x's last axis")
+                     "x's last axis, or None")
   if bias is not None and bias.shape != (features,):
     raise ValueError(f"bias.shape={bias.shape}: expected ({features},) or None")
   if not epsilon >= 0:
     raise ValueError(f"epsilon={epsilon!r}: expected a number >= 0")
+  return scale
 
 
 def _pallas_options(x, name):
@@ -151,7 +156,7 @@ def layer_norm(x, scale, bias=None, *, epsilon: float = 1e-6,
 
   Args:
     x: array of shape ``(..., D)``, any float dtype (statistics in float32).
-    scale: ``(D,)``.
+    scale: ``(D,)``, or None for no scale.
     bias: ``(D,)`` or None.
     epsilon: added to the variance inside the square root.
     implementation: one of ``IMPLEMENTATIONS`` to force a path (module docstring).
@@ -159,7 +164,7 @@ def layer_norm(x, scale, bias=None, *, epsilon: float = 1e-6,
   Returns:
     An array of ``x.shape`` and ``x.dtype``.
   """
-  _check_args(x, scale, bias, epsilon)
+  scale = _check_args(x, scale, bias, epsilon)
   name = resolve_implementation(x, implementation)
   if name == "reference" or x.size == 0:
     return reference.layer_norm(x, scale, bias, epsilon=epsilon)
@@ -173,7 +178,7 @@ def rms_norm(x, scale, *, epsilon: float = 1e-6, implementation: str | None = No
 
   Args and returns as ``layer_norm`` (no bias).
   """
-  _check_args(x, scale, None, epsilon)
+  scale = _check_args(x, scale, None, epsilon)
   name = resolve_implementation(x, implementation)
   if name == "reference" or x.size == 0:
     return reference.rms_norm(x, scale, epsilon=epsilon)
