@@ -29,7 +29,6 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from normjax import data as nj_data

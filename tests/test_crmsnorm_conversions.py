@@ -14,7 +14,7 @@ from normjax import norms, train
 from normjax.models import make_model
 from normjax.models.conversions import build, convert
 from normjax.norms.crmsnorm import CRMSNorm, compress, crms_norm, decompress
-from normjax.state import ModelDef, split
+from normjax.state import ModelDef
 
 EPS = 1e-6
 GPT2 = dict(vocab_size=29, max_len=8, width=16, depth=2, num_heads=4)

@@ -172,4 +172,5 @@ def fold_norms(model: nnx.Module) -> nnx.Module:
   return model
 
 
-__all__ = ["EvalMap", "check_foldable", "eval_map", "fold_into_next", "fold_into_previous", "fold_norms"]
+__all__ = ["EvalMap", "check_foldable", "eval_map", "fold_into_next", "fold_into_previous",
+           "fold_norms"]
