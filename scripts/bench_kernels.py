@@ -51,8 +51,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     shape = tuple(int(s) for s in text.lower().split("x"))
   except ValueError:
     shape = ()
-  if len(shape) < 2 or min(shape) < 1:
-    raise argparse.ArgumentTypeError(f"--shapes entry {text!r}: expected ROWSxFEATURES, e.g. 8192x768")
+  if len(shape) != 2 or min(shape) < 1:
+    raise argparse.ArgumentTypeError(
+        f"--shapes entry {text!r}: expected ROWSxFEATURES, e.g. 8192x768")
   return shape
 
 

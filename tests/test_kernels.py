@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from normjax import kernels
-from normjax.kernels import fused, pallas_norm, reference
+from normjax.kernels import fused, pallas_norm
 
 EPS = 1e-6
 

@@ -4,10 +4,11 @@
     y = kernels.layer_norm(x, scale, bias, epsilon=1e-6)   # over the last axis
     y = kernels.rms_norm(x, scale, epsilon=1e-6)
 
-Statistics are float32 whatever ``x.dtype``; the output has ``x.dtype``. The
-custom_vjp saves only ``x``, ``scale`` and the per-row float32 mean and rstd, and
-its backward returns dx, dscale (and dbias) in one fused pass. Formulas:
-``reference.py`` (forward) and ``fused.py`` (backward).
+Statistics are float32 for bf16/f16/f32 inputs (float64 for float64); the output
+has ``x.dtype``; ``scale=None`` means no scale. The custom_vjp saves only ``x``,
+``scale`` and the per-row mean and rstd, and its backward returns dx, dscale (and
+dbias) in one fused pass over the rows. Formulas: ``reference.py`` (forward) and
+``fused.py`` (backward).
 
 Implementations (``IMPLEMENTATIONS``):
 
@@ -31,8 +32,8 @@ norm itself; use ``implementation="reference"`` for forward mode.
 
 Sharding: "reference" and "fused" are plain XLA and shard like any jnp code
 (rows on any mesh axes). The Pallas path, under a mesh set with ``jax.set_mesh``,
-runs per shard of the leading axis in ``jax.shard_map``; without one, XLA
-gathers the operands of the opaque kernel onto each device (correct, slower).
+runs per shard of the leading axis in ``jax.shard_map`` (tested); without one,
+the SPMD partitioner sees an opaque custom call and may replicate its operands.
 """
 from __future__ import annotations
 
