@@ -152,27 +152,30 @@ def format_table(results: dict, alphas=DEFAULT_ALPHAS) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a configs/resnet_batchnorm.py run.")
-_ALPHAS = flags.DEFINE_list("alphas", [str(a) for a in DEFAULT_ALPHAS],
-                            "Test-batch weights to evaluate (0 = source statistics).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Test batch size (statistics per batch).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise corruption.")
+def _define_flags():
+  """Flags of the command (defined only when run, so importing never clashes with train.py)."""
+  flags.DEFINE_string("workdir", None, "Workdir of a configs/resnet_batchnorm.py run.")
+  flags.DEFINE_list("alphas", [str(a) for a in DEFAULT_ALPHAS],
+                    "Test-batch weights to evaluate (0 = source statistics).")
+  flags.DEFINE_integer("batch_size", 64, "Test batch size (statistics per batch).")
+  flags.DEFINE_integer("seed", 0, "Seed of the noise corruption.")
 
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  args = flags.FLAGS
+  if not args.workdir:
     raise app.UsageError("--workdir is required (a finished configs/resnet_batchnorm.py run)")
   logging.set_verbosity(logging.WARNING)  # orbax's info lines
   try:
-    alphas = tuple(float(a) for a in _ALPHAS.value)
-    results = evaluate(_WORKDIR.value, alphas=alphas, batch_size=_BATCH_SIZE.value,
-                       seed=_SEED.value)
+    alphas = tuple(float(a) for a in args.alphas)
+    results = evaluate(args.workdir, alphas=alphas, batch_size=args.batch_size, seed=args.seed)
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise SystemExit(f"normjax.alpha_bn_eval: {e}") from None
-  print(f"eval accuracy, test batches of {_BATCH_SIZE.value}, checkpoint in {_WORKDIR.value}")
+  print(f"eval accuracy, test batches of {args.batch_size}, checkpoint in {args.workdir}")
   print(format_table(results, alphas))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

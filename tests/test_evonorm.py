@@ -137,7 +137,8 @@ def test_gradients_are_finite_and_bfloat16_stays_bfloat16():
     norm = make_norm(name, 16, rngs=nnx.Rngs(0))
     function = getattr(evonorm, name)
     state = {"var": jnp.ones(16)} if name.startswith("evonorm_b") else None
-    grad = jax.grad(lambda x: jnp.sum(function(x, norm.params(), state, train=True)[0] ** 2))(x)
+    grad = jax.jit(jax.grad(
+        lambda x: jnp.sum(function(x, norm.params(), state, train=True)[0] ** 2)))(x)
     assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0, name
     assert norm(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 

@@ -18,7 +18,8 @@ RN-B with the hole mask (``region_norm_b``) in the encoder, RN-L (``region_norm_
 place (e.g. 'batchnorm', 'instancenorm', 'none' as baselines); ``region_norm_b`` layers get
 the hole mask (nearest-resized to their resolution), the others none. Scaled down from the official 256-px model: 3x3 (not
 7x7) outer convs, one downsampling (not two), width 32 (not 64), 2 middle blocks (not 8);
-convs have biases, as the official ones without spectral norm.
+convs have biases, as the official ones without spectral norm, and PyTorch's default init
+(kernel and bias U(+-1/sqrt(fan_in))).
 """
 from __future__ import annotations
 
@@ -28,9 +29,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models import compute_dtype, register
+from normjax.models import compute_dtype, conv_kernel_init, register
 from normjax.norms import NORMS, make_norm
 from normjax.norms.region_norm import RegionNormB
+
+
+# torch.nn.Conv2d's default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), drawn as a matrix
+TORCH_CONV_INIT = conv_kernel_init(nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                                   "fan_in")
+
+
+def torch_bias_init(fan_in: int):
+  bound = fan_in ** -0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
@@ -95,7 +106,11 @@ class InpaintNet(nnx.Module):
     make_b = functools.partial(make_norm, norm, rngs=rngs, **dict(norm_kwargs or {}))
     make_l = functools.partial(make_norm, decoder_norm, rngs=rngs, **decoder_norm_kwargs)
     self.dtype = compute_dtype(dtype)
-    conv = functools.partial(nnx.Conv, padding="VALID", dtype=self.dtype, rngs=rngs)
+    def conv(in_features, out_features, kernel_size, **kwargs):
+      return nnx.Conv(in_features, out_features, kernel_size, **{
+          "padding": "VALID", "dtype": self.dtype, "rngs": rngs, "kernel_init": TORCH_CONV_INIT,
+          "bias_init": torch_bias_init(in_features * kernel_size[0] * kernel_size[1]),
+          **kwargs})
     self.encoder_conv1 = conv(in_channels, width, (3, 3))
     self.encoder_norm1 = make_b(width)
     self.encoder_conv2 = conv(width, 2 * width, (4, 4), strides=(2, 2),

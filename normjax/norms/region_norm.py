@@ -115,9 +115,15 @@ def region_norm_l(x, params, state=None, *, train=False, mask=None, threshold=0.
   return y.astype(x.dtype), state
 
 
-def _torch_uniform(key, shape, fan_in):
-  bound = 1.0 / math.sqrt(fan_in)
-  return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _torch_default_init(key, shapes_and_fans):
+  """U(+-1/sqrt(fan_in)) arrays (PyTorch's conv default), from ONE uniform draw (fast to compile)."""
+  sizes = [math.prod(shape) for shape, _ in shapes_and_fans]
+  raw = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+  out, start = [], 0
+  for (shape, fan_in), size in zip(shapes_and_fans, sizes):
+    out.append(raw[start:start + size].reshape(shape) / math.sqrt(fan_in))
+    start += size
+  return out
 
 
 @register("region_norm_b")
@@ -158,13 +164,12 @@ class RegionNormL(nnx.Module):
                        f"attention level; 0.8 in the paper)")
     self.num_features, self.threshold, self.epsilon = num_features, threshold, epsilon
     k = ATTENTION_KERNEL
-    key = rngs.params()
-    keys = jax.random.split(key, 5)
-    self.attention_kernel = nnx.Param(_torch_uniform(keys[0], (k, k, 2, 1), 2 * k * k))
-    self.gamma_kernel = nnx.Param(_torch_uniform(keys[1], (k, k, 1, 1), k * k))
-    self.gamma_bias = nnx.Param(_torch_uniform(keys[2], (1,), k * k))
-    self.beta_kernel = nnx.Param(_torch_uniform(keys[3], (k, k, 1, 1), k * k))
-    self.beta_bias = nnx.Param(_torch_uniform(keys[4], (1,), k * k))
+    values = _torch_default_init(rngs.params(), [
+        ((k, k, 2, 1), 2 * k * k), ((k, k, 1, 1), k * k), ((1,), k * k), ((k, k, 1, 1), k * k),
+        ((1,), k * k)])
+    for name, value in zip(("attention_kernel", "gamma_kernel", "gamma_bias", "beta_kernel",
+                            "beta_bias"), values):
+      setattr(self, name, nnx.Param(value))
 
   def params(self):
     return {n: getattr(self, n)[...] for n in ("attention_kernel", "gamma_kernel", "gamma_bias",

@@ -1,0 +1,104 @@
+"""alpha-BN: the two endpoints, the mix, training = BatchNorm; corruptions; the eval command."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from normjax import alpha_bn_eval, train
+from normjax.norms import alpha_bn, basic, make_norm
+from tests import conv_norm_utils as u
+from tests import trainer_utils as tu
+
+EPS = 1e-5
+
+
+def _pair(channels=6, **kwargs):
+  """An AlphaBatchNorm and a BatchNorm with the same random scale/bias and running stats."""
+  rng = np.random.default_rng(5)
+  values = {"scale": rng.standard_normal(channels), "bias": rng.standard_normal(channels),
+            "mean": rng.standard_normal(channels), "var": 0.5 + rng.random(channels)}
+  pair = []
+  for name, kw in (("alpha_bn", kwargs), ("batchnorm", {})):
+    norm = make_norm(name, channels, momentum=0.9, rngs=nnx.Rngs(0), **kw)
+    for key, value in values.items():
+      getattr(norm, key)[...] = jnp.asarray(value, jnp.float32)
+    pair.append(norm)
+  return pair, {k: np.asarray(v, np.float64) for k, v in values.items()}
+
+
+def test_alpha_zero_and_one_are_the_two_endpoints():
+  x = jnp.asarray(u.data((5, 3, 3, 6)))
+  (source, bn), _ = _pair(alpha=0.0)
+  bn.eval()
+  source.eval()
+  np.testing.assert_allclose(source(x), bn(x), rtol=1e-6, atol=1e-6)  # alpha = 0: source stats
+  (batch_only, bn), _ = _pair(alpha=1.0, unbiased=False)
+  batch_only.eval()
+  # alpha = 1 with the population variance: BatchNorm's training-mode forward
+  np.testing.assert_allclose(batch_only(x), bn(x), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("alpha,unbiased", [(0.1, True), (0.3, False), (1.0, True)])
+def test_mix_matches_reference(alpha, unbiased):
+  x = u.data((4, 3, 3, 6))
+  (norm, _), v = _pair(alpha=alpha, unbiased=unbiased)
+  norm.eval()
+  rows = u.f64(x).reshape(-1, 6)
+  batch_var = rows.var(0, ddof=1 if unbiased else 0)
+  mean = (1 - alpha) * v["mean"] + alpha * rows.mean(0)
+  var = (1 - alpha) * v["var"] + alpha * batch_var
+  expected = (u.f64(x) - mean) / np.sqrt(var + EPS) * v["scale"] + v["bias"]
+  np.testing.assert_allclose(norm(jnp.asarray(x)), expected, rtol=2e-5, atol=2e-5)
+  np.testing.assert_array_equal(norm.mean[...], v["mean"].astype(np.float32))  # no update
+
+
+def test_training_mode_is_batchnorm_and_masks_count_only_real_rows():
+  x = jnp.asarray(u.data((4, 3, 6)))
+  (norm, bn), v = _pair()
+  np.testing.assert_array_equal(norm(x), bn(x))
+  np.testing.assert_array_equal(norm.var[...], bn.var[...])
+  assert set(nnx.state(norm)) == set(nnx.state(bn))  # a BatchNorm checkpoint loads as is
+  mask = np.ones((4, 3), bool)
+  mask[3] = False
+  y, _ = alpha_bn.alpha_batch_norm(x, {}, {"mean": jnp.zeros(6), "var": jnp.ones(6)}, alpha=1.0,
+                                   mask=jnp.asarray(mask))
+  rows = u.f64(x)[mask]
+  expected = (u.f64(x) - rows.mean(0)) / np.sqrt(rows.var(0, ddof=1) + EPS)
+  np.testing.assert_allclose(np.asarray(y)[mask], expected[mask], rtol=2e-5, atol=2e-5)
+  with pytest.raises(ValueError, match="alpha=1.5"):
+    make_norm("alpha_bn", 6, alpha=1.5, rngs=nnx.Rngs(0))
+
+
+def test_corruptions_are_deterministic_and_do_what_they_say():
+  images = u.data((3, 8, 8, 1))
+  noisy = [alpha_bn_eval.gaussian_noise(images, np.random.default_rng([0, 1])) for _ in range(2)]
+  np.testing.assert_array_equal(*noisy)
+  assert 0.4 < float(np.std(noisy[0] - images)) < 0.6
+  low = alpha_bn_eval.low_contrast(images)
+  np.testing.assert_allclose(low.std((1, 2, 3)), 0.3 * images.std((1, 2, 3)), rtol=1e-5)
+  np.testing.assert_allclose(low.mean((1, 2, 3)), images.mean((1, 2, 3)), rtol=1e-5, atol=1e-6)
+  constant = np.full((1, 8, 8, 1), 2.5, np.float32)
+  np.testing.assert_allclose(alpha_bn_eval.gaussian_blur(constant), constant, rtol=1e-6)
+  impulse = np.zeros((1, 8, 8, 1), np.float32)
+  impulse[0, 4, 4, 0] = 1.0
+  blurred = alpha_bn_eval.gaussian_blur(impulse)[0, :, :, 0]
+  k = np.exp(-0.5 * np.arange(-2, 3) ** 2)
+  k /= k.sum()
+  np.testing.assert_allclose(blurred[2:7, 2:7], np.outer(k, k), rtol=1e-5, atol=1e-7)
+
+
+def test_eval_command_on_a_trained_batchnorm_resnet(tmp_path, capsys):
+  config = tu.apply(tu.load_config("resnet_batchnorm"), tu.overrides("resnet", 3))
+  final = train.train_and_evaluate(config, str(tmp_path))
+  results = alpha_bn_eval.evaluate(str(tmp_path), batch_size=64)
+  assert set(results) == {"clean", "noise", "contrast", "blur"}
+  # source statistics on clean data are exactly the trainer's own evaluation
+  assert results["clean"][0.0] == pytest.approx(final["eval_accuracy"], abs=1e-9)
+  for by_alpha in results.values():
+    assert set(by_alpha) == {0.0, 1.0, 0.1} and all(0 <= a <= 1 for a in by_alpha.values())
+  table = alpha_bn_eval.format_table(results)
+  assert "| contrast |" in table and "alpha-BN (a=0.1)" in table
+  with pytest.raises(ValueError, match="batch_size=1"):
+    alpha_bn_eval.evaluate(str(tmp_path), batch_size=1)
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    alpha_bn_eval.evaluate(str(tmp_path / "nothing"))
