@@ -3,6 +3,7 @@ r"""Time of normjax's norm layers against flax.linen.LayerNorm, and folded-infer
   python scripts/bench_norms.py                      # both parts, (8192, 768) float32
   python scripts/bench_norms.py --part layers --only powernorm,unifiednorm
   python scripts/bench_norms.py --part folded --rounds 3
+  python scripts/bench_norms.py --part conv --rounds 3 --calls 3
 
 Part ``layers``: every case in ``CASES`` (a table: name, feature count, builder) on one
 (8192, 768) float32 input in one process. Forward = ``y = norm(x)`` in the case's mode;
@@ -20,6 +21,12 @@ bound a fold can reach). Same interleaved timing.
 
 To add cases (e.g. conv norms on NHWC input), append ``Case`` rows to ``CASES``: ``shape``
 overrides the input shape, ``build(features)`` returns an NNX module (``train`` picks its mode).
+
+Part ``conv``: the convolutional norms as the ResNet uses them (``NormAct``: norm then ReLU,
+or one EvoNorm layer that fuses its activation), training mode unless marked eval, on one
+(64, 32, 32, 64) float32 NHWC input, against ``flax.linen.BatchNorm`` (train mode, flax
+defaults) + ReLU; forward+backward = gradients w.r.t. x and the parameters. Then the WS convs
+(3x3, 64 -> 64, the kernel standardized on every call) against ``flax.linen.Conv``.
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ import numpy as np
 from flax import nnx
 
 from normjax.models import make_model
+from normjax.models.resnet import NormAct
+from normjax.models.ws_conv import ScaledWSConv, WSConv
 from normjax.norms import make_norm
 from normjax.norms.backward_state import GradStat
 from normjax.norms.folding import fold_norms
@@ -201,9 +210,108 @@ def bench_folded(rounds, calls):
             f"{(1 / cpu_ratio - 1) * 100:+.0f}% |")
 
 
+# ----------------------------------------------------------------------------- conv norms
+CONV_SHAPE = (64, 32, 32, 64)
+
+
+class RegionNormBReLU(nnx.Module):
+  """relu(RN-B(x, mask)) with a fixed mask (a 16x16 hole per image, as in inpainting)."""
+
+  def __init__(self, features: int):
+    self.norm = make_norm("region_norm_b", features, rngs=nnx.Rngs(0))
+    hole = np.zeros(CONV_SHAPE[:3], bool)
+    hole[:, 8:24, 8:24] = True
+    self.hole = nnx.data(jnp.asarray(hole))
+
+  def __call__(self, x):
+    return jax.nn.relu(self.norm(x, mask=self.hole))
+
+
+def conv_case(name, label=None, train=True, **kwargs) -> Case:
+  return Case(label or f"{name} + relu",
+              lambda c: NormAct(c, norm=name, norm_kwargs=kwargs, rngs=nnx.Rngs(0)), train,
+              CONV_SHAPE)
+
+
+CONV_CASES = [
+    conv_case("batchnorm", label="batchnorm + relu (normjax)"),
+    conv_case("evonorm_b0", label="evonorm_b0 (fused act)"),
+    conv_case("evonorm_s0", label="evonorm_s0 (fused act)"),
+    conv_case("evonorm_b1", label="evonorm_b1 (fused act)"),
+    conv_case("evonorm_s1", label="evonorm_s1 (fused act)"),
+    conv_case("batch_channel_norm"),
+    conv_case("batch_channel_norm", label="batch_channel_norm EstBN + relu", estimated=True),
+    conv_case("ibn"),
+    Case("region_norm_b + relu", RegionNormBReLU, True, CONV_SHAPE),
+    conv_case("region_norm_l"),
+    conv_case("groupnorm"),
+    conv_case("instancenorm"),
+    conv_case("alpha_bn", label="alpha_bn eval (alpha 0.1) + relu", train=False),
+]
+
+
+def flax_batchnorm_relu_functions(x, dy):
+  bn = flax.linen.BatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.key(0), x)
+  def apply(x, v):
+    return jax.nn.relu(bn.apply(v, x, mutable=["batch_stats"])[0])
+  forward = jax.jit(apply)
+  backward = jax.jit(jax.grad(lambda x, v: jnp.sum(apply(x, v) * dy), argnums=(0, 1)))
+  return (forward, (x, variables)), (backward, (x, variables))
+
+
+def conv_functions(layer, x, dy, linen: bool):
+  """(forward, args), (forward+backward w.r.t. x and parameters, args), jitted."""
+  if linen:
+    variables = layer.init(jax.random.key(0), x)
+    apply = lambda x, v: layer.apply(v, x)
+  else:
+    graph, variables = nnx.split(layer)
+    apply = lambda x, v: nnx.merge(graph, v)(x)
+  backward = jax.grad(lambda x, v: jnp.sum(apply(x, v) * dy), argnums=(0, 1))
+  return (jax.jit(apply), (x, variables)), (jax.jit(backward), (x, variables))
+
+
+def print_table(title, baseline, rows, results_fwd, results_bwd):
+  print(title)
+  print("| layer | fwd ms | fwd ratio wall / CPU | fwd+bwd ms | fwd+bwd ratio wall / CPU |\n"
+        "|---|---|---|---|---|")
+  for name, key in [(baseline, "__baseline__")] + [(r, r) for r in rows]:
+    (tf, rf, cf), (tb, rb, cb) = results_fwd[key], results_bwd[key]
+    print(f"| {name} | {tf * 1e3:.2f} | {rf:.2f}x / {cf:.2f}x | {tb * 1e3:.2f} | "
+          f"{rb:.2f}x / {cb:.2f}x |")
+
+
+def bench_conv(cases, rounds, calls):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(CONV_SHAPE) * 2 + 0.5, jnp.float32)
+  dy = jnp.asarray(rng.standard_normal(CONV_SHAPE), jnp.float32)
+  base_fwd, base_bwd = flax_batchnorm_relu_functions(x, dy)
+  fwd, bwd = {}, {}
+  for case in cases:
+    fwd[case.name], bwd[case.name] = layer_functions(case, x, dy)
+  print_table(f"\nConvolutional norms on {CONV_SHAPE} float32 NHWC, {rounds} rounds x {calls} "
+              f"calls: median wall ms; ratios = median over rounds of t / t_baseline "
+              f"(wall | CPU time)", "flax.linen.BatchNorm + relu (baseline)",
+              [c.name for c in cases], interleaved(base_fwd, fwd, rounds, calls),
+              interleaved(base_bwd, bwd, rounds, calls))
+  features = CONV_SHAPE[-1]
+  base_fwd, base_bwd = conv_functions(
+      flax.linen.Conv(features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False), x, dy, True)
+  convs = {"WSConv 3x3": WSConv(features, features, 3, rngs=nnx.Rngs(0)),
+           "ScaledWSConv 3x3 (gain, bias)": ScaledWSConv(features, features, 3, rngs=nnx.Rngs(0))}
+  fwd, bwd = {}, {}
+  for name, layer in convs.items():
+    fwd[name], bwd[name] = conv_functions(layer, x, dy, False)
+  print_table(f"\nWeight-standardized convs, {features} -> {features}, on {CONV_SHAPE}: "
+              f"ratios to flax.linen.Conv 3x3 (no bias)", "flax.linen.Conv 3x3 (baseline)",
+              list(convs), interleaved(base_fwd, fwd, rounds, calls),
+              interleaved(base_bwd, bwd, rounds, calls))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--part", choices=("layers", "folded", "all"), default="all")
+  parser.add_argument("--part", choices=("layers", "folded", "conv", "all"), default="all")
   parser.add_argument("--only", default="", help="comma-separated case-name prefixes")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--calls", type=int, default=5)
@@ -215,6 +323,10 @@ def main():
     bench_layers(cases, args.rounds, args.calls)
   if args.part in ("folded", "all"):
     bench_folded(args.rounds, max(2, args.calls // 2))
+  if args.part in ("conv", "all"):
+    prefixes = [p for p in args.only.split(",") if p]
+    cases = [c for c in CONV_CASES if not prefixes or any(c.name.startswith(p) for p in prefixes)]
+    bench_conv(cases, args.rounds, args.calls)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,19 @@ def test_batch_variants_sharded_equal_unsharded(name):
   _, state = u.assert_sharded_equals_unsharded(norm, x)
   _, var = u.batch_stats(x)
   np.testing.assert_allclose(state["var"][...], 0.9 + 0.1 * var.reshape(-1), rtol=1e-5)
+
+
+def test_group_statistics_with_a_mask_use_real_positions_only():
+  x = u.data((2, 4, 5, 8))
+  mask = np.ones((2, 4, 5), bool)
+  mask[0, 2:] = False
+  padded = np.where(mask[..., None], x, 1e3).astype(np.float32)
+  norm = _module("evonorm_s0", 8, num_groups=4)
+  y = np.asarray(norm(jnp.asarray(padded), mask=jnp.asarray(mask)))
+  gamma, beta, v = *_params(norm), u.f64(norm.v[...])
+  for b in range(2):
+    real = u.f64(x[b][mask[b]])  # (positions, C)
+    std = np.repeat(np.sqrt(real.reshape(-1, 4, 2).transpose(1, 0, 2).reshape(4, -1).var(1)
+                            + EPS), 2)
+    expected = real * sigmoid(v * real) / std * gamma + beta
+    np.testing.assert_allclose(y[b][mask[b]], expected, rtol=2e-5, atol=2e-5)

@@ -31,7 +31,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import _check_positive, batch_norm, group_norm, moments, normalize
+from normjax.norms.basic import (_check_positive, _stats_dtype, apply_affine, batch_norm,
+                                 moments, normalize)
+from normjax.norms.evonorm import group_moments
 
 
 def estimated_batch_norm(x, params, state, *, train, mask=None, momentum=0.9, epsilon=1e-5):
@@ -66,10 +68,14 @@ def batch_channel_norm(x, params, state, *, train, mask=None, num_groups=32, mom
   batch_part = estimated_batch_norm if estimated else batch_norm
   z, new_state = batch_part(x, params.get("batch", {}), state, train=train, mask=mask,
                             momentum=momentum, epsilon=epsilon)
+  if z.ndim < 3:
+    raise ValueError(f"batch_channel_norm needs (batch, spatial..., C) input; got {x.shape}")
+  zf = z.astype(_stats_dtype(z))
+  mean, var = group_moments(zf, num_groups, mask)  # GroupNorm statistics, channels-last sums
   per_group = {k: jnp.repeat(params[k], channels // num_groups)
                for k in ("scale", "bias") if params.get(k) is not None}
-  y, _ = group_norm(z, per_group, mask=mask, num_groups=num_groups, epsilon=epsilon)
-  return y, new_state
+  y = apply_affine((zf - mean) * jax.lax.rsqrt(var + epsilon), per_group)
+  return y.astype(x.dtype), new_state
 
 
 @register("batch_channel_norm")

@@ -33,6 +33,8 @@ group-divisor search. B1 and S1 take their formulas from timm and every other co
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -60,15 +62,40 @@ def _spatial_axes(x) -> tuple[int, ...]:
   return tuple(range(1, x.ndim - 1))
 
 
-def group_variance(x: Array, num_groups: int, mask=None) -> Array:
-  """Per-sample variance over space and the channels of each group, broadcast to x.shape."""
-  channels = x.shape[-1]
-  groups = evonorm_groups(channels, num_groups)
-  grouped = x.reshape(*x.shape[:-1], groups, channels // groups)
-  axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-  group_mask = None if mask is None else jnp.asarray(mask, bool)[..., None]
-  _, var = moments(grouped, axes, group_mask)
-  return jnp.broadcast_to(var, grouped.shape).reshape(x.shape)
+def group_moments(x: Array, groups: int, mask=None) -> tuple[Array, Array]:
+  """Per-sample mean and population variance over space and each group's C/G channels.
+
+  Returned per channel, shaped (B, 1, ..., 1, C) (a group's value repeated over its
+  channels), in x's dtype (pass float32 or wider). Computed from per-channel spatial sums
+  (reductions that keep the channels-last layout) combined per group, two-pass: on XLA:CPU
+  about 4x faster forward and 2x faster backward than reducing a (..., G, C/G) reshape over
+  its strided axes. ``mask`` (broadcastable to x.shape[:-1], True = real) restricts the
+  statistics to real positions.
+  """
+  batch, channels = x.shape[0], x.shape[-1]
+  if groups < 1 or channels % groups:
+    raise ValueError(f"groups={groups!r} must divide the {channels} channels")
+  size = channels // groups
+  spatial = tuple(range(1, x.ndim - 1))
+  keep = None if mask is None else jnp.broadcast_to(jnp.asarray(mask, bool)[..., None], x.shape)
+  positions = (math.prod(x.shape[1:-1]) if keep is None
+               else jnp.sum(keep[..., 0], spatial, dtype=x.dtype)[:, None])
+  count = jnp.maximum(positions * size, 1)
+  per_channel = lambda v: jnp.repeat(v, size, -1).reshape(batch, *(1,) * len(spatial), channels)
+
+  def group_sum(v):
+    v = v if keep is None else jnp.where(keep, v, 0)
+    return jnp.sum(v, spatial).reshape(batch, groups, size).sum(-1)
+
+  mean = per_channel(group_sum(x) / count)
+  return mean, per_channel(group_sum(jnp.square(x - mean)) / count)
+
+
+def divide_by_group_std(numerator: Array, x: Array, num_groups: int, epsilon: float,
+                        mask=None) -> Array:
+  """numerator / sqrt(s2_group(x) + eps), with TF's group-count search (``evonorm_groups``)."""
+  _, var = group_moments(x, evonorm_groups(x.shape[-1], num_groups), mask)
+  return numerator * jax.lax.rsqrt(var + epsilon)
 
 
 def _batch_variance(x, state, *, train, mask, momentum):
@@ -121,8 +148,7 @@ def evonorm_s0(x, params, state=None, *, train=False, mask=None, apply_act=True,
     return _affine_only(x, params), state
   _spatial_axes(x)
   xf = x.astype(_stats_dtype(x))
-  y = xf * jax.nn.sigmoid(params["v"] * xf) * jax.lax.rsqrt(
-      group_variance(xf, num_groups, mask) + epsilon)
+  y = divide_by_group_std(xf * jax.nn.sigmoid(params["v"] * xf), xf, num_groups, epsilon, mask)
   return apply_affine(y, params).astype(x.dtype), state
 
 
@@ -134,7 +160,7 @@ def evonorm_s1(x, params, state=None, *, train=False, mask=None, apply_act=True,
     return _affine_only(x, params), state
   _spatial_axes(x)
   xf = x.astype(_stats_dtype(x))
-  y = jax.nn.silu(xf) * jax.lax.rsqrt(group_variance(xf, num_groups, mask) + epsilon)
+  y = divide_by_group_std(jax.nn.silu(xf), xf, num_groups, epsilon, mask)
   return apply_affine(y, params).astype(x.dtype), state
 
 
@@ -233,5 +259,5 @@ class EvoNormS1(_GroupEvoNorm):
   has_v = False
 
 
-__all__ = ["evonorm_groups", "group_variance", "evonorm_b0", "evonorm_b1", "evonorm_s0",
+__all__ = ["evonorm_groups", "group_moments", "divide_by_group_std", "evonorm_b0", "evonorm_b1", "evonorm_s0",
            "evonorm_s1", "EvoNormB0", "EvoNormB1", "EvoNormS0", "EvoNormS1"]
