@@ -21,7 +21,16 @@ half of it.
 ``python -m normjax.ln_removal`` then prints the eval loss before removal (the pretrained run),
 after removal, after folding every FakeLN away (a GPT-2 with no normalization), and the control.
 
-Measured (2-core CPU shared with other jobs, one run each): RESULT_LN_REMOVAL.
+Measured (jax 0.10.2, 2-core CPU shared with other jobs, load average ~7; one run each), eval
+loss in nats/byte on the pystdlib validation split:
+
+  pretrained gpt2_layernorm (1000 steps, 400 s)          1.6601
+  after removal (this config, 300 steps, 214 s)          1.6252
+  same model with every FakeLN folded away (no norm)     1.6252
+  control, LayerNorm kept (remove=False, 300 steps)      1.6074   -> removal costs +0.018
+
+The eval loss right after the last removal (step 50) was 1.7468 and recovered with training
+(1.6979 at step 100, 1.6498 at step 200); the papers' GPT-2 small costs +0.067 on OpenWebText.
 """
 import importlib.util
 import os

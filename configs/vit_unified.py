@@ -13,7 +13,8 @@ within the default 1000 steps. In eval mode UN is a per-channel affine map:
 ``normjax.norms.folding.fold_norms`` folds it into the next linear layer (``scripts/
 bench_norms.py`` times the folded model).
 
-Measured (2-core CPU shared with other jobs, one run): RESULT_VIT_UN.
+Measured (jax 0.10.2, 2-core CPU shared with other jobs, load average ~7; one run): test
+accuracy 0.9694 (loss 0.1074), 92 s wall; vit_layernorm.py: 0.9610.
 
 Paper scale: ``:data=cifar10`` / ``:data=imagenet2012`` as vit_layernorm.py (UN warmup 4000,
 the official T2T-ViT setting).

@@ -25,7 +25,7 @@ import functools
 import json
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -143,6 +143,7 @@ def format_report(result: dict) -> str:
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m normjax.ln_removal WORKDIR [--control WORKDIR]")
+  logging.set_verbosity(logging.WARNING)  # orbax's info lines
   print(format_report(report(argv[1], _CONTROL.value)))
 
 
