@@ -87,13 +87,18 @@ def bench(name, repeats, steps):
     return loss
 
   times = {"normjax": [], "baseline": []}
-  for _ in range(repeats):
-    times["baseline"].append(time_steps(run_baseline, steps))
-    times["normjax"].append(time_steps(run_normjax, steps))
+  runs = [("baseline", run_baseline), ("normjax", run_normjax)]
+  for i in range(repeats):  # alternate the order so neither always runs first
+    for key, run in (runs if i % 2 == 0 else runs[::-1]):
+      times[key].append(time_steps(run, steps))
   med = {k: statistics.median(v) for k, v in times.items()}
+  # The work XLA compiled for each step, independent of machine noise.
+  cost_nj = train_step.lower(state["s"], batch).compile().cost_analysis()
+  cost_base = step.lower(base["p"], base["r"], base["o"], batch).compile().cost_analysis()
   print(f"{name:16s} batch {config.batch_size:4d}  baseline {med['baseline'] * 1e3:8.2f} ms  "
-        f"normjax {med['normjax'] * 1e3:8.2f} ms  ratio {med['normjax'] / med['baseline']:.3f}",
-        flush=True)
+        f"normjax {med['normjax'] * 1e3:8.2f} ms  ratio {med['normjax'] / med['baseline']:.3f}  "
+        f"(compiled flops ratio {cost_nj['flops'] / cost_base['flops']:.4f}, bytes ratio "
+        f"{cost_nj['bytes accessed'] / cost_base['bytes accessed']:.4f})", flush=True)
   return med["normjax"] / med["baseline"]
 
 
