@@ -10,7 +10,8 @@ AdamW, 1000 steps of batch 16) with RMSNorm (scale only, eps 1e-6) instead of La
 without the LN bias, and a Pre-LN model converts to it exactly
 (``normjax.models.conversions``, tested in ``tests/test_crmsnorm_conversions.py``).
 
-Measured (2-core CPU shared with other jobs, one run): RESULT_GPT2_RMS.
+Measured (jax 0.10.2, 2-core CPU shared with other jobs, load average ~6; one run): validation
+loss 1.6627 nats/byte, 289 s wall; gpt2_layernorm.py at the same settings: 1.6601.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py.
 """
