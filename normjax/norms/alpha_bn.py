@@ -26,11 +26,18 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from normjax.norms import register
-from normjax.norms.basic import BatchNorm, moments, normalize
+from normjax.norms.basic import BatchNorm, batch_norm, moments, normalize
 
 
-def alpha_batch_norm(x, params, state, *, alpha=0.1, mask=None, epsilon=1e-5, unbiased=True):
-  """alpha-BN evaluation forward; ``state`` = {'mean', 'var'} (source). Returns (y, state)."""
+def alpha_batch_norm(x, params, state, *, train=False, mask=None, alpha=0.1, momentum=0.99,
+                     epsilon=1e-5, unbiased=True):
+  """alpha-BN; ``state`` = {'mean', 'var'} (source). Returns (y, state).
+
+  ``train=True`` is ``batch_norm`` (with ``momentum``); evaluation mixes as the module doc says.
+  """
+  if train:
+    return batch_norm(x, params, state, train=True, mask=mask, momentum=momentum,
+                      epsilon=epsilon)
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"alpha_bn alpha={alpha!r}: must be in [0, 1] (weight of the test "
                      f"batch's statistics; 0 = source statistics, 1 = test batch only)")

@@ -50,7 +50,9 @@ def ibn(x, params, state, *, train, mask=None, ratio=0.5, momentum=0.9, epsilon=
 @register("ibn")
 class IBN(nnx.Module):
   """IBN module; see ``ibn``. Variables: ``instance_scale``/``instance_bias`` (half,),
-  ``batch_scale``/``batch_bias`` and running ``mean``/``var`` (C - half,)."""
+  ``batch_scale``/``batch_bias`` and running ``mean``/``var`` (C - half,). There is no single
+  ``scale``, so ``NormAct(zero_init_scale=True)`` leaves it as is (IBN-Net puts IBN only on a
+  block's first norm, never on the zero-initialised last one)."""
   uses_batch_statistics = True
 
   def __init__(self, num_features: int, *, ratio: float = 0.5, momentum: float = 0.9,
