@@ -108,7 +108,7 @@ def _attention_ref(x, norm):
 
 
 def test_rn_l_matches_reference():
-  x = u.data((3, 6, 6, 4), offset=0.0)
+  x = u.data((3, 6, 6, 4), offset=0.0, rng=np.random.default_rng(7))  # fixed: see below
   norm = make_norm("region_norm_l", 4, threshold=0.5, rngs=nnx.Rngs(3))
   s = _attention_ref(x, norm)
   assert np.abs(s - 0.5).min() > 1e-4, "pick data away from the threshold"
