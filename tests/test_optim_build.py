@@ -66,3 +66,10 @@ def test_adaptive_grad_clip_is_applied():
   c.adaptive_grad_clip = 0.01
   u = updates(c)  # unit-wise: |g| capped at 0.01 * max(|w|, 1e-3) per unit
   np.testing.assert_allclose(np.abs(u["head"]["kernel"]), 0.1 * 0.01 * 1.0, rtol=1e-5)
+
+
+def test_frozen_gradients_do_not_count_in_the_clip_norm():
+  c = config()
+  c.trainable, c.grad_clip_norm = "norm_affine", 1.0
+  u = updates(c)  # the only trainable leaf has |g| = 0.5 * 2 = 1.0: not clipped
+  np.testing.assert_allclose(u["blocks"][0]["mlp_norm"]["scale"], -0.05, rtol=1e-6)

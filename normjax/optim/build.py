@@ -95,12 +95,14 @@ def make_optimizer(config, total_steps: int):
                          f"{opt['labels']!r} have no group; groups: {sorted(txs)}")
       return tree
     tx = optax.partition(txs, checked_labels)
-  if config.get("trainable"):
-    tx = _bool_partition(labels.resolve(config.trainable), tx)
   clips = []
   if config.get("grad_clip_norm"):
     clips.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
   if config.get("adaptive_grad_clip"):
     clips.append(optax.adaptive_grad_clip(float(config.adaptive_grad_clip)))
-  return (optax.chain(*clips, tx) if clips else tx), schedule
+  if clips:
+    tx = optax.chain(*clips, tx)
+  if config.get("trainable"):  # outermost: frozen gradients never enter the clip norm
+    tx = _bool_partition(labels.resolve(config.trainable), tx)
+  return tx, schedule
 
