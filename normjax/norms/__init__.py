@@ -34,6 +34,9 @@ _EXPORTS = {
     "UnifiedNorm": "unified", "unified_norm": "unified",
     "CRMSNorm": "crmsnorm", "crms_norm": "crmsnorm",
     "FakeLN": "fakeln", "fake_layer_norm": "fakeln",
+    "EvoNormB0": "evonorm", "EvoNormB1": "evonorm", "EvoNormS0": "evonorm",
+    "EvoNormS1": "evonorm", "BatchChannelNorm": "batch_channel", "IBN": "ibn",
+    "RegionNormB": "region_norm", "RegionNormL": "region_norm", "AlphaBatchNorm": "alpha_bn",
 }
 
 
