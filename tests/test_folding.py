@@ -7,7 +7,9 @@ from flax import nnx
 
 from normjax.models import make_model
 from normjax.models.conversions import build
-from normjax.norms.folding import EvalMap, fold_into_next, fold_into_previous, fold_norms
+from normjax.norms.basic import Identity
+from normjax.norms.folding import (ChannelAffine, EvalMap, fold_into_next, fold_into_previous,
+                                   fold_norms)
 from normjax.norms.powernorm import GroupScaling
 
 GPT2 = dict(vocab_size=29, max_len=8, width=16, depth=2, num_heads=4)
@@ -67,16 +69,20 @@ def test_folded_model_gives_identical_outputs(name, norm, norm_kwargs, placement
   kwargs = dict(GPT2 if name == "gpt2" else VIT, norm=norm, norm_kwargs=norm_kwargs,
                 placement=placement)
   model = random_model(name, kwargs)
-  folded = fold_norms(model)
   x = inputs(name)
   expected = forward(model, x)
-  np.testing.assert_allclose(forward(folded, x), expected, rtol=2e-5, atol=2e-5)
   assert np.abs(expected).max() > 0.1
-  norm_params = [p for p, _ in nnx.iter_graph(nnx.state(folded, nnx.Param))
-                 if any("norm" in str(k) for k in p)]
-  assert not norm_params  # every norm is gone (PowerNorm leaves its parameter-free GroupScaling)
-  remaining = {type(n).__name__ for _, n in nnx.iter_graph(folded) if isinstance(n, GroupScaling)}
-  assert remaining == ({"GroupScaling"} if norm == "powernorm" else set())
+  variants = [False, True] if name == "gpt2" else [False]
+  for untie_head in variants:
+    folded = fold_norms(model, untie_head=untie_head)
+    np.testing.assert_allclose(forward(folded, x), expected, rtol=2e-5, atol=2e-5)
+    left = {"/".join(map(str, p)): type(n) for p, n in nnx.iter_graph(folded)
+            if p and "norm" in str(p[-1]) and isinstance(n, nnx.Module)}
+    kept = GroupScaling if norm == "powernorm" else Identity
+    # a tied GPT-2 head stays tied: its final norm becomes an elementwise affine map
+    final = ChannelAffine if name == "gpt2" and not untie_head else kept
+    assert left.pop("transformer/final_norm") is final
+    assert left and set(left.values()) == {kept} | ({Identity} if placement == "peri" else set())
   np.testing.assert_array_equal(forward(model, x), expected)  # the original is untouched
 
 

@@ -15,10 +15,14 @@ from this; its official code ships no fusion script). With kernels laid out (in,
   b' = (b - mean(b), if centering) * a + c.
 
 ``fold_norms(model)`` returns an eval-mode copy of a ViT or GPT-2 whose norms are replaced by
-``Identity`` (or PowerNorm's ``GroupScaling``) and whose linear layers hold the folded weights; a
-tied GPT-2 head becomes a separate head with a bias. Norms that normalize per token (LayerNorm,
-RMSNorm, a live FakeLN) or sit where no linear layer is adjacent (post/residual norms, the
-embedding norm, a PowerNorm output norm) raise a ValueError naming the norm.
+``Identity`` (or PowerNorm's ``GroupScaling``) and whose linear layers hold the folded weights.
+A GPT-2 with a tied head keeps it: its final norm becomes an explicit ``ChannelAffine`` (an
+elementwise map on (B, T, d), nearly free, where folding would untie a (d, vocab) head and add a
+(B, T, vocab) bias: slower, measured in benchmarks.md); ``untie_head=True`` folds it anyway
+(the last block's output then reaches the logits through one linear map). Norms that normalize
+per token (LayerNorm, RMSNorm, a live FakeLN) or sit where no linear layer is adjacent
+(post/residual norms, the embedding norm, a PowerNorm output norm) raise a ValueError naming
+the norm.
 """
 from __future__ import annotations
 
@@ -121,6 +125,20 @@ def _set(linear: nnx.Linear, kernel, bias):
   linear.bias[...] = bias.astype(linear.bias[...].dtype)
 
 
+class ChannelAffine(nnx.Module):
+  """The eval map y = P(remainder(x)) * scale + shift as a module (no statistics)."""
+
+  def __init__(self, m: EvalMap):
+    self.scale, self.shift = nnx.Param(m.scale), nnx.Param(m.shift)
+    self.centered, self.remainder = m.centered, m.remainder
+
+  def __call__(self, x, mask=None):
+    h = x if self.remainder is None else self.remainder(x)
+    if self.centered:
+      h = h - jnp.mean(h, axis=-1, keepdims=True)
+    return (h * self.scale[...] + self.shift[...]).astype(x.dtype)
+
+
 def _replacement(m: EvalMap, features: int) -> nnx.Module:
   return m.remainder if m.remainder is not None else Identity(features)
 
@@ -151,8 +169,9 @@ def _fold_block(block):
       setattr(block, norm_name, Identity(norm.num_features))
 
 
-def fold_norms(model: nnx.Module) -> nnx.Module:
-  """An eval-mode copy of a ViT / GPT-2 with every norm folded into its adjacent linear layer."""
+def fold_norms(model: nnx.Module, untie_head: bool = False) -> nnx.Module:
+  """An eval-mode copy of a ViT / GPT-2 with every norm folded into its adjacent linear layer
+  (a tied GPT-2 head: see the module docstring)."""
   check_foldable(model)
   model = nnx.clone(model)
   model.eval()
@@ -162,7 +181,10 @@ def fold_norms(model: nnx.Module) -> nnx.Module:
   if stack.final_norm is not None:
     m = eval_map(stack.final_norm)
     head = getattr(model, "head", None)
-    if head is None:  # GPT-2 with tied embeddings: logits = h @ wte^T
+    if head is None and not untie_head:  # GPT-2 with tied embeddings: logits = h @ wte^T
+      stack.final_norm = ChannelAffine(m)
+      return model
+    if head is None:
       wte = model.token_embedding.embedding[...]
       head = nnx.Linear(wte.shape[1], wte.shape[0], dtype=model.dtype, rngs=nnx.Rngs(0))
       _set(head, wte.T, jnp.zeros((wte.shape[0],), jnp.float32))
@@ -172,5 +194,5 @@ def fold_norms(model: nnx.Module) -> nnx.Module:
   return model
 
 
-__all__ = ["EvalMap", "check_foldable", "eval_map", "fold_into_next", "fold_into_previous",
-           "fold_norms"]
+__all__ = ["ChannelAffine", "EvalMap", "check_foldable", "eval_map", "fold_into_next",
+           "fold_into_previous", "fold_norms"]
