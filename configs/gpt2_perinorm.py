@@ -19,27 +19,12 @@ sqrt(d) embedding scale) closes most of the gap. The paper's gains are at 400M-3
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py (the paper: 400M-3.2B params).
 """
-from normjax.config_args import parse_arg, trainer_defaults
+from normjax.config_args import base_arg, parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="pystdlib", norm="layernorm", path="", embedding_norm=False)
-  c = trainer_defaults(total_steps=1000, batch_size=16, eval_batch_size=64)
-  c.data = dict(name=arg.data, seq_len=128, eval_windows=2048)
-  c.model = dict(name="gpt2", norm=arg.norm, norm_kwargs={}, placement="peri",
-                 width=128, depth=2, num_heads=4, mlp_ratio=4, dropout=0.0)
-  c.optimizer = dict(name="adamw", learning_rate=3e-3, weight_decay=0.1, b1=0.9, b2=0.95)
-  c.schedule.update(warmup_steps=100, final_fraction=0.1)
-  if arg.data == "tokens":
-    if not arg.path:
-      raise ValueError("config argument path is required with data=tokens "
-                       "(a directory holding train.bin and val.bin)")
-    c.data = dict(name="tokens", path=arg.path, seq_len=1024, vocab_size=50304,
-                  eval_windows=4096)
-    c.model.update(width=768, depth=12, num_heads=12)
-    c.total_steps, c.batch_size, c.eval_batch_size = 600_000, 480, 64
-    c.optimizer.update(learning_rate=6e-4, weight_decay=0.1)
-    c.schedule.update(warmup_steps=2000)
-    c.eval_every, c.checkpoint_every = 2000, 2000
+  c = sibling_config(__file__, "gpt2_layernorm", base_arg(arg, ("data", "path"), norm=arg.norm))
+  c.model.placement = "peri"
   c.model.embedding_norm = arg.embedding_norm
   return c

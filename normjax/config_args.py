@@ -88,3 +88,10 @@ def sibling_config(config_file: str, name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def base_arg(arg, keys: tuple[str, ...], **fixed) -> str:
+  """The argument string for a base config (``sibling_config``): the values of ``keys``
+  that ``arg`` sets (empty strings are unset), then ``fixed``."""
+  values = {**{k: arg[k] for k in keys if arg[k] not in ("", None)}, **fixed}
+  return ",".join(f"{k}={v}" for k, v in values.items())
