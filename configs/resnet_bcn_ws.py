@@ -20,30 +20,13 @@ Measured (jax 0.10.2, 2-core CPU shared with other jobs at load 6-8, one run eac
 Paper scale: ``:data=cifar10`` (ResNet-18, 200 epochs; micro-batch ``batch=2`` per device
 is the paper's 1-2 images/GPU regime).
 """
-from normjax.config_args import parse_arg, trainer_defaults
-
-MICRO_BATCH = 32  # below this batch size: linear learning-rate scaling and 4000 steps
+from normjax.config_args import parse_arg, sibling_config, sibling_module
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits", batch=128, estimated=False, groups=32)
-  c = trainer_defaults(total_steps=1000, batch_size=arg.batch)
-  c.data = dict(name=arg.data)
-  c.model = dict(name="resnet", norm="batch_channel_norm", conv="ws",
-                 norm_kwargs=dict(num_groups=arg.groups, momentum=0.9, epsilon=1e-5,
-                                  estimated=arg.estimated),
-                 stage_sizes=(1, 1, 1), block="basic", width=32, stem="cifar")
-  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
-                     nesterov=True)
-  c.schedule.warmup_steps = 50
-  if arg.batch < MICRO_BATCH:
-    c.optimizer.learning_rate = 0.1 * arg.batch / MICRO_BATCH
-    c.total_steps = 4000
-  if arg.data == "cifar10":
-    c.total_steps, c.total_epochs = None, 200.0
-    c.eval_batch_size = 1000
-    c.data = dict(name="cifar10", image_size=32)
-    c.model.update(stage_sizes=(2, 2, 2, 2), width=64)
-    c.schedule.warmup_steps = 390
-    c.eval_every, c.checkpoint_every = 2000, 2000
-  return c
+  c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data},norm=batch_channel_norm")
+  c.model.conv = "ws"
+  c.model.norm_kwargs = dict(num_groups=arg.groups, momentum=0.9, epsilon=1e-5,
+                             estimated=arg.estimated)
+  return sibling_module(__file__, "resnet_evonorm").micro_batch(c, arg)

@@ -16,25 +16,15 @@ conv and the head at their random initialization).
 
 Paper scale: ``:data=cifar10`` (ResNet-18 layout, 160 epochs).
 """
-from normjax.config_args import parse_arg, trainer_defaults
+from normjax.config_args import parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits", trainable="norm_affine")
-  c = trainer_defaults(total_steps=1000, batch_size=128)
-  c.data = dict(name=arg.data)
-  c.model = dict(name="resnet", norm="batchnorm", norm_kwargs={}, stage_sizes=(1, 1, 1),
-                 block="basic", width=32, stem="cifar", zero_init_residual=False)
-  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
-                     nesterov=True)
+  c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data}")
+  c.model.zero_init_residual = False
   c.trainable = None if arg.trainable == "all" else arg.trainable
   c.grad_clip_norm = None
-  c.schedule.warmup_steps = 50
   if arg.data == "cifar10":
-    c.total_steps, c.total_epochs = None, 160.0
-    c.eval_batch_size = 1000
-    c.data = dict(name="cifar10", image_size=32)
-    c.model.update(stage_sizes=(2, 2, 2, 2), width=64)
-    c.schedule.warmup_steps = 390
-    c.eval_every, c.checkpoint_every = 2000, 2000
+    c.total_epochs = 160.0
   return c

@@ -17,33 +17,15 @@ Measured (jax 0.10.2, 2-core CPU shared with other jobs at load 6-8, one run eac
 
 Paper scale: ``:variant=a,data=imagenet2012`` (ResNet-50-IBN-a, 90 epochs, batch 1024).
 """
-from normjax.config_args import parse_arg, trainer_defaults
+from normjax.config_args import parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="a", data="digits")
   if arg.variant not in ("a", "b"):
     raise ValueError(f"config argument variant={arg.variant!r}: 'a' (IBN-a) or 'b' (IBN-b)")
-  c = trainer_defaults(total_steps=1000, batch_size=128)
-  c.data = dict(name=arg.data)
-  c.model = dict(name="resnet", norm="batchnorm", norm_kwargs=dict(momentum=0.9, epsilon=1e-5),
-                 ibn=arg.variant, stage_sizes=(2, 2, 1), block="basic", width=32, stem="cifar")
-  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
-                     nesterov=True)
-  c.schedule.warmup_steps = 50
-  if arg.data == "cifar10":
-    c.total_steps, c.total_epochs = None, 200.0
-    c.eval_batch_size = 1000
-    c.data = dict(name="cifar10", image_size=32)
-    c.model.update(stage_sizes=(2, 2, 2, 2), width=64)
-    c.schedule.warmup_steps = 390
-    c.eval_every, c.checkpoint_every = 2000, 2000
-  elif arg.data == "imagenet2012":
-    c.total_steps, c.total_epochs = None, 90.0
-    c.batch_size, c.eval_batch_size = 1024, 1000
-    c.data = dict(name="imagenet2012", image_size=224, eval_split="validation")
-    c.model.update(stage_sizes=(3, 4, 6, 3), block="bottleneck", width=64, stem="imagenet")
-    c.optimizer.update(learning_rate=0.4, weight_decay=1e-4)
-    c.schedule.warmup_steps = 6250
-    c.eval_every, c.checkpoint_every = 5000, 5000
+  c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data}")
+  c.model.update(ibn=arg.variant, norm_kwargs=dict(momentum=0.9, epsilon=1e-5))
+  if arg.data == "digits":
+    c.model.stage_sizes = (2, 2, 1)
   return c

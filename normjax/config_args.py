@@ -81,13 +81,18 @@ def sibling_config(config_file: str, name: str, arg: str | None = None):
   ``c = sibling_config(__file__, 'resnet_batchnorm', f'data={arg.data}')`` then
   ``c.model.norm = 'evonorm_s0'``; the base keeps the data, schedule and paper-scale variants.
   """
+  return sibling_module(config_file, name).get_config(arg)
+
+
+def sibling_module(config_file: str, name: str):
+  """The module ``<dir of config_file>/<name>.py`` (configs are files, not a package)."""
   import importlib.util
   import os
   path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
   spec = importlib.util.spec_from_file_location(f"normjax_configs.{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
 
 
 def base_arg(arg, keys: tuple[str, ...], **fixed) -> str:
