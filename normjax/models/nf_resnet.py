@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, compute_dtype, register
+from normjax.models.resnet import check_stages
 from normjax.models.ws_conv import ScaledWSConv
 
 # Var(gamma * g(z)) = 1 for z ~ N(0, 1): nfnets/base.py ``nonlinearities`` (measured there).
@@ -135,11 +136,7 @@ class NFResNet(nnx.Module):
                        f"'resnet' model for a normalized network")
     check_choice("block", block, ("basic", "bottleneck"))
     check_choice("stem", stem, STEMS)
-    if not stage_sizes or any(int(n) < 1 for n in stage_sizes):
-      raise ValueError(f"model argument stage_sizes={stage_sizes!r}: needs one or more "
-                       f"positive block counts, e.g. (2, 2, 2, 2)")
-    if width < 1:
-      raise ValueError(f"model argument width={width!r}: must be a positive channel count")
+    check_stages(stage_sizes, width)
     if alpha < 0:
       raise ValueError(f"model argument alpha={alpha!r}: must be >= 0 (0.2 in the paper)")
     self.dtype = compute_dtype(dtype)

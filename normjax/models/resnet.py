@@ -66,6 +66,15 @@ CONVS = {"standard": conv_layer, "ws": ws_conv_layer, "scaled_ws": scaled_ws_con
 IBN_VARIANTS = (None, "a", "b")
 
 
+def check_stages(stage_sizes, width: int):
+  """ValueError unless ``stage_sizes`` holds positive block counts and ``width`` >= 1."""
+  if not stage_sizes or any(int(n) < 1 for n in stage_sizes):
+    raise ValueError(f"model argument stage_sizes={stage_sizes!r}: needs one or more "
+                     f"positive block counts, e.g. (2, 2, 2, 2)")
+  if width < 1:
+    raise ValueError(f"model argument width={width!r}: must be a positive channel count")
+
+
 class NormAct(nnx.Module):
   """A norm followed by ReLU (``apply_act``), as one unit.
 
@@ -210,11 +219,7 @@ class ResNet(nnx.Module):
                        f"InstanceNorm into a BatchNorm ResNet; use norm='batchnorm'")
     conv_factory = CONVS[check_choice("conv", conv, CONVS)]
     check_choice("stem", stem, STEMS)
-    if not stage_sizes or any(int(n) < 1 for n in stage_sizes):
-      raise ValueError(f"model argument stage_sizes={stage_sizes!r}: needs one or more "
-                       f"positive block counts, e.g. (2, 2, 2, 2)")
-    if width < 1:
-      raise ValueError(f"model argument width={width!r}: must be a positive channel count")
+    check_stages(stage_sizes, width)
     norm_kwargs = dict(norm_kwargs or {})
     self.dtype = compute_dtype(dtype)
     self.stem_max_pool = stem == "imagenet"
