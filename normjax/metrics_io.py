@@ -2,7 +2,8 @@
 
 Only process 0 writes (``enabled``). ``metrics.jsonl`` holds one object per logged step,
 ``{"step": 100, "loss": ..., ...}``; ``tb/`` holds the same scalars as TensorBoard
-events; ``config.json`` the resolved config.
+events; ``config.json`` the resolved config; ``final.json`` the final evaluation (written
+once the run has finished; ``normjax.sweep`` reads it).
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ class MetricWriter:
     for k, v in row.items():
       if k != "step":
         self._tb.add_scalar(k, v, row["step"])
+
+  def write_final(self, step: int, metrics: dict):
+    if self.enabled:
+      row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in metrics.items()}}
+      with open(os.path.join(self.workdir, "final.json"), "w") as f:
+        json.dump(row, f, indent=2)
 
   def close(self):
     if self._tb is not None:

@@ -247,6 +247,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ----------------------------------------------------------- final evaluation
   final = evaluate(state)
   writer.write(total_steps, final)
+  writer.write_final(total_steps, final)
   writer.close()
   print(TASKS.get(info.task).summary(final, info), flush=True)
   return final

@@ -1,44 +1,16 @@
 """The convolutional-norm configs train: a few jitted steps of the trainer's own update step
 (``train.make_steps``) on real batches, on one device at the configs' micro-batch sizes.
 (Full trainer runs of a BatchNorm ResNet: tests/test_alpha_bn.py, tests/test_train.py.)"""
-import functools
-
 import jax
 import numpy as np
 import pytest
 
 from normjax import data as nj_data
-from normjax import train
-from normjax.config_check import check_config, model_kwargs
-from normjax.models import MODELS
-from normjax.optim.build import make_optimizer
 from normjax.optim.labels import is_norm_param
-from normjax.state import ModelDef
 from normjax.tasks import TASKS
 from tests import trainer_utils as tu
 
 SMALL = {"model.width": 8, "model.stage_sizes": (1, 1)}
-
-
-def train_steps(name, arg=None, steps=3, **overrides):
-  """(config, initial state, final state, per-step metrics) of ``steps`` train steps on one
-  device with the config's own batch size, model, optimizer and task."""
-  config = tu.apply(tu.load_config(name, arg), overrides)
-  info = nj_data.get_info(config.data)
-  if config.batch_size % jax.device_count() == 0:
-    check_config(config, info)  # (micro-batches: fewer rows than the 8 test devices)
-  make = functools.partial(MODELS.get(config.model.name), **model_kwargs(config.model, info))
-  model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
-  tx, schedule = make_optimizer(config, 100)
-  initial = jax.jit(train.make_init(make, tx))(jax.random.key(config.seed))
-  train_step, _ = train.make_steps(model_def, tx, schedule, info.task)
-  train_step = jax.jit(train_step)
-  batches = nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=0)
-  state, metrics = initial, []
-  for _ in range(steps):
-    state, m = train_step(state, next(batches))
-    metrics.append(jax.device_get(m))
-  return config, initial, state, metrics
 
 
 def _moved(before, after):
@@ -53,7 +25,7 @@ def _moved(before, after):
     ("resnet_nf", "batch=1"),  # FedWon's batch size 1
 ])
 def test_micro_batch_configs_train(name, arg):
-  config, initial, state, metrics = train_steps(name, arg, **SMALL)
+  config, initial, state, metrics = tu.train_steps(name, arg, **SMALL)
   assert config.batch_size <= 2 and config.total_steps == 4000
   assert config.optimizer.learning_rate == pytest.approx(0.1 * config.batch_size / 32)
   assert all(np.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in metrics)
@@ -68,7 +40,7 @@ def test_micro_batch_configs_train(name, arg):
 
 
 def test_bn_only_config_trains_norm_affine_and_nothing_else():
-  config, initial, state, _ = train_steps("resnet_bn_only", **SMALL)
+  config, initial, state, _ = tu.train_steps("resnet_bn_only", **SMALL)
   assert config.trainable == "norm_affine"
   moved = jax.tree.leaves(_moved(initial["params"], state["params"]),
                           is_leaf=lambda x: isinstance(x, tuple))
@@ -79,7 +51,7 @@ def test_bn_only_config_trains_norm_affine_and_nothing_else():
 
 
 def test_ibn_config_trains():
-  config, _, _, metrics = train_steps("resnet_ibn", "variant=a", steps=1,
+  config, _, _, metrics = tu.train_steps("resnet_ibn", "variant=a", steps=1,
                                       **{"model.width": 8, "model.stage_sizes": (2, 1)})
   assert config.model.ibn == "a" and np.isfinite(metrics[-1]["loss"])
   assert tu.load_config("resnet_ibn", "variant=b").model.ibn == "b"
@@ -88,7 +60,7 @@ def test_ibn_config_trains():
 
 
 def test_inpaint_config_trains():
-  config, _, state, metrics = train_steps("inpaint_regionnorm", steps=2,
+  config, _, state, metrics = tu.train_steps("inpaint_regionnorm", steps=2,
                                           **{"model.width": 8, "model.num_blocks": 1})
   assert np.isfinite(metrics[-1]["loss"]) and metrics[-1]["psnr"] > 0
   assert not jax.tree.leaves(state["model_state"])  # Region Norm keeps no running statistics

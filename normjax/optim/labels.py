@@ -185,6 +185,15 @@ def conda_groups(params, **kwargs):
                       attention_mlp_kernels(params, **kwargs))
 
 
+@register("muon_groups")
+def muon_groups(params, **kwargs):
+  """``'muon'`` for attention/MLP kernels, ``'adamw'`` elsewhere: the Muon baseline's grouping
+  in jie040109/Conda (``examples/gpt2/train.py``) and Moonlight (embeddings, head, norms and
+  biases on AdamW)."""
+  return jax.tree.map(lambda m: "muon" if m else "adamw",
+                      attention_mlp_kernels(params, **kwargs))
+
+
 @register("scale_invariant")
 def scale_invariant(params, patterns: Iterable[str] = ()):
   """True for leaves whose ``'/'``-joined path matches one of ``patterns`` (``fnmatch``).
