@@ -10,8 +10,8 @@ A sweep config (``configs/sweeps/*.py``, ``get_config(arg) -> ConfigDict``) has:
     and ``base_arg``: its config argument (``''`` for none);
   * ``grid``: nested like the training config, a list of values at each swept key, e.g.
     ``{'optimizer': {'learning_rate': [1e-3, 3e-3]}, 'seed': [0, 1]}``; the runs are the
-    Cartesian product, in order (last axis fastest), each one
-    ``python -m normjax.train --config BASE --config.optimizer.learning_rate=0.001 ...``;
+    Cartesian product (axes in ConfigDict's sorted key order, the last one fastest), each
+    one ``python -m normjax.train --config BASE --config.optimizer.learning_rate=0.001 ...``;
     an axis named ``seed`` is repetition: the summary averages over it;
   * ``fixed``: overrides shared by every run, nested the same way (optional);
   * ``metric`` (a key of the final evaluation, e.g. ``eval_loss``) and ``goal``
@@ -39,11 +39,6 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (default workdirs/sweeps/NAME).")
-_MODE = flags.DEFINE_enum("mode", "run", ["run", "emit", "summarize"], "What to do.")
-_INDEX = flags.DEFINE_integer("index", None, "Run only this run (0-based) in --mode run.")
 
 STATUS_FILE = "sweep_status.json"
 
@@ -218,6 +213,15 @@ def write_summary(sweep, runs, workdir) -> dict:
   return summary
 
 
+def define_flags():
+  """The command-line flags (defined on demand: ``normjax.train`` owns ``--config`` too)."""
+  global _CONFIG, _WORKDIR, _MODE, _INDEX
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (default workdirs/sweeps/NAME).")
+  _MODE = flags.DEFINE_enum("mode", "run", ["run", "emit", "summarize"], "What to do.")
+  _INDEX = flags.DEFINE_integer("index", None, "Run only this run (0-based) in --mode run.")
+
+
 def main(argv):
   del argv
   sweep = _CONFIG.value
@@ -260,4 +264,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
