@@ -69,13 +69,21 @@ class ScaleBySGDPState(NamedTuple):
   momentum: optax.Updates
 
 
-def project_radial(update, grad, param, *, delta, eps):
+def radial_sums(grad, param):
+  """Per-output-channel (last axis) float32 sums ``(<p, g>, <g, g>, <p, p>)`` of one leaf."""
+  p, g = param.astype(_F32), grad.astype(_F32)
+  axes = tuple(range(p.ndim - 1))
+  return jnp.sum(p * g, axis=axes), jnp.sum(g * g, axis=axes), jnp.sum(p * p, axis=axes)
+
+
+def project_radial(update, param, sums, pu, *, delta, eps):
   """AdamP's two-view test and projection for one leaf with ``ndim > 1``.
 
   Args:
     update: the update direction ``u`` (float32).
-    grad: the raw gradient ``g``.
     param: the current weight ``p``.
+    sums: ``radial_sums(g, p)`` of the raw gradient ``g``.
+    pu: the per-output-channel sums ``<p, u>``.
     delta: threshold numerator.
     eps: the cosine's and the row normalisation's epsilon.
 
@@ -84,16 +92,9 @@ def project_radial(update, grad, param, *, delta, eps):
     passed, so the decay ratio is ``wd_ratio``).
   """
   p = param.astype(_F32)
-  g = grad.astype(_F32)
-  axes = tuple(range(p.ndim - 1))
-  # Per output channel (last axis) sums; the layer view's sums are their totals.
-  pg = jnp.sum(p * g, axis=axes)
-  gg = jnp.sum(g * g, axis=axes)
-  pp = jnp.sum(p * p, axis=axes)
-  pu = jnp.sum(p * update, axis=axes)
-  # Without the barrier XLA rewrites sum(sum(x, axes)) into a second full pass over x
-  # (4 extra passes over the leaf; about 5x slower on CPU).
-  pg, gg, pp, pu = jax.lax.optimization_barrier((pg, gg, pp, pu))
+  # The layer view's sums are the totals of the channel sums. Without the barrier XLA
+  # rewrites sum(sum(x, axes)) into a second full pass over x (about 5x slower on CPU).
+  pg, gg, pp, pu = jax.lax.optimization_barrier((*sums, pu))
   norm_p, norm_g = jnp.sqrt(pp), jnp.sqrt(gg)
   cos_channel = jnp.abs(pg) / (jnp.maximum(norm_p, eps) * jnp.maximum(norm_g, eps))
   channel_ok = jnp.max(cos_channel) < delta / math.sqrt(p.size // p.shape[-1])
@@ -171,6 +172,11 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     decays = _decay_flags(weight_decay_mask, params)
     out, new_m, new_v = [], [], []
     for g, m, v, p, decays_leaf in zip(leaves_g, leaves_m, leaves_v, leaves_p, decays):
+      if p.ndim > 1:
+        # The test's sums first, from the inputs; the barrier hands the moments a g that
+        # XLA cannot share with <g, g>'s square (which would write g^2 out: two passes).
+        sums = radial_sums(g, p)
+        sums, g = jax.lax.optimization_barrier((sums, g))
       g32 = g.astype(_F32)
       m32 = b1 * m.astype(_F32) + (1.0 - b1) * g32
       v32 = b2 * v.astype(_F32) + (1.0 - b2) * jnp.square(g32)
@@ -179,7 +185,8 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       u = numer / denom
       ratio = 1.0
       if p.ndim > 1:
-        u, passed = project_radial(u, g, p, delta=delta, eps=eps)
+        pu = jnp.sum(p.astype(_F32) * u, axis=tuple(range(p.ndim - 1)))
+        u, passed = project_radial(u, p, sums, pu, delta=delta, eps=eps)
         ratio = jnp.where(passed, wd_ratio, 1.0)
       u = u / bc1
       if decays_leaf:
@@ -243,7 +250,13 @@ def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, nesterov: bool 
       d = g32 + momentum * b32 if nesterov else b32
       ratio = 1.0
       if p.ndim > 1:
-        d, passed = project_radial(d, g, p, delta=delta, eps=eps)
+        # <p, d> = <p, g> + momentum <p, buf'> (Nesterov) or <p, buf'>: reduced from the
+        # written buffer, not from d (never written out). Reading the old buffer instead
+        # makes XLA copy the donated buffer that buf' overwrites in place.
+        sums = radial_sums(g, p)
+        p_buf = jnp.sum(p.astype(_F32) * b32, axis=tuple(range(p.ndim - 1)))
+        pd = sums[0] + momentum * p_buf if nesterov else p_buf
+        d, passed = project_radial(d, p, sums, pd, delta=delta, eps=eps)
         ratio = jnp.where(passed, wd_ratio, 1.0)
       if decays_leaf:
         d = d + (weight_decay * ratio / (1.0 - momentum)) * p.astype(_F32)
