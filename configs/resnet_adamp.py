@@ -17,13 +17,12 @@ ADAMP_RESULTS
 
 Paper scale: ``:data=imagenet2012`` (ResNet-50, 90 epochs; the paper's AdamP row).
 """
-from normjax.config_args import parse_arg, sibling_config
+from normjax.config_args import check_choice, parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits", optimizer="adamp")
-  if arg.optimizer not in ("adamp", "adamw"):
-    raise ValueError(f"config argument optimizer={arg.optimizer!r}: use adamp or adamw")
+  check_choice(arg, "optimizer", ("adamp", "adamw"))
   c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data}")
   c.optimizer = dict(name=arg.optimizer, learning_rate=1e-3, weight_decay=1e-2, b1=0.9,
                      b2=0.999, eps=1e-8)

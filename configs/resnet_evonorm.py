@@ -20,7 +20,7 @@ Measured (jax 0.10.2, 2-core CPU shared with other jobs at load 6-8, one run eac
 Paper scale: ``:data=cifar10`` (ResNet-18, 200 epochs), ``:data=imagenet2012`` (ResNet-50,
 90 epochs, batch 1024, the TF EvoNorm setting).
 """
-from normjax.config_args import parse_arg, sibling_config
+from normjax.config_args import check_choice, parse_arg, sibling_config
 
 NORMS = ("evonorm_b0", "evonorm_s0", "evonorm_b1", "evonorm_s1")
 MICRO_BATCH = 32  # below this batch size: linear learning-rate scaling and 4000 steps
@@ -28,8 +28,7 @@ MICRO_BATCH = 32  # below this batch size: linear learning-rate scaling and 4000
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits", norm="evonorm_b0", batch=128)
-  if arg.norm not in NORMS:
-    raise ValueError(f"config argument norm={arg.norm!r}: one of {', '.join(NORMS)}")
+  check_choice(arg, "norm", NORMS)
   c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data},norm={arg.norm}")
   return micro_batch(c, arg)
 

@@ -17,13 +17,12 @@ Measured (jax 0.10.2, 2-core CPU shared with other jobs at load 6-8, one run eac
 
 Paper scale: ``:variant=a,data=imagenet2012`` (ResNet-50-IBN-a, 90 epochs, batch 1024).
 """
-from normjax.config_args import parse_arg, sibling_config
+from normjax.config_args import check_choice, parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="a", data="digits")
-  if arg.variant not in ("a", "b"):
-    raise ValueError(f"config argument variant={arg.variant!r}: 'a' (IBN-a) or 'b' (IBN-b)")
+  check_choice(arg, "variant", ("a", "b"))  # IBN-a, IBN-b
   c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data}")
   c.model.update(ibn=arg.variant, norm_kwargs=dict(momentum=0.9, epsilon=1e-5))
   if arg.data == "digits":

@@ -17,13 +17,12 @@ SGDP_RESULTS
 Paper scale: ``:data=imagenet2012`` (ResNet-50, 90 epochs; README's SGDP usage is lr 0.1,
 wd 1e-5, momentum 0.9, Nesterov; the paper's ImageNet runs use wd 1e-4 like the baseline).
 """
-from normjax.config_args import parse_arg, sibling_config
+from normjax.config_args import check_choice, parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits", optimizer="sgdp")
-  if arg.optimizer not in ("sgdp", "sgd"):
-    raise ValueError(f"config argument optimizer={arg.optimizer!r}: use sgdp or sgd")
+  check_choice(arg, "optimizer", ("sgdp", "sgd"))
   c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data}")
   if arg.optimizer == "sgdp":
     c.optimizer = dict(name="sgdp", learning_rate=c.optimizer.learning_rate,

@@ -15,13 +15,12 @@ VIT_ADAMP_RESULTS
 
 Paper scale: ``:data=imagenet2012`` (ViT-S/16, 90 epochs).
 """
-from normjax.config_args import parse_arg, sibling_config
+from normjax.config_args import check_choice, parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits", optimizer="adamp")
-  if arg.optimizer not in ("adamp", "adamw"):
-    raise ValueError(f"config argument optimizer={arg.optimizer!r}: use adamp or adamw")
+  check_choice(arg, "optimizer", ("adamp", "adamw"))
   c = sibling_config(__file__, "vit_layernorm", f"data={arg.data}")
   if arg.optimizer == "adamp":
     c.optimizer.update(name="adamp", eps=1e-8, delta=0.1, wd_ratio=0.1, nesterov=False)

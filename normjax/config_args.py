@@ -48,6 +48,12 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return result
 
 
+def check_choice(arg, key: str, choices) -> None:
+  """Raises a ValueError naming ``key``, its value and ``choices`` unless ``arg[key]`` is one."""
+  if arg[key] not in choices:
+    raise ValueError(f"config argument {key}={arg[key]!r}: one of {', '.join(map(str, choices))}")
+
+
 def trainer_defaults(**overrides) -> ml_collections.ConfigDict:
   """Trainer keys every config shares; a config sets ``data``, ``model``, ``optimizer``.
 
