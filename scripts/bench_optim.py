@@ -95,6 +95,8 @@ def candidates(gap):
                                normalize_and_project()),
       "conda": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask, update_proj_gap=gap,
                      conda_mask="attention_mlp_kernels"),
+      "conda_rotated": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask, update_proj_gap=gap,
+                             conda_mask="attention_mlp_kernels", rotated_momentum=True),
       "conda_all_2d": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask,
                             update_proj_gap=gap),
   }
@@ -107,8 +109,9 @@ def main():
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--update_proj_gap", type=int, default=200)
   parser.add_argument("--only", default="adamp,sgd,sgdp,nap_adamw,conda",
-                      help="comma-separated optimizers to compare with adamw "
-                           "(also: conda_all_2d, Conda on every 2-D leaf)")
+                      help="comma-separated optimizers to compare with adamw (also: "
+                           "conda_rotated, momentum kept rotated; conda_all_2d, Conda on "
+                           "every 2-D leaf)")
   args = parser.parse_args()
 
   host_params = gpt2_params(width=args.width)

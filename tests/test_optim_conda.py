@@ -60,12 +60,13 @@ def as_matrix(name, x):
   return x.reshape(int(np.prod(x.shape[:1] if name != "out3d" else x.shape[:2])), -1)
 
 
-def test_conda_matches_official_algorithm():
+@pytest.mark.parametrize("rotated_momentum", [False, True])
+def test_conda_matches_official_algorithm(rotated_momentum):
   rng = np.random.default_rng(0)
   params = {k: rng.normal(size=s) for k, s in SHAPES.items()}
   schedule = optax.linear_schedule(0.02, 0.01, 10)
   kw = dict(b1=0.9, b2=0.99, eps=1e-3, weight_decay=0.1, scale=0.25, update_proj_gap=3)
-  tx = conda(schedule, conda_mask=SPECS, **kw)
+  tx = conda(schedule, conda_mask=SPECS, rotated_momentum=rotated_momentum, **kw)
   reference = CondaReference(lambda t: float(schedule(t)),
                              conda_names={k for k, v in SPECS.items() if v}, **kw)
   jax_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
@@ -82,6 +83,28 @@ def test_conda_matches_official_algorithm():
     want = ref[k].T.reshape(s) if len(s) >= 2 else ref[k]
     np.testing.assert_allclose(np.asarray(jax_params[k]), want, rtol=1e-5, atol=2e-6,
                                err_msg=k)
+
+
+def _dot_counts(jaxpr) -> tuple[int, list[int]]:
+  """(dot_generals outside any cond, [dot_generals in each branch of the one cond])."""
+  outside, branches = 0, []
+  for eqn in jaxpr.eqns:
+    outside += eqn.primitive.name == "dot_general"
+    if eqn.primitive.name == "cond":
+      branches = [_dot_counts(b.jaxpr)[0] for b in eqn.params["branches"]]
+  return outside, branches
+
+
+def test_rotated_momentum_saves_one_matmul_per_plain_step():
+  """Per Conda leaf, the cond's (plain, refresh) branches: official (2, 2): rotate M and G;
+  rotated momentum (1, 3): rotate G / back-rotate M, rotate M and G. The step's
+  back-rotation (1) is outside: a plain step costs 3 matmuls, or 2."""
+  params = {"w": jnp.ones((4, 6)), "v": jnp.ones((6, 4)), "b": jnp.ones((6,))}
+  counts = {}
+  for rotated in (False, True):
+    tx = scale_by_conda(rotated_momentum=rotated)
+    counts[rotated] = _dot_counts(jax.make_jaxpr(tx.update)(params, tx.init(params), params).jaxpr)
+  assert counts == {False: (2, [4, 4]), True: (2, [2, 6])}, counts
 
 
 def test_basis_is_square_orthogonal_and_refreshed_every_t_steps():
