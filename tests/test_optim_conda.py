@@ -120,7 +120,7 @@ def test_basis_is_square_orthogonal_and_refreshed_every_t_steps():
     _, state = update(grads, state, params)
     bases.append(state.basis)
   assert bases[0]["a"].shape == (3, 3) and bases[0]["b"].shape == (3, 3)
-  assert bases[0]["c"].shape == (0, 0)
+  assert isinstance(bases[0]["c"], optax.MaskedNode)  # no array: orbax cannot save empty ones
   for step, basis in enumerate(bases):
     for k in ("a", "b"):
       q = np.asarray(basis[k], np.float64)

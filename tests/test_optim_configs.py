@@ -1,10 +1,14 @@
 """The optimizer configs of issue 4: they train with the trainer's own step, route the
-right leaves to each optimizer, and their controls are exactly the baselines."""
+right leaves to each optimizer, checkpoint and resume, and their controls are exactly the
+baselines."""
+import shutil
+
 import jax
 import numpy as np
 import optax
 import pytest
 
+from normjax import train
 from normjax.optim import ScaleByCondaState
 from normjax.optim.labels import param_names
 from tests import trainer_utils as tu
@@ -104,3 +108,21 @@ def test_resnet_adamp_projects_the_bn_fed_convolutions(optimizer):
     assert worst < 1e-3, worst
   else:
     assert worst > 0.05, worst
+
+
+@pytest.mark.parametrize("name,model", [("gpt2_conda", "gpt2"), ("gpt2_muon", "gpt2"),
+                                        ("resnet_sgdp", "resnet")])
+def test_optimizer_state_checkpoints_and_resumes_bitwise(name, model, tmp_path):
+  """Through the trainer: 3 steps straight == 2 steps, restore from the checkpoint, 1 more
+  (the Conda basis is refreshed at count 2, after the restore)."""
+  extra = {"optimizer.update_proj_gap": 2} if name == "gpt2_conda" else {}
+  config = tu.apply(tu.load_config(name), tu.overrides(model, 3, checkpoint_every=2, **extra))
+  train.train_and_evaluate(config, str(tmp_path))
+  assert tu.checkpoint_steps(tmp_path) == [2, 3]
+  straight = tu.restore_state(tmp_path, 3)
+  shutil.rmtree(tmp_path / "checkpoints" / "3")
+  train.train_and_evaluate(config, str(tmp_path))
+  resumed = tu.restore_state(tmp_path, 3)
+  for a, b in zip(tu.leaves(straight), tu.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert len(tu.leaves(straight["opt_state"])) > len(tu.leaves(straight["params"]))

@@ -16,7 +16,7 @@ from normjax.config_args import parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, optimizer="adamw", lrs="1e-3_2e-3_3e-3_6e-3_1e-2", seeds=1)
+  arg = parse_arg(arg, optimizer="adamw", lrs="1e-3_2e-3_3e-3_6e-3_1e-2_2e-2_3e-2", seeds=1)
   c = ml_collections.ConfigDict()
   c.base = f"../gpt2_{arg.optimizer}.py"
   c.base_arg = ""

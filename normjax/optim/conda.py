@@ -57,8 +57,8 @@ class ScaleByCondaState(NamedTuple):
   """State of ``scale_by_conda``.
 
   ``mu`` (original basis) and ``nu`` (rotated basis) have each parameter's shape;
-  ``basis`` holds the square orthogonal factor of each Conda leaf and an empty ``(0, 0)``
-  array for the other leaves.
+  ``basis`` holds the square orthogonal factor of each Conda leaf and
+  ``optax.MaskedNode()`` (no array) for the other leaves; orbax cannot save empty arrays.
   """
   count: jax.Array  # int32 scalar
   mu: optax.Updates
@@ -182,7 +182,7 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   def init_fn(params):
     mats, treedef = resolve_conda_leaves(conda_mask, params)
     leaves = treedef.flatten_up_to(params)
-    basis = [jnp.zeros((0, 0) if mat is None else (mat.size, mat.size), x.dtype)
+    basis = [optax.MaskedNode() if mat is None else jnp.zeros((mat.size, mat.size), x.dtype)
              for x, mat in zip(leaves, mats)]
     return ScaleByCondaState(
         count=jnp.zeros([], jnp.int32),
