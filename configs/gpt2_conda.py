@@ -17,14 +17,28 @@ Deviation from the official script, on purpose: the weight decay uses the AdamW 
 mask (matrices only; the official GPT-2 script has no no-decay group, so its LayerNorm
 weights decay too), so that the comparison with gpt2_adamw changes only the optimizer.
 
-CONDA_RESULTS
+Measured (``python -m normjax.sweep --config
+configs/sweeps/gpt2_lr.py:optimizer=conda,lrs=3e-3_6e-3_1e-2_2e-2_3e-2_5e-2_1e-1``; jax
+0.10.2, 2-core CPU, one seed per point), final validation loss in nats/byte:
+
+  ==========  ======  ======  ======  ======  ======  ==========  ======
+  peak lr     3e-3    6e-3    1e-2    2e-2    3e-2    **5e-2**    1e-1
+  val loss    1.8208  1.7105  1.6546  1.6093  1.5981  **1.5933**  1.7711
+  ==========  ======  ======  ======  ======  ======  ==========  ======
+
+Tuned against tuned: Conda 1.5933 vs AdamW 1.6264 (gpt2_adamw.py at its best, 1e-2):
+-0.033 nats/byte, in the paper's direction, at 5x AdamW's peak lr (the official GPT-2
+recipe uses 10x: 6e-3 vs 6e-4; the 0.25 scale is why). At equal lr Conda is behind
+(1e-2: 1.6546 vs 1.6264). Muon (gpt2_muon.py) reaches 1.3745 here. ~170 s per run.
+``rotated_momentum=True`` (same updates to rounding, a third fewer rotation FLOPs) is
+available but off, to keep the official state layout.
 
 Paper scale: ``:data=tokens,path=DIR``, GPT-2 small on OpenWebText with the official recipe
 (lr 6e-3, T 2000).
 """
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
-SWEPT_LEARNING_RATE = 6e-3  # configs/sweeps/gpt2_lr.py:optimizer=conda, see above
+SWEPT_LEARNING_RATE = 5e-2  # configs/sweeps/gpt2_lr.py:optimizer=conda, see above
 
 
 def get_config(arg=None):

@@ -20,8 +20,8 @@ jax 0.10.2, 2-core CPU, one seed per point), final validation loss in nats/byte:
   val loss    1.4750  1.3946  **1.3745**  1.3850  1.4351
   ==========  ======  ======  ==========  ======  ======
 
-against 1.6264 for the tuned AdamW (gpt2_adamw.py, also best at 1e-2) and 1.5981 for
-Conda (gpt2_conda.py): Muon wins by 0.25 nats/byte at this size and length (width 128,
+against 1.6264 for the tuned AdamW (gpt2_adamw.py, also best at 1e-2) and 1.5933 for
+Conda (gpt2_conda.py, best at 5e-2): Muon wins by 0.25 nats/byte at this size and length (width 128,
 2 layers, 1000 steps), with train losses in step (1.19 vs 1.52 at step 1000), so it is the
 optimization, not the evaluation. The Conda paper reports Conda ahead of Muon at GPT-2
 124M+ scale; this small run does not reproduce that ordering.
