@@ -224,6 +224,13 @@ def define_flags():
 
 def main(argv):
   del argv
+  try:
+    _main()
+  except ValueError as e:
+    raise SystemExit(f"normjax.sweep: {e}") from None
+
+
+def _main():
   sweep = _CONFIG.value
   if sweep is None:
     raise app.UsageError("--config is required, e.g. --config configs/sweeps/gpt2_lr.py")
@@ -233,10 +240,7 @@ def main(argv):
   name = os.path.splitext(os.path.basename(sweep_file))[0]
   workdir = _WORKDIR.value or os.path.join("workdirs", "sweeps", name)
   runs = expand(sweep)
-  try:
-    commands = [command(sweep, sweep_file, v, os.path.join(workdir, run_name(v))) for v in runs]
-  except ValueError as e:
-    raise SystemExit(f"normjax.sweep: {e}") from None
+  commands = [command(sweep, sweep_file, v, os.path.join(workdir, run_name(v))) for v in runs]
   if _MODE.value == "emit":
     for cmd in commands:
       print(shlex.join(["python", *cmd[1:]]))
