@@ -17,11 +17,12 @@ A sweep config (``configs/sweeps/*.py``, ``get_config(arg) -> ConfigDict``) has:
   * ``metric`` (a key of the final evaluation, e.g. ``eval_loss``) and ``goal``
     (``'min'`` | ``'max'``).
 
-Modes: ``run`` executes the runs one after another in subprocesses (``--index`` picks one
-run, e.g. a cluster array-job index), skipping runs that finished (their ``final.json`` exists) or diverged (a run
-stopped half-way resumes from its checkpoint, as ``normjax.train`` always does), recording
-a run that stops on a non-finite loss as ``diverged`` and any other failure as ``failed``
-(retried next time) rather than stopping the sweep; then it summarises. ``emit`` prints one command line per run for a scheduler.
+Modes: ``run`` executes the runs one after another in subprocesses (``--index`` picks
+one run, e.g. a cluster array-job index), skipping runs that finished (their
+``final.json`` exists) or diverged (a run stopped half-way resumes from its checkpoint,
+as ``normjax.train`` always does), recording a run that stops on a non-finite loss as
+``diverged`` and any other failure as ``failed`` (retried next time) rather than stopping
+the sweep; then it summarises. ``emit`` prints one command line per run for a scheduler.
 ``summarize`` reads what is there. The summary is ``summary.md`` (a table, best row
 marked), ``summary.json`` and ``summary.png`` (metric against the first numeric axis, one
 line per combination of the other axes, seed spread as error bars) in the sweep workdir;

@@ -62,7 +62,8 @@ def test_gpt2_muon_groups_and_shared_learning_rate():
   _, _, state, _ = tu.train_steps("gpt2_muon", steps=1, **TINY_GPT2)
   partition = _states(state["opt_state"], optax.transforms.PartitionState)
   assert partition, "muon_groups should partition the optimizer state"
-  muon_leaves = [p for p, x in jax.tree_util.tree_leaves_with_path(partition[0].inner_states["muon"])
+  muon_state = partition[0].inner_states["muon"]
+  muon_leaves = [p for p, x in jax.tree_util.tree_leaves_with_path(muon_state)
                  if hasattr(x, "shape") and x.ndim == 2]
   names = {"/".join(param_names(p)[-3:]) for p in muon_leaves}
   assert "attn/qkv/kernel" in names and not any("embed" in n for n in names), names

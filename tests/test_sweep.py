@@ -35,7 +35,8 @@ def test_command_formats_overrides_for_config_flags():
                    grid={"optimizer": {"learning_rate": [0.5]}})
   cmd = sweep.command(c, str(tu.ROOT / "configs" / "sweeps" / "x.py"),
                       {"optimizer.learning_rate": 0.5, "data.name": "digits"}, "/w/r")
-  assert cmd[1:4] == ["-m", "normjax.train", "--config"] and cmd[4].endswith("configs/gpt2_adamw.py:data=pystdlib")
+  assert cmd[1:4] == ["-m", "normjax.train", "--config"]
+  assert cmd[4].endswith("configs/gpt2_adamw.py:data=pystdlib")
   assert cmd[5:] == ["--workdir", "/w/r", "--config.model.stage_sizes=(1,2,)",
                      "--config.optimizer.learning_rate=0.5", "--config.data.name='digits'"]
   with pytest.raises(ValueError, match="no such file"):
