@@ -22,7 +22,7 @@ jax 0.10.2, 2-core CPU, one seed per point), final validation loss in nats/byte:
 
 against 1.6264 for the tuned AdamW (gpt2_adamw.py, also best at 1e-2) and 1.5933 for
 Conda (gpt2_conda.py, best at 5e-2). Seeds 0-2 at the best lrs (``lrs=1e-2,seeds=3``):
-Muon 1.3692 ± 0.0056, AdamW 1.6300 ± 0.0053, Conda 1.5886 ± 0.0048: Muon wins by ~0.26
+Muon 1.3692 ± 0.0056, AdamW 1.6300 ± 0.0053, Conda 1.5886 ± 0.0048: Muon wins by 0.22-0.26
 nats/byte at this size and length (width 128, 2 layers, 1000 steps), with train losses in
 step (1.19 vs 1.52 at step 1000), so it is the optimization, not the evaluation. The
 Conda paper reports Conda ahead of Muon at GPT-2 124M+ scale; this small run does not
