@@ -27,10 +27,11 @@ configs/sweeps/gpt2_lr.py:optimizer=conda,lrs=3e-3_6e-3_1e-2_2e-2_3e-2_5e-2_1e-1
   ==========  ======  ======  ======  ======  ======  ==========  ======
 
 Tuned against tuned, seeds 0-2 (``lrs=5e-2,seeds=3``): Conda 1.5886 ± 0.0048 vs AdamW
-1.6300 ± 0.0053 (gpt2_adamw.py at its best, 1e-2): -0.041 nats/byte, in the paper's direction, at 5x AdamW's peak lr (the official GPT-2
-recipe uses 10x: 6e-3 vs 6e-4; the 0.25 scale is why). At equal lr Conda is behind
-(1e-2: 1.6546 vs 1.6264). Muon (gpt2_muon.py) reaches 1.3692 ± 0.0056 here. Wall: Conda 140 s, Muon 159 s,
-AdamW 244 s (its run shared the CPU with other jobs; the step costs are in benchmarks.md).
+1.6300 ± 0.0053 (gpt2_adamw.py at its best, 1e-2): -0.041 nats/byte, in the paper's
+direction, at 5x AdamW's peak lr (the official GPT-2 recipe uses 10x: 6e-3 vs 6e-4; the
+0.25 scale is why). At equal lr Conda is behind (1e-2: 1.6546 vs 1.6264). Muon
+(gpt2_muon.py) reaches 1.3692 ± 0.0056 here. Wall: Conda 140 s, Muon 159 s, AdamW 244 s
+(its run shared the CPU with other jobs; the step costs are in benchmarks.md).
 ``rotated_momentum=True`` (same updates to rounding, a third fewer rotation FLOPs) is
 available but off, to keep the official state layout.
 
