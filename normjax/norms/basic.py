@@ -151,6 +151,16 @@ def identity(x, params=None, state=None, *, train=False, mask=None):
 
 
 # ----------------------------------------------------------------------------- NNX modules
+class RunningAverageView:
+  """Mixin for modules with a ``use_running_average`` flag (train vs eval statistics):
+  ``nnx.view(model, use_running_average=True)`` switches every such module at once."""
+
+  def set_view(self, use_running_average: bool | None = None):
+    """Hook for ``nnx.view``."""
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+
 class AffineNorm(nnx.Module):
   """Base for norms with optional per-channel ``scale`` (init 1) and ``bias`` (init 0), float32."""
 
@@ -204,7 +214,7 @@ class RMSNorm(AffineNorm):
 
 
 @register("batchnorm")
-class BatchNorm(AffineNorm):
+class BatchNorm(RunningAverageView, AffineNorm):
   """BatchNorm module; running ``mean``/``var`` are ``nnx.BatchStat`` (init 0 and 1, float32).
 
   ``use_running_average=False`` (training) normalizes with batch statistics and updates the
@@ -226,11 +236,6 @@ class BatchNorm(AffineNorm):
     self.use_running_average = use_running_average
     self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
     self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
   def __call__(self, x, mask=None):
     self._check_features(x)

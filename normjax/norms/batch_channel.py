@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import (_check_positive, _stats_dtype, apply_affine, batch_norm,
-                                 moments, normalize)
+from normjax.norms.basic import (RunningAverageView, _check_positive, _stats_dtype,
+                                 apply_affine, batch_norm, moments, normalize)
 from normjax.norms.evonorm import group_moments
 
 
@@ -79,7 +79,7 @@ def batch_channel_norm(x, params, state, *, train, mask=None, num_groups=32, mom
 
 
 @register("batch_channel_norm")
-class BatchChannelNorm(nnx.Module):
+class BatchChannelNorm(RunningAverageView, nnx.Module):
   """BCN module; see ``batch_channel_norm``.
 
   Variables: ``batch_scale``/``batch_bias`` (C,) (the batch part's affine), ``scale``/``bias``
@@ -110,11 +110,6 @@ class BatchChannelNorm(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((num_groups,), jnp.float32))
     self.mean = nnx.BatchStat(jnp.zeros_like(channel_ones))
     self.var = nnx.BatchStat(channel_ones)
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
   def __call__(self, x, mask=None):
     if x.shape[-1] != self.num_features:

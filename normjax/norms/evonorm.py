@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import AffineNorm, _check_positive, _stats_dtype, apply_affine, moments
+from normjax.norms.basic import (RunningAverageView, AffineNorm, _check_positive, _stats_dtype,
+                                 apply_affine, moments)
 
 Array = jax.Array
 
@@ -185,7 +186,7 @@ class _EvoNorm(AffineNorm):
     return p
 
 
-class _BatchEvoNorm(_EvoNorm):
+class _BatchEvoNorm(RunningAverageView, _EvoNorm):
   """B variants: a running variance ``var`` (``nnx.BatchStat``, init 1) when ``apply_act``."""
   uses_batch_statistics = True
 
@@ -200,11 +201,6 @@ class _BatchEvoNorm(_EvoNorm):
     self.momentum, self.use_running_average = momentum, use_running_average
     ones = jnp.ones((num_features,), jnp.float32)
     self.var = nnx.BatchStat(ones) if apply_act else nnx.data(None)
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
   def __call__(self, x, mask=None):
     self._check_features(x)

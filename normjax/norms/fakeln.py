@@ -37,7 +37,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import AffineNorm, _check_positive, _stats_dtype, apply_affine, moments
+from normjax.norms.basic import (RunningAverageView, AffineNorm, _check_positive, _stats_dtype,
+                                 apply_affine, moments)
 from normjax.state import AuxLoss
 
 SCHEDULED_ROLES = ("mlp_input", "attn_input", "final")
@@ -114,7 +115,7 @@ def removal_schedule(depth: int, start: int, gap_mlp: int = 2, gap_qk: int = 2,
 
 
 @register("fakeln")
-class FakeLN(AffineNorm):
+class FakeLN(RunningAverageView, AffineNorm):
   """FakeLN module (``fake_layer_norm``): LayerNorm-compatible params ``scale``/``bias``.
 
   State (``nnx.BatchStat``): ``average_std``, ``tracked``, ``step`` and, for an attention-input
@@ -174,11 +175,6 @@ class FakeLN(AffineNorm):
     if self.separate_value_path:
       self.value_std, self.value_tracked = nnx.BatchStat(one), nnx.BatchStat(zero)
     self.step = nnx.BatchStat(zero)
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
   def is_frozen(self, value_path: bool = False):
     """Whether the Q/K-or-only path (or the V path) is frozen at the current step (an array)."""

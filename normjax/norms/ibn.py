@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import _check_positive, batch_norm, instance_norm
+from normjax.norms.basic import RunningAverageView, _check_positive, batch_norm, instance_norm
 
 
 def ibn_split(num_features: int, ratio: float = 0.5) -> int:
@@ -48,7 +48,7 @@ def ibn(x, params, state, *, train, mask=None, ratio=0.5, momentum=0.9, epsilon=
 
 
 @register("ibn")
-class IBN(nnx.Module):
+class IBN(RunningAverageView, nnx.Module):
   """IBN module; see ``ibn``. Variables: ``instance_scale``/``instance_bias`` (half,),
   ``batch_scale``/``batch_bias`` and running ``mean``/``var`` (C - half,). There is no single
   ``scale``, so ``NormAct(zero_init_scale=True)`` leaves it as is (IBN-Net puts IBN only on a
@@ -75,11 +75,6 @@ class IBN(nnx.Module):
     self.batch_bias = nnx.Param(jnp.zeros((rest,), jnp.float32))
     self.mean = nnx.BatchStat(jnp.zeros((rest,), jnp.float32))
     self.var = nnx.BatchStat(jnp.ones((rest,), jnp.float32))
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
   def __call__(self, x, mask=None):
     if x.shape[-1] != self.num_features:

@@ -45,7 +45,8 @@ from flax import nnx
 
 from normjax.norms import register
 from normjax.norms.backward_state import GradStat, backward_state_op
-from normjax.norms.basic import AffineNorm, _check_positive, _stats_dtype, moments
+from normjax.norms.basic import (RunningAverageView, AffineNorm, _check_positive, _stats_dtype,
+                                 moments)
 
 GROUP_SCALING_EPSILON = 1e-5  # hard-wired in GroupScaling1D
 
@@ -135,7 +136,7 @@ def check_steps(name: str, value: int, norm: str):
 
 
 @register("powernorm")
-class PowerNorm(AffineNorm):
+class PowerNorm(RunningAverageView, AffineNorm):
   """PowerNorm module (``power_norm``); variables ``scale``, ``bias`` (params), ``running_phi``,
   ``step`` (``nnx.BatchStat``) and ``ema_gz`` (``GradStat``, updated by the backward pass).
 
@@ -168,11 +169,6 @@ class PowerNorm(AffineNorm):
     self.running_phi = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
     self.ema_gz = GradStat(jnp.zeros((num_features,), jnp.float32))
     self.step = nnx.BatchStat(jnp.zeros((), jnp.int32))
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
   def state_dict(self) -> dict:
     return {"running_phi": self.running_phi[...], "ema_gz": self.ema_gz[...],

@@ -44,7 +44,8 @@ from flax import nnx
 
 from normjax.norms import register
 from normjax.norms.backward_state import GradStat, backward_state_op
-from normjax.norms.basic import AffineNorm, _check_positive, _stats_dtype, moments
+from normjax.norms.basic import (RunningAverageView, AffineNorm, _check_positive, _stats_dtype,
+                                 moments)
 from normjax.norms.powernorm import check_fraction, check_steps
 
 COMPENSATION_WARMUP = 1000  # r = 1 for the first max(1000, warmup_steps) steps (official)
@@ -153,7 +154,7 @@ def _windows(window) -> tuple[int, int]:
 
 
 @register("unifiednorm")
-class UnifiedNorm(AffineNorm):
+class UnifiedNorm(RunningAverageView, AffineNorm):
   """Unified Normalization module (``unified_norm``).
 
   Variables: ``scale``, ``bias`` (params); ``running_var``, ``buffer_x2``, ``step``,
@@ -191,11 +192,6 @@ class UnifiedNorm(AffineNorm):
     self.buffer_gz = GradStat(zeros(backward_window, num_features))
     self.step = nnx.BatchStat(jnp.zeros((), jnp.int32))
     self.skip_counter = nnx.BatchStat(jnp.zeros((), jnp.int32))
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
   _STATE = ("running_var", "buffer_x2", "ema_gz", "buffer_gz", "step", "skip_counter")
 
