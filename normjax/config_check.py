@@ -60,6 +60,17 @@ def model_kwargs(model_cfg, info) -> dict:
   return kwargs
 
 
+def training_steps(config, info) -> int:
+  """The run's length in optimizer steps: ``total_steps``, or ``total_epochs`` of the data."""
+  steps, epochs = config.get("total_steps"), config.get("total_epochs")
+  if (steps is None) == (epochs is None):
+    _fail("total_steps", steps, "set exactly one of total_steps and total_epochs")
+  if steps is None:
+    _positive(config, "total_epochs", integer=False)
+    return max(1, round(epochs * info.num_train / config.batch_size))
+  return _positive(config, "total_steps")
+
+
 def check_config(config, info) -> int:
   """Validates ``config`` against the data ``info``; returns the number of training steps."""
   MODELS.get(config.model.name)
@@ -81,14 +92,7 @@ def check_config(config, info) -> int:
   _positive(config, "eval_every", allow_zero=True)
   if config.get("grad_clip_norm") is not None:
     _positive(config, "grad_clip_norm", integer=False)
-  steps, epochs = config.get("total_steps"), config.get("total_epochs")
-  if (steps is None) == (epochs is None):
-    _fail("total_steps", steps, "set exactly one of total_steps and total_epochs")
-  if steps is None:
-    _positive(config, "total_epochs", integer=False)
-    steps = max(1, round(epochs * info.num_train / config.batch_size))
-  else:
-    _positive(config, "total_steps")
+  steps = training_steps(config, info)
   warmup = config.schedule.get("warmup_steps", 0)
   if not isinstance(warmup, int) or not 0 <= warmup < steps:
     _fail("schedule.warmup_steps", warmup, f"must be an integer in [0, {steps})")

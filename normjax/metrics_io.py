@@ -3,10 +3,14 @@
 Only process 0 writes (``enabled``). ``metrics.jsonl`` holds one object per logged step,
 ``{"step": 100, "loss": ..., ...}``; ``tb/`` holds the same scalars as TensorBoard
 events; ``config.json`` the resolved config; ``final.json`` the final evaluation (written
-once the run has finished; ``normjax.sweep`` reads it).
+once the run has finished); ``status.json`` the run's state as ``{"status": ..., "step":
+..., "message": ...}``: ``running``, ``finished``, ``preempted`` (SIGTERM, checkpointed),
+``diverged`` (non-finite loss) or ``failed`` (any other error; the message is the one line
+the command printed). ``normjax.tools.sweep`` reads ``final.json`` and ``status.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,6 +18,8 @@ import time
 
 import numpy as np
 import tqdm
+
+STATUS_FILE = "status.json"
 
 
 class MetricWriter:
@@ -46,6 +52,27 @@ class MetricWriter:
       row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in metrics.items()}}
       with open(os.path.join(self.workdir, "final.json"), "w") as f:
         json.dump(row, f, indent=2)
+
+  def set_status(self, status: str, **fields):
+    """Writes ``status.json`` (atomically: a reader never sees half a file)."""
+    if self.enabled:
+      path = os.path.join(self.workdir, STATUS_FILE)
+      with open(path + ".tmp", "w") as f:
+        json.dump({"status": status, **fields}, f)
+      os.replace(path + ".tmp", path)
+
+  @contextlib.contextmanager
+  def status_on_exit(self, diverged: tuple[type, ...] = (), command: str = "normjax.train"):
+    """``running`` now; if the block raises, ``diverged`` (an exception of a ``diverged``
+    type) or ``failed``, with the one-line message. A block that ends normally sets its own
+    final status."""
+    self.set_status("running")
+    try:
+      yield
+    except BaseException as e:
+      status = "diverged" if isinstance(e, diverged) else "failed"
+      self.set_status(status, message=f"{command}: {e}" if str(e) else type(e).__name__)
+      raise
 
   def close(self):
     if self._tb is not None:

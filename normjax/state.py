@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from normjax.norms.backward_state import grad_stat_mask
+from normjax.norms.backward_state import grad_stat_mask, value_and_grad_with_backward_state  # noqa: F401
 
 
 def _is_key(x) -> bool:
@@ -75,44 +75,3 @@ def pop_aux_loss(model: nnx.Module):
   """Removes the model's ``AuxLoss`` values and returns their sum (0.0 if none)."""
   values = jax.tree.leaves(nnx.pop(model, AuxLoss))
   return sum((v.sum() for v in values), start=jax.numpy.zeros((), jax.numpy.float32))
-
-
-def load_pretrained(abstract_state: dict, workdir: str, step: int | None = None) -> dict:
-  """Params and model state of another run's checkpoint, for fine-tuning.
-
-  Returns a dict with ``params`` (every leaf must exist with the same shape) and
-  ``model_state`` (leaves present in both with equal shapes are taken from the checkpoint;
-  others, e.g. a new norm's statistics, keep their fresh initialization: ``None`` here).
-  """
-  import os
-  import numpy as np
-  import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-        f"config key init_from.workdir={workdir!r}: no checkpoint found in "
-        f"{manager.directory}; train that run first (python -m normjax.train ... --workdir {workdir})")
-  path = os.path.join(manager.directory, str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path).item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-  saved = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  from normjax.optim.labels import path_names  # keys come back as strings: match by name
-  def by_name(tree):
-    return {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  saved_params, saved_state = by_name(saved["params"]), by_name(saved.get("model_state", {}))
-  def take_param(path, x):
-    v = saved_params.get(path_names(path))
-    if v is None or v.shape != x.shape:
-      raise ValueError(
-          f"config key init_from.workdir={workdir!r}: parameter {'/'.join(path_names(path))} "
-          f"{'is missing' if v is None else f'has shape {v.shape}, not {x.shape}'} in the "
-          f"checkpoint; the model config must match the pretrained run's")
-    return v
-  def take_state(path, x):
-    v = saved_state.get(path_names(path))
-    return v if v is not None and v.shape == x.shape else None
-  params = jax.tree_util.tree_map_with_path(take_param, abstract_state["params"])
-  model_state = jax.tree_util.tree_map_with_path(take_state, abstract_state["model_state"])
-  return {"params": params, "model_state": model_state, "step": step}

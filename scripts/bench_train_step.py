@@ -13,26 +13,19 @@ the model-state carry. Target: ratio <= 1.05.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from normjax import data as nj_data  # noqa: E402
-from normjax import train  # noqa: E402
-from normjax.config_check import check_config, model_kwargs  # noqa: E402
-from normjax.models import MODELS  # noqa: E402
-from normjax.optim.build import make_optimizer  # noqa: E402
-from normjax.state import ModelDef  # noqa: E402
-from tests.trainer_utils import load_config  # noqa: E402
+from normjax import data as nj_data
+from normjax import run
+from normjax.config_args import sibling_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def baseline_step_fn(graphdef, tx, task):
@@ -49,29 +42,24 @@ def baseline_step_fn(graphdef, tx, task):
   return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
-def time_steps(run, steps):
-  run()  # the result of the previous call may still be in flight
+def time_steps(fn, steps):
+  fn()  # the result of the previous call may still be in flight
   t = time.perf_counter()
   for _ in range(steps):
-    out = run()
+    out = fn()
   jax.block_until_ready(out)
   return (time.perf_counter() - t) / steps
 
 
 def bench(name, repeats, steps):
-  config = load_config(name)
-  info = nj_data.get_info(config.data)
-  total = check_config(config, info)
-  make = functools.partial(MODELS.get(config.model.name), **model_kwargs(config.model, info))
-  tx, schedule = make_optimizer(config, total)
+  setup = run.build(sibling_config(str(CONFIGS / "x.py"), name))
+  config, info, tx, make = setup.config, setup.info, setup.tx, setup.make
   batch = jax.device_put(next(nj_data.train_iterator(
       config.data, global_batch_size=config.batch_size, seed=0)))
 
   # normjax: the trainer's own step.
-  model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
-  train_step, _ = train.make_steps(model_def, tx, schedule, info.task)
-  train_step = jax.jit(train_step, donate_argnums=(0,))
-  state = {"s": jax.jit(train.make_init(make, tx))(jax.random.key(0))}
+  train_step = jax.jit(setup.train_step, donate_argnums=(0,))
+  state = {"s": jax.jit(setup.init_state)(jax.random.key(0))}
   def run_normjax():
     state["s"], metrics = train_step(state["s"], batch)
     return metrics["loss"]
@@ -89,8 +77,8 @@ def bench(name, repeats, steps):
   times = {"normjax": [], "baseline": []}
   runs = [("baseline", run_baseline), ("normjax", run_normjax)]
   for i in range(repeats):  # alternate the order so neither always runs first
-    for key, run in (runs if i % 2 == 0 else runs[::-1]):
-      times[key].append(time_steps(run, steps))
+    for key, fn in (runs if i % 2 == 0 else runs[::-1]):
+      times[key].append(time_steps(fn, steps))
   med = {k: statistics.median(v) for k, v in times.items()}
   # The work XLA compiled for each step, independent of machine noise.
   cost_nj = train_step.lower(state["s"], batch).compile().cost_analysis()

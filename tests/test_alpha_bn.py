@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from normjax import alpha_bn_eval, train
+from normjax import train
+from normjax.tools import alpha_bn_eval
 from normjax.norms import alpha_bn, basic, make_norm
 from tests import conv_norm_utils as u
 from tests import trainer_utils as tu

@@ -1,5 +1,5 @@
 """The convolutional-norm configs train: a few jitted steps of the trainer's own update step
-(``train.make_steps``) on real batches, on one device at the configs' micro-batch sizes.
+(``run.Setup.train_step``) on real batches, on one device at the configs' micro-batch sizes.
 (Full trainer runs of a BatchNorm ResNet: tests/test_alpha_bn.py, tests/test_train.py.)"""
 import jax
 import numpy as np

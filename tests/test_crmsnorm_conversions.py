@@ -10,11 +10,10 @@ import optax
 import pytest
 from flax import nnx
 
-from normjax import norms, train
+from normjax import norms, run
 from normjax.models import make_model
 from normjax.models.conversions import build, convert
 from normjax.norms.crmsnorm import CRMSNorm, compress, crms_norm, decompress
-from normjax.state import ModelDef
 
 EPS = 1e-6
 GPT2 = dict(vocab_size=29, max_len=8, width=16, depth=2, num_heads=4)
@@ -173,9 +172,9 @@ def test_zero_mean_reparameterisation_trains_like_pre_ln():
   tx = optax.sgd(0.5)  # plain SGD: Adam would blow round-off in zero-gradient directions up
   results = {}
   for tag, kwargs in {"ln": ln, "rms_zero_mean": dict(rms, zero_mean_writers=True)}.items():
-    model_def = ModelDef.create(lambda rngs, kwargs=kwargs: make_model("gpt2", rngs=rngs,
-                                                                       **kwargs))
-    step = jax.jit(train.make_steps(model_def, tx, optax.constant_schedule(0.5), "lm")[0])
+    make = lambda rngs, kwargs=kwargs: make_model("gpt2", rngs=rngs, **kwargs)
+    step = jax.jit(run.from_model(make, tx, task="lm", schedule=optax.constant_schedule(0.5))
+                   .train_step)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": {},
              "opt_state": tx.init(params)}
     losses = []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from normjax import ln_removal, norms, train
+from normjax import norms, train
+from normjax.tools import ln_removal
 from normjax.models.transformer import NormSite
 from normjax.norms.basic import layer_norm
 from normjax.norms.fakeln import FakeLN, removal_schedule, residual_std_loss

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from normjax import data as nj_data
-from normjax import inpainting
+from normjax.tasks import inpainting
 from normjax.data import masked_digits
 from normjax.models import make_model
 from normjax.norms import basic, make_norm, region_norm

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from normjax import train
+from normjax import run
 from normjax.state import AuxLoss, ModelDef, split
 
 
@@ -22,10 +22,9 @@ class WithAux(nnx.Module):
 
 
 def test_aux_loss_is_added_to_the_loss_and_kept_out_of_state():
-  model_def = ModelDef.create(WithAux)
-  tx = optax.sgd(0.0)
-  step, _ = train.make_steps(model_def, tx, optax.constant_schedule(0.0), "classification")
-  state = jax.jit(train.make_init(WithAux, tx))(jax.random.key(0))
+  setup = run.from_model(WithAux, optax.sgd(0.0), task="classification")
+  step = setup.train_step
+  state = jax.jit(setup.init_state)(jax.random.key(0))
   batch = {"image": jax.random.normal(jax.random.key(1), (4, 3)), "label": jnp.array([0, 1, 1, 0])}
   new_state, metrics = jax.jit(step)(state, batch)
   p = state["params"]["lin"]

@@ -6,7 +6,7 @@ import sys
 import ml_collections
 import pytest
 
-from normjax import sweep
+from normjax.tools import sweep
 from tests import trainer_utils as tu
 
 

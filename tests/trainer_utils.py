@@ -7,19 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import functools
-
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from normjax import data as nj_data
-from normjax import train
+from normjax import run
 from normjax.config_args import sibling_config
-from normjax.config_check import check_config, model_kwargs
-from normjax.models import MODELS
-from normjax.optim.build import make_optimizer
-from normjax.state import ModelDef
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,15 +52,11 @@ def train_steps(name, arg=None, steps=3, **overrides):
   """(config, initial state, final state, per-step metrics) of ``steps`` train steps on one
   device with the config's own batch size, model, optimizer and task."""
   config = apply(load_config(name, arg), overrides)
-  info = nj_data.get_info(config.data)
-  if config.batch_size % jax.device_count() == 0:
-    check_config(config, info)  # (micro-batches: fewer rows than the 8 test devices)
-  make = functools.partial(MODELS.get(config.model.name), **model_kwargs(config.model, info))
-  model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
-  tx, schedule = make_optimizer(config, 100)
-  initial = jax.jit(train.make_init(make, tx))(jax.random.key(config.seed))
-  train_step, _ = train.make_steps(model_def, tx, schedule, info.task)
-  train_step = jax.jit(train_step)
+  # (micro-batch configs have fewer rows than the 8 test devices: resolve without the check)
+  validate = config.batch_size % jax.device_count() == 0
+  setup = run.build(config, validate=validate, total_steps=100)
+  initial = jax.jit(setup.init_state)(jax.random.key(config.seed))
+  train_step = jax.jit(setup.train_step)
   batches = nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=0)
   state, metrics = initial, []
   for _ in range(steps):

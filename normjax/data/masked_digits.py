@@ -14,7 +14,7 @@ the image) at a uniformly random position inside the image, given as a float32 m
 
 Batches: ``{'image': (b, 8, 8, 1) float32, 'hole': (b, 8, 8, 1) float32, 'label': (b,)
 int32}`` (the label is unused by the task, kept for analysis). Task: 'inpainting'
-(``normjax.inpainting``). Option: ``data.hole_size`` (1..8).
+(``normjax.tasks.inpainting``). Option: ``data.hole_size`` (1..8).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import optax
 
 from normjax.registry import Registry
 
-TASKS = Registry("task", "data.name (its task)", lazy_modules=("normjax.inpainting",))
+TASKS = Registry("task", "data.name (its task)", lazy_modules=("normjax.tasks.inpainting",))
 
 
 @dataclasses.dataclass(frozen=True)

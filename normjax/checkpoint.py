@@ -1,0 +1,155 @@
+"""Checkpoints of a run: the orbax manager, restore-or-init, save with the finite guard, and
+``load_run(workdir)`` for tools and users.
+
+A run's ``checkpoints/<step>/`` holds ``state`` (the train state pytree of
+``normjax.run.Setup.init_state``) and ``data`` (the grain iterator position), so a resumed
+run continues exactly. ``config.json`` beside ``checkpoints/`` is the resolved config that
+produced them.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from normjax import run
+from normjax.optim.labels import path_names
+from normjax.state import split
+
+
+class NonFiniteLoss(RuntimeError):
+  """A non-finite loss or parameters: the run stops, the last good checkpoint stays."""
+
+
+def directory(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
+def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """The run's asynchronous checkpoint manager, keeping the ``keep`` newest steps."""
+  return ocp.CheckpointManager(directory(workdir), options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=True, create=True))
+
+
+def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding, train_iter):
+  """``(state, start_step)``: the latest checkpoint if the run has one (the data iterator is
+  restored in place), else ``config.init_from``'s weights with a fresh optimizer, else
+  ``state`` as given (fresh). Prints which."""
+  start = manager.latest_step() or 0
+  config = setup.config
+  if start:
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state, state_sharding)),
+        data=grain.checkpoint.CheckpointRestore(train_iter)))
+    print(f"resumed from {manager.directory} at step {start}", flush=True)
+    return restored.state, start
+  source = config.get("init_from") or {}
+  if source.get("workdir"):
+    pretrained = load_params(abstract_state, source.workdir, source.get("step"))
+    fresh = jax.device_get(state)
+    loaded = {**fresh, "params": pretrained["params"],
+              "model_state": fill(pretrained["model_state"], fresh["model_state"]),
+              "opt_state": setup.tx.init(pretrained["params"])}
+    print(f"initialized from {source.workdir} (step {pretrained['step']})", flush=True)
+    return jax.device_put(loaded, state_sharding), 0
+  return state, 0
+
+
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def save(manager, step: int, state: dict, train_iter):
+  """Saves ``state`` and the iterator position at ``step`` (asynchronously); refuses
+  non-finite parameters, so the last checkpoint is always a good one."""
+  if not bool(_all_finite(state["params"])):
+    raise NonFiniteLoss(
+        f"non-finite parameters after step {step}; stopping without saving them. The last "
+        f"good checkpoint is step {manager.latest_step()} in {manager.directory}.")
+  manager.save(step, force=True, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+
+
+def fill(loaded, fresh):
+  """``loaded`` with its ``None`` leaves (absent from a checkpoint) taken from ``fresh``."""
+  return jax.tree.map(lambda new, old: old if new is None else new, loaded, fresh,
+                      is_leaf=lambda x: x is None)
+
+
+def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> dict:
+  """Params and model state of a run's checkpoint, as NumPy, matched to ``abstract_state``.
+
+  Returns ``{'params', 'model_state', 'step'}``: every parameter must exist with the same
+  shape (else a ValueError naming it); model-state leaves present in both with equal shapes
+  come from the checkpoint, the others (e.g. a new norm's statistics) are ``None`` (``fill``).
+  Keys are matched by name, so a checkpoint's string keys meet the model's int keys.
+  """
+  manager = ocp.CheckpointManager(directory(workdir))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+        f"config key init_from.workdir={workdir!r}: no checkpoint found in "
+        f"{manager.directory}; train that run first "
+        f"(python -m normjax.train ... --workdir {workdir})")
+  path = os.path.join(manager.directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  saved = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+
+  def by_name(tree):
+    return {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  saved_params, saved_state = by_name(saved["params"]), by_name(saved.get("model_state", {}))
+
+  def take_param(path, x):
+    v = saved_params.get(path_names(path))
+    if v is None or v.shape != x.shape:
+      raise ValueError(
+          f"config key init_from.workdir={workdir!r}: parameter {'/'.join(path_names(path))} "
+          f"{'is missing' if v is None else f'has shape {v.shape}, not {x.shape}'} in the "
+          f"checkpoint; the model config must match the pretrained run's")
+    return v
+
+  def take_state(path, x):
+    v = saved_state.get(path_names(path))
+    return v if v is not None and v.shape == x.shape else None
+
+  params = jax.tree_util.tree_map_with_path(take_param, abstract_state["params"])
+  model_state = jax.tree_util.tree_map_with_path(take_state, abstract_state["model_state"])
+  return {"params": params, "model_state": model_state, "step": step}
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run was started with (its ``config.json``)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a normjax.train workdir")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str, step: int | None = None, *, data=None,
+             config=None) -> tuple[ml_collections.ConfigDict, nnx.Module]:
+  """``(config, model)``: a run's config and its eval-mode model at ``step`` (latest).
+
+  ``data`` evaluates the model on another data config (the model's data-determined
+  arguments come from it); ``config`` replaces the run's own (e.g. the same run with its
+  norm swapped for a compatible one, as ``normjax.tools.alpha_bn_eval`` does).
+  """
+  config = read_config(workdir) if config is None else config
+  setup = run.build(config, data=data, validate=False)
+  params, model_state = split(setup.make(rngs=nnx.Rngs(0)))
+  loaded = load_params({"params": params, "model_state": model_state}, workdir, step)
+  model_state = fill(loaded["model_state"], model_state)
+  return config, setup.model_def.merge(loaded["params"], model_state, train=False)
