@@ -4,12 +4,21 @@
 A run's ``checkpoints/<step>/`` holds ``state`` (the train state pytree of
 ``normjax.run.Setup.init_state``) and ``data`` (the grain iterator position), so a resumed
 run continues exactly. ``config.json`` beside ``checkpoints/`` is the resolved config that
-produced them.
+produced them (``normjax.workdir``).
+
+Guarantees: orbax writes each step into a temporary directory and renames it when the
+write is complete, so a save interrupted at any point (SIGKILL, power loss) is never taken
+for a checkpoint. A checkpoint that does not read completely (damaged files) is moved
+aside to ``unreadable_checkpoints/`` with a one-line warning, and the next newest one is
+restored. A checkpoint that cannot be written (disk full, permissions) stops the run with
+``CheckpointError``; the checkpoints written before it stay intact.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import sys
 
 import grain
 import jax
@@ -28,6 +37,16 @@ class NonFiniteLoss(RuntimeError):
   """A non-finite loss or parameters: the run stops, the last good checkpoint stays."""
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint could be read, or one could not be written."""
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = str(error).strip().splitlines()
+  line = text[0] if text else type(error).__name__
+  return line if len(line) <= limit else line[:limit] + " ..."
+
+
 def directory(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
@@ -42,16 +61,14 @@ def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding,
   """``(state, start_step)``: the latest checkpoint if the run has one (the data iterator is
   restored in place), else ``config.init_from``'s weights with a fresh optimizer, else
   ``state`` as given (fresh). Prints which."""
-  start = manager.latest_step() or 0
   config = setup.config
-  if start:
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state, state_sharding)),
-        data=grain.checkpoint.CheckpointRestore(train_iter)))
+  target = ocp.args.StandardRestore(jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, state_sharding))
+  if manager.all_steps():
+    start, restored = restore_latest_readable(manager, target, train_iter)
     print(f"resumed from {manager.directory} at step {start}", flush=True)
-    return restored.state, start
+    return restored, start
   source = config.get("init_from") or {}
   if source.get("workdir"):
     pretrained = load_params(abstract_state, source.workdir, source.get("step"))
@@ -62,6 +79,80 @@ def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding,
     print(f"initialized from {source.workdir} (step {pretrained['step']})", flush=True)
     return jax.device_put(loaded, state_sharding), 0
   return state, 0
+
+
+def _quiet_closed_loop_callbacks():
+  """A failed orbax read returns while tensorstore still completes its other reads; their
+  callbacks then hit orbax's closed event loop, and tensorstore reports each RuntimeError
+  as unraisable: dozens of tracebacks after one clear warning. This hook drops exactly
+  those (the read already failed and is reported) and passes everything else on."""
+  previous = sys.unraisablehook
+  if getattr(previous, "normjax_quiet", False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.normjax_quiet = True
+  sys.unraisablehook = hook
+
+
+def restore_latest_readable(manager, target, train_iter) -> tuple[int, dict]:
+  """``(step, state)`` of the newest checkpoint that reads completely; unreadable ones are
+  moved aside (never deleted) with a warning. The data iterator is restored in place."""
+  _quiet_closed_loop_callbacks()
+  moved = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=target, data=grain.checkpoint.CheckpointRestore(train_iter)))
+      return step, restored.state
+    except Exception as e:  # orbax/tensorstore raise many kinds; any means unreadable
+      moved.append(move_aside(manager, step))
+      print(f"warning: checkpoint step {step} in {manager.directory} is unreadable "
+            f"({_first_line(e)}); moved aside to {moved[-1]}", file=sys.stderr, flush=True)
+  raise CheckpointError(f"no checkpoint in {manager.directory} reads completely (moved aside: "
+                        f"{', '.join(moved)}); start afresh in a new --workdir")
+
+
+def move_aside(manager, step: int) -> str:
+  """Renames checkpoint ``step`` to ``<workdir>/unreadable_checkpoints/<step>-<time>``."""
+  root = os.path.join(os.path.dirname(str(manager.directory)), "unreadable_checkpoints")
+  os.makedirs(root, exist_ok=True)
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+  aside = os.path.join(root, f"{step}-{stamp}")
+  os.rename(os.path.join(str(manager.directory), str(step)), aside)
+  manager.reload()
+  return aside
+
+
+def wait(manager):
+  """Waits for the checkpoint being written; a failed write becomes a ``CheckpointError``."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise _write_error(manager, e) from e
+
+
+def close(manager):
+  """Finishes in-flight writes and closes the manager at the end of a run. Called on every
+  exit path, also after an error, so a write failure here is reported, not raised again."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    print(f"warning: {_write_error(manager, e)}", file=sys.stderr, flush=True)
+  manager.close()
+
+
+def _write_error(manager, e: BaseException) -> CheckpointError:
+  manager.reload()  # what is on disk: the failed step never got its final name
+  return CheckpointError(
+      f"could not write a checkpoint in {manager.directory} ({_first_line(e)}); the "
+      f"checkpoints written before are intact (latest: step {manager.latest_step()}); "
+      f"free space or fix permissions, then start the same command to resume")
 
 
 @jax.jit
@@ -76,8 +167,11 @@ def save(manager, step: int, state: dict, train_iter):
     raise NonFiniteLoss(
         f"non-finite parameters after step {step}; stopping without saving them. The last "
         f"good checkpoint is step {manager.latest_step()} in {manager.directory}.")
-  manager.save(step, force=True, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+  try:
+    manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+  except Exception as e:  # this save, or the previous one still in flight, failed
+    raise _write_error(manager, e) from e
 
 
 def fill(loaded, fresh):

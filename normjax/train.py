@@ -30,19 +30,26 @@ import sys
 import jax
 import numpy as np
 
+import normjax.workdir as workdirs
 from normjax import checkpoint, metrics_io, run, sharding
 from normjax import data as nj_data
 from normjax.checkpoint import NonFiniteLoss
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns final metrics."""
+def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns final metrics.
+
+  A restart whose config differs from the run's beyond ``workdirs.RESUMABLE_KEYS`` is
+  refused before anything is written, unless ``restart`` (the old run is moved aside).
+  """
   setup = run.build(config)  # fails fast, before anything compiles
   is_main = jax.process_index() == 0
+  amended = workdirs.prepare(workdir, config, restart=restart) if is_main else {}
   with contextlib.ExitStack() as stack:
+    if is_main:  # one process owns the workdir
+      stack.enter_context(workdirs.lock(workdir))
     writer = metrics_io.MetricWriter(workdir, enabled=is_main)
     stack.callback(writer.close)
-    writer.write_config(config)
     stack.enter_context(writer.status_on_exit(diverged=(NonFiniteLoss,)))
 
     # ------------------------------------------------------------------- mesh
@@ -69,10 +76,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"{jax.device_count()} devices, mesh {dict(mesh.shape)}", flush=True)
 
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
-    stack.callback(manager.close)
-    stack.callback(manager.wait_until_finished)
+    stack.callback(checkpoint.close, manager)
     state, start = checkpoint.restore_or_init(
         manager, setup, state, abstract_state, state_sharding, train_iter)
+    if is_main:
+      workdirs.record_start(workdir, config, start, amended)
 
     # ------------------------------------------------------------ update step
     train_step = jax.jit(setup.train_step, donate_argnums=(0,),
@@ -113,7 +121,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending = None
         checkpoint.save(manager, step, state, train_iter)
       if stop["signal"]:
-        manager.wait_until_finished()
+        checkpoint.wait(manager)
         print(f"\nsignal {stop['signal']} received: checkpoint written at step {step}; "
               f"exiting.", flush=True)
         writer.set_status("preempted", step=step)
@@ -122,7 +130,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(step, evaluate(state))
     if pending:
       check(*pending)
-    manager.wait_until_finished()
+    checkpoint.wait(manager)
 
     # ------------------------------------------------------- final evaluation
     final = evaluate(state)
@@ -147,6 +155,22 @@ def _maybe_initialize_distributed(coordinator, num_processes, process_id):
       print(f"jax.distributed not initialized ({e}); running single-process", file=sys.stderr)
 
 
+def one_line(command: str, error: BaseException) -> str:
+  """``<command>: <what> (<where>)``: the error's message and the innermost normjax frame
+  (or the exception's type for an error from elsewhere), for a person, not a traceback."""
+  import traceback
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if "normjax" in f.filename]
+  where = (f"{os.path.relpath(frames[-1].filename, os.path.dirname(os.path.dirname(__file__)))}"
+           f":{frames[-1].lineno}") if frames else type(error).__name__
+  what = " ".join(str(error).split()) or type(error).__name__
+  return f"{command}: {what} ({where})"
+
+
+def verbose() -> bool:
+  """Full tracebacks instead of one line: ``--verbose`` or ``NORMJAX_VERBOSE=1``."""
+  return os.environ.get("NORMJAX_VERBOSE", "") not in ("", "0")
+
+
 def main():
   """The command line: flags are defined here, never at import."""
   from absl import app, flags, logging
@@ -155,6 +179,10 @@ def main():
   config_flag = config_flags.DEFINE_config_file("config", None, "Config file [:arg].",
                                                 lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, "Output dir (default: ./workdirs/<config>).")
+  restart = flags.DEFINE_bool("restart", False, "Move the run in --workdir aside and start "
+                              "afresh there (instead of refusing a changed config).")
+  verbose_flag = flags.DEFINE_bool("verbose", False, "Full tracebacks on errors "
+                                   "(also NORMJAX_VERBOSE=1).")
   coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
   num_processes = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
   process_id = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -165,13 +193,18 @@ def main():
     if config is None:
       raise app.UsageError("--config is required, e.g. --config configs/vit_layernorm.py")
     logging.set_verbosity(logging.WARNING)  # tfds/orbax info lines drown the progress bar
-    _maybe_initialize_distributed(coordinator.value, num_processes.value, process_id.value)
     filename = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(filename))[0]
     try:
-      train_and_evaluate(config, workdir.value or os.path.join("workdirs", name))
-    except (NonFiniteLoss, ValueError, KeyError, FileNotFoundError) as e:
-      raise SystemExit(f"normjax.train: {e}") from None
+      _maybe_initialize_distributed(coordinator.value, num_processes.value, process_id.value)
+      train_and_evaluate(config, workdir.value or os.path.join("workdirs", name),
+                         restart=restart.value)
+    except Exception as e:
+      if verbose_flag.value or verbose():
+        raise
+      print(one_line("normjax.train", e), file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(1)  # no orbax/grain/asyncio thread may print after the one line
 
   app.run(run_command)
 
