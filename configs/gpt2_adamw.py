@@ -1,25 +1,16 @@
 r"""GPT-2 + AdamW: the tuned baseline for the optimizer comparisons (gpt2_conda, gpt2_muon).
 
   python -m normjax.train --config configs/gpt2_adamw.py --workdir /tmp/gpt2_adamw
-  python -m normjax.sweep --config configs/sweeps/gpt2_lr.py:optimizer=adamw  # its lr sweep
+  python -m normjax.tools.sweep --config configs/sweeps/gpt2_lr.py:optimizer=adamw  # its lr sweep
 
 The model, data and schedule of ``configs/gpt2_layernorm.py`` (byte-level GPT-2, width 128,
 depth 2, Pre-LN, context 128, 1000 steps of batch 16, warmup 100, cosine to 0.1x the peak,
 global-norm clipping 1.0); AdamW betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on matrices
 only (nanoGPT and the Conda repository's AdamW baseline). The peak learning rate is the
-best of a sweep, not a default:
+best of a sweep, not a default; 3e-3 is gpt2_layernorm.py's (the norm comparisons keep it).
 
-Measured (``python -m normjax.sweep --config configs/sweeps/gpt2_lr.py``; jax 0.10.2, 2-core
-CPU shared with one other job; one seed each), final validation loss in nats/byte:
-
-  ==========  ======  ======  ======  ======  ==========  ======  ======
-  peak lr     1e-3    2e-3    3e-3    6e-3    **1e-2**    2e-2    3e-2
-  val loss    1.8848  1.7157  1.6601  1.6565  **1.6264**  2.3811  2.4263
-  ==========  ======  ======  ======  ======  ==========  ======  ======
-
-From 2e-2 on the training loss stalls at 2.3-2.7 nats/byte from step ~100 on; 3e-3 is
-gpt2_layernorm.py's (the norm comparisons keep it). Seeds 0-2 at 1e-2: 1.6264, 1.6361,
-1.6276 (1.6300 ± 0.0053), so grid differences below ~0.01 are within seed noise.
+Measured: val loss 1.6300 ± 0.0053 nats/byte at lr 1e-2, the sweep's best (seeds 0-2);
+details in experiments/gpt2_optimizers/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` is GPT-2 small on OpenWebText at nanoGPT's lr 6e-4
 (the Conda repository's AdamW baseline: the same betas, decay and clipping).

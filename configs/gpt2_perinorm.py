@@ -10,12 +10,8 @@ residual add; nothing on the residual path), plus the final norm; ``embedding_no
 the optional norm on the embeddings. ``norm`` picks LayerNorm (default) or RMSNorm (then the
 block is Gemma 2's).
 
-Measured (jax 0.10.2, 2-core CPU shared with other jobs; one run each): validation loss
-1.8637 nats/byte (296 s wall, load ~5), and 1.7112 with ``embedding_norm=True`` (229 s, load
-~4); gpt2_layernorm.py at the same settings: 1.6601. At this size and step count Peri-LN trails
-Pre-LN. A likely reason: each branch writes a unit-RMS (normalized) vector while the N(0, 0.02)
-embeddings stay tiny, so the token signal is swamped at first; the embedding norm (or Gemma's
-sqrt(d) embedding scale) closes most of the gap. The paper's gains are at 400M-3.2B.
+Measured: val loss 1.8637 nats/byte, 1.7112 with ``embedding_norm=True`` (one run each;
+Pre-LN 1.6601); details in experiments/peri_ln/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py (the paper: 400M-3.2B params).
 """

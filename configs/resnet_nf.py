@@ -11,15 +11,11 @@ NFNets, and FedWon (Zhuang & Lyu, ICLR 2024), which trains this at batch size 1)
 basic-block network (width 32, CIFAR stem) and SGD + Nesterov (lr 0.1, 1000 steps of batch
 128) match configs/resnet_batchnorm.py; global-norm clipping is off (AGC replaces it).
 ``batch=N`` sets the batch size; below 32 the learning rate scales linearly (0.1 N / 32) and
-the run takes 4000 steps. ``clip`` sets the AGC ratio lambda.
+the run takes 4000 steps. ``clip`` sets the AGC ratio lambda. ``model.skip_gain_init=1.0``
+starts the residual branches on.
 
-Measured (jax 0.10.2, 2-core CPU shared with other jobs at load 6-8, one run each):
-  default (batch 128, 1000 steps)            test accuracy 0.9777 (loss 0.1145), 179 s
-  :batch=2 (lr 0.00625, 4000 steps)          test accuracy 0.9304 (loss 0.2426), 56 s
-With SkipInit and AGC (a zero scalar's update is capped at lr * clip * 1e-3 per step) the
-residual gains grew to -0.45 / -1.13 / -0.02 in the batch-128 run but stayed below 0.01 in
-the batch-2 run: at that learning rate the network trains mostly through its stem, projection
-shortcuts and head; ``model.skip_gain_init=1.0`` starts the branches on.
+Measured: test accuracy 0.9777 (batch 128), 0.9304 (``:batch=2``); one run each; details in
+experiments/fedwon/README.md.
 
 Paper scale: ``:data=cifar10`` (NF-ResNet-18 layout, 200 epochs).
 """

@@ -10,11 +10,11 @@ official recommendation for vision; their T2T-ViT uses it). UN's default warmup 
 longer than this run, so ``warmup_steps`` = ``schedule.warmup_steps`` (100 here). The
 gradient-compensation ratio only switches on after max(1000, warmup) steps (official), i.e. not
 within the default 1000 steps. In eval mode UN is a per-channel affine map:
-``normjax.norms.folding.fold_norms`` folds it into the next linear layer (``scripts/
+``normjax.surgery.folding.fold_norms`` folds it into the next linear layer (``scripts/
 bench_norms.py`` times the folded model).
 
-Measured (jax 0.10.2, 2-core CPU shared with other jobs, load average ~7; one run): test
-accuracy 0.9694 (loss 0.1074), 92 s wall; vit_layernorm.py: 0.9610.
+Measured: test accuracy 0.9694 (one run; vit_layernorm.py 0.9610); details in
+experiments/unified_norm/README.md.
 
 Paper scale: ``:data=cifar10`` / ``:data=imagenet2012`` as vit_layernorm.py (UN warmup 4000,
 the official T2T-ViT setting).
