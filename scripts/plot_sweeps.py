@@ -1,4 +1,4 @@
-r"""Overlay the summaries of several one-axis sweeps (``normjax.sweep``) in one plot.
+r"""Overlay the summaries of several one-axis sweeps (``normjax.tools.sweep``) in one plot.
 
   python scripts/plot_sweeps.py --out lr.png adamw=/tmp/sweep_adamw conda=/tmp/sweep_conda
 
