@@ -17,7 +17,7 @@ Paper scale: ``:data=tokens,path=DIR`` is GPT-2 small on OpenWebText at nanoGPT'
 """
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
-SWEPT_LEARNING_RATE = 1e-2  # configs/sweeps/gpt2_lr.py:optimizer=adamw (experiments/gpt2_optimizers)
+SWEPT_LEARNING_RATE = 1e-2  # the best of its sweep (experiments/gpt2_optimizers)
 
 
 def get_config(arg=None):

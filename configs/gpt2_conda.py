@@ -27,7 +27,7 @@ Paper scale: ``:data=tokens,path=DIR``, GPT-2 small on OpenWebText with the offi
 """
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
-SWEPT_LEARNING_RATE = 5e-2  # configs/sweeps/gpt2_lr.py:optimizer=conda (experiments/gpt2_optimizers)
+SWEPT_LEARNING_RATE = 5e-2  # the best of its sweep (experiments/gpt2_optimizers)
 
 
 def get_config(arg=None):

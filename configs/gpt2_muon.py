@@ -21,7 +21,7 @@ wd 0.1).
 """
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
-SWEPT_LEARNING_RATE = 1e-2  # configs/sweeps/gpt2_lr.py:optimizer=muon (experiments/gpt2_optimizers)
+SWEPT_LEARNING_RATE = 1e-2  # the best of its sweep (experiments/gpt2_optimizers)
 
 
 def get_config(arg=None):
