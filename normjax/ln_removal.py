@@ -1,4 +1,7 @@
-"""Moved to ``normjax.tools.ln_removal`` (``python -m normjax.ln_removal`` and this import keep working)."""
+"""Moved to ``normjax.tools.ln_removal``.
+
+This import and ``python -m normjax.ln_removal`` keep working.
+"""
 if __name__ == "__main__":
   from normjax.tools import run_moved
   run_moved("normjax.ln_removal", "normjax.tools.ln_removal")

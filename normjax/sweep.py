@@ -1,4 +1,7 @@
-"""Moved to ``normjax.tools.sweep`` (``python -m normjax.sweep`` and this import keep working)."""
+"""Moved to ``normjax.tools.sweep``.
+
+This import and ``python -m normjax.sweep`` keep working.
+"""
 if __name__ == "__main__":
   from normjax.tools import run_moved
   run_moved("normjax.sweep", "normjax.tools.sweep")

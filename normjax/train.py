@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 import normjax.workdir as workdirs
-from normjax import checkpoint, metrics_io, run, sharding
+from normjax import checkpoint, cli, metrics_io, run, sharding
 from normjax import data as nj_data
 from normjax.checkpoint import NonFiniteLoss
 
@@ -155,22 +155,6 @@ def _maybe_initialize_distributed(coordinator, num_processes, process_id):
       print(f"jax.distributed not initialized ({e}); running single-process", file=sys.stderr)
 
 
-def one_line(command: str, error: BaseException) -> str:
-  """``<command>: <what> (<where>)``: the error's message and the innermost normjax frame
-  (or the exception's type for an error from elsewhere), for a person, not a traceback."""
-  import traceback
-  frames = [f for f in traceback.extract_tb(error.__traceback__) if "normjax" in f.filename]
-  where = (f"{os.path.relpath(frames[-1].filename, os.path.dirname(os.path.dirname(__file__)))}"
-           f":{frames[-1].lineno}") if frames else type(error).__name__
-  what = " ".join(str(error).split()) or type(error).__name__
-  return f"{command}: {what} ({where})"
-
-
-def verbose() -> bool:
-  """Full tracebacks instead of one line: ``--verbose`` or ``NORMJAX_VERBOSE=1``."""
-  return os.environ.get("NORMJAX_VERBOSE", "") not in ("", "0")
-
-
 def main():
   """The command line: flags are defined here, never at import."""
   from absl import app, flags, logging
@@ -181,8 +165,7 @@ def main():
   workdir = flags.DEFINE_string("workdir", None, "Output dir (default: ./workdirs/<config>).")
   restart = flags.DEFINE_bool("restart", False, "Move the run in --workdir aside and start "
                               "afresh there (instead of refusing a changed config).")
-  verbose_flag = flags.DEFINE_bool("verbose", False, "Full tracebacks on errors "
-                                   "(also NORMJAX_VERBOSE=1).")
+  verbose = cli.define_verbose_flag()
   coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
   num_processes = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
   process_id = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -195,16 +178,13 @@ def main():
     logging.set_verbosity(logging.WARNING)  # tfds/orbax info lines drown the progress bar
     filename = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(filename))[0]
-    try:
+
+    def body():
       _maybe_initialize_distributed(coordinator.value, num_processes.value, process_id.value)
       train_and_evaluate(config, workdir.value or os.path.join("workdirs", name),
                          restart=restart.value)
-    except Exception as e:
-      if verbose_flag.value or verbose():
-        raise
-      print(one_line("normjax.train", e), file=sys.stderr, flush=True)
-      sys.stdout.flush()
-      os._exit(1)  # no orbax/grain/asyncio thread may print after the one line
+
+    cli.guarded("normjax.train", body, verbose_flag=verbose.value)
 
   app.run(run_command)
 

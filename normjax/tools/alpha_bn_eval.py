@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from normjax import cli
 from normjax import data as nj_data
 from normjax.checkpoint import load_run, read_config
 
@@ -156,20 +157,22 @@ def main():
                              "Test-batch weights to evaluate (0 = source statistics).")
   batch_size = flags.DEFINE_integer("batch_size", 64, "Test batch size (statistics per batch).")
   seed = flags.DEFINE_integer("seed", 0, "Seed of the noise corruption.")
+  verbose = cli.define_verbose_flag()
 
   def run_command(argv):
     del argv
     if not workdir.value:
       raise app.UsageError("--workdir is required (a finished configs/resnet_batchnorm.py run)")
     logging.set_verbosity(logging.WARNING)  # orbax's info lines
-    try:
+
+    def body():
       chosen = tuple(float(a) for a in alphas.value)
       results = evaluate(workdir.value, alphas=chosen, batch_size=batch_size.value,
                          seed=seed.value)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-      raise SystemExit(f"normjax.tools.alpha_bn_eval: {e}") from None
-    print(f"eval accuracy, test batches of {batch_size.value}, checkpoint in {workdir.value}")
-    print(format_table(results, chosen))
+      print(f"eval accuracy, test batches of {batch_size.value}, checkpoint in {workdir.value}")
+      print(format_table(results, chosen))
+
+    cli.guarded("normjax.tools.alpha_bn_eval", body, verbose_flag=verbose.value)
 
   app.run(run_command)
 

@@ -27,7 +27,7 @@ import os
 from flax import nnx
 
 from normjax import data as nj_data
-from normjax import run
+from normjax import cli, run
 from normjax.checkpoint import load_run, read_config
 from normjax.norms.fakeln import FakeLN
 from normjax.norms.folding import fold_norms
@@ -99,16 +99,16 @@ def format_report(result: dict) -> str:
 def main():
   from absl import app, flags, logging
   control = flags.DEFINE_string("control", None, "Workdir of the LayerNorm-kept fine-tuning run.")
+  verbose = cli.define_verbose_flag()
 
   def run_command(argv):
     if len(argv) != 2:
       raise app.UsageError("usage: python -m normjax.tools.ln_removal WORKDIR "
                            "[--control WORKDIR]")
     logging.set_verbosity(logging.WARNING)  # orbax's info lines
-    try:
-      print(format_report(report(argv[1], control.value)))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-      raise SystemExit(f"normjax.tools.ln_removal: {e}") from None
+    cli.guarded("normjax.tools.ln_removal",
+                lambda: print(format_report(report(argv[1], control.value))),
+                verbose_flag=verbose.value)
 
   app.run(run_command)
 

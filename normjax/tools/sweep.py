@@ -43,6 +43,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from normjax import cli
 from normjax.metrics_io import STATUS_FILE  # the trainer's status.json
 
 
@@ -219,19 +220,17 @@ def write_summary(sweep, runs, workdir) -> dict:
 
 def define_flags():
   """The command-line flags (defined on demand: ``normjax.train`` owns ``--config`` too)."""
-  global _CONFIG, _WORKDIR, _MODE, _INDEX
+  global _CONFIG, _WORKDIR, _MODE, _INDEX, _VERBOSE
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/).")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (default workdirs/sweeps/NAME).")
   _MODE = flags.DEFINE_enum("mode", "run", ["run", "emit", "summarize"], "What to do.")
   _INDEX = flags.DEFINE_integer("index", None, "Run only this run (0-based) in --mode run.")
+  _VERBOSE = cli.define_verbose_flag()
 
 
 def main(argv):
   del argv
-  try:
-    _main()
-  except ValueError as e:
-    raise SystemExit(f"normjax.tools.sweep: {e}") from None
+  cli.guarded("normjax.tools.sweep", _main, verbose_flag=_VERBOSE.value)
 
 
 def _main():
@@ -240,8 +239,7 @@ def _main():
     raise app.UsageError("--config is required, e.g. --config configs/sweeps/gpt2_lr.py")
   sweep_file = config_flags.get_config_filename(flags.FLAGS["config"])
   if sweep.get("goal") not in ("min", "max"):
-    raise SystemExit(f"normjax.tools.sweep: config key goal={sweep.get('goal')!r}: "
-                     f"use 'min' or 'max'")
+    raise ValueError(f"config key goal={sweep.get('goal')!r}: use 'min' or 'max'")
   name = os.path.splitext(os.path.basename(sweep_file))[0]
   workdir = _WORKDIR.value or os.path.join("workdirs", "sweeps", name)
   runs = expand(sweep)
@@ -254,7 +252,7 @@ def _main():
     chosen = range(len(runs)) if _INDEX.value is None else [_INDEX.value]
     for i in chosen:
       if not 0 <= i < len(runs):
-        raise SystemExit(f"normjax.tools.sweep: --index {i} out of range (0..{len(runs) - 1})")
+        raise ValueError(f"--index {i} out of range (0..{len(runs) - 1})")
       rundir = os.path.join(workdir, run_name(runs[i]))
       status = read_result(rundir, sweep.metric)["status"]
       if status in ("done", "diverged"):  # a diverged run would diverge again: same seed
