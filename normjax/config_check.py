@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+from normjax.config_schema import check_keys
 from normjax.models import MODELS
 from normjax.norms import NORMS
 from normjax.optim import OPTIMIZERS
@@ -72,7 +73,11 @@ def training_steps(config, info) -> int:
 
 
 def check_config(config, info) -> int:
-  """Validates ``config`` against the data ``info``; returns the number of training steps."""
+  """Validates ``config`` against the data ``info``; returns the number of training steps.
+
+  First the type and range of every key (``normjax.config_schema``), then names
+  (registries) and what depends on several keys, the data or the devices."""
+  check_keys(config)
   MODELS.get(config.model.name)
   if "norm" in config.model:
     NORMS.get(config.model.norm)
@@ -83,23 +88,12 @@ def check_config(config, info) -> int:
     _fail("model.name", config.model.name,
           f"a {task} model cannot train on data.name={config.data.name!r} ({info.task} data)")
 
-  _positive(config, "batch_size")
-  _positive(config, "optimizer.learning_rate", integer=False)
-  _positive(config, "optimizer.weight_decay", integer=False, allow_zero=True)
-  _positive(config, "log_every")
-  _positive(config, "checkpoint_every")
-  _positive(config, "keep_checkpoints")
-  _positive(config, "eval_every", allow_zero=True)
-  if config.get("grad_clip_norm") is not None:
-    _positive(config, "grad_clip_norm", integer=False)
   steps = training_steps(config, info)
   warmup = config.schedule.get("warmup_steps", 0)
   if not isinstance(warmup, int) or not 0 <= warmup < steps:
     _fail("schedule.warmup_steps", warmup, f"must be an integer in [0, {steps})")
   if config.schedule.get("decay", "cosine") not in DECAYS:
     _fail("schedule.decay", config.schedule.decay, f"valid choices are {DECAYS}")
-  if not 0.0 <= config.schedule.get("final_fraction", 0.0) <= 1.0:
-    _fail("schedule.final_fraction", config.schedule.final_fraction, "must be in [0, 1]")
   if config.get("sharding", "data") not in RULES:
     _fail("sharding", config.sharding, f"valid choices are {RULES}")
   import jax  # device counts are known only after jax.distributed.initialize

@@ -49,6 +49,9 @@ class Registry:
 
   def get(self, name: str) -> Any:
     self._load()
+    if not isinstance(name, str):
+      raise ValueError(f"config key {self.config_key}={name!r}: must be a string naming a "
+                       f"{self.kind}; known: {', '.join(self.names())}")
     try:
       return self._entries[name]
     except KeyError:

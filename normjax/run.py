@@ -91,7 +91,12 @@ def build(config, *, data=None, validate: bool = True, total_steps: int | None =
   steps = check_config(config, info) if validate else training_steps(config, info)
   steps = steps if total_steps is None else int(total_steps)
   make = functools.partial(MODELS.get(config.model.name), **model_kwargs(config.model, info))
-  model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
+  try:
+    model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
+  except ValueError as e:  # the constructors name their argument: name the config key
+    message = str(e).replace("model argument ", "config key model.", 1).replace(
+        "norm argument ", "config key model.norm_kwargs.", 1)
+    raise ValueError(message) from e
   tx, schedule = make_optimizer(config, steps)
   return Setup(config, info, TASKS.get(info.task), make, model_def, tx, schedule, steps)
 

@@ -1,0 +1,192 @@
+"""The type and range of every config key, checked before anything compiles.
+
+``check_keys(config)`` walks every leaf of a trainer config and checks it against the first
+rule that matches its dotted key: an exact key (``schedule.warmup_steps``), else a pattern
+with ``*`` for one key component (``optimizer.groups.*.b1``, ``model.norm_kwargs.*``
+resolved by the leaf name). A failure is one ``ValueError`` line,
+``config key <key>=<value>: <what would work>``.
+
+Keys whose values name things (``model.name``, ``model.norm``, ``optimizer.name``,
+``data.name``, label names, string choices of a model such as ``model.stem``) are checked
+by their registries and by the model constructors, whose "model argument K=..." errors
+``normjax.run.build`` reports as config keys; ``data.*`` options are checked by
+``normjax.data``. What may hold anything is listed in ``FREE`` with the reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from typing import Any
+
+# ------------------------------------------------------------------------------- rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """``kind`` 'int' | 'float' | 'bool' | 'str' | 'ints' (a tuple of ints) | 'dict';
+  numbers within [low, high] (``open_low``/``open_high``: strict); ``none`` allows None."""
+  kind: str
+  low: float | None = None
+  high: float | None = None
+  open_low: bool = False
+  open_high: bool = False
+  none: bool = False
+  also: tuple = ()  # extra allowed values outside the range (e.g. -1 for "the rest")
+
+  def expected(self) -> str:
+    if self.kind in ("bool", "str", "dict"):
+      text = {"bool": "True or False", "str": "a string", "dict": "a mapping"}[self.kind]
+    else:
+      noun = {"int": "an integer", "float": "a number", "ints": "a tuple of integers"}[self.kind]
+      bounds = []
+      if self.low is not None:
+        bounds.append(f"{'>' if self.open_low else '>='} {self.low:g}")
+      if self.high is not None:
+        bounds.append(f"{'<' if self.open_high else '<='} {self.high:g}")
+      text = noun + (" " + " and ".join(bounds) if bounds else "")
+      if self.also:
+        text += f" (or {', '.join(map(repr, self.also))})"
+    return text + (" or None" if self.none else "")
+
+  def _number_ok(self, v) -> bool:
+    if v in self.also:
+      return True
+    if isinstance(v, float) and not math.isfinite(v):
+      return False
+    if self.low is not None and (v <= self.low if self.open_low else v < self.low):
+      return False
+    return not (self.high is not None and (v >= self.high if self.open_high else v > self.high))
+
+  def ok(self, v) -> bool:
+    if v is None:
+      return self.none
+    if self.kind == "bool":
+      return isinstance(v, bool)
+    if self.kind == "str":
+      return isinstance(v, str)
+    if self.kind == "dict":
+      return isinstance(v, dict)
+    if self.kind == "ints":
+      return (isinstance(v, (tuple, list)) and len(v) > 0 and all(
+          isinstance(x, int) and not isinstance(x, bool) and self._number_ok(x) for x in v))
+    integer = isinstance(v, int) and not isinstance(v, bool)
+    if self.kind == "int" and not integer:
+      return False
+    if self.kind == "float" and not (integer or isinstance(v, float)):
+      return False
+    return self._number_ok(v)
+
+  def bad_values(self) -> list:
+    """Values this rule must refuse: a wrong type, and out-of-range numbers (for tests)."""
+    bad: list[Any] = [[1, 2]] if self.kind in ("str", "dict") else ["not-a-value"]
+    if self.kind == "int":
+      bad.append(1.5)
+    if self.kind == "bool":
+      bad.append(2)
+    if self.kind in ("int", "float", "ints"):
+      scalar = lambda x: (x,) if self.kind == "ints" else x
+      if self.low is not None:
+        bad.append(scalar(self.low - 1 if not self.open_low else self.low))
+      if self.high is not None:
+        bad.append(scalar(self.high + 1 if not self.open_high else self.high))
+    if not self.none:
+      bad.append(None)
+    return [b for b in bad if not (b in self.also if not isinstance(b, list) else False)]
+
+
+COUNT = Rule("int", low=1)                          # sizes, steps, cadences
+INDEX = Rule("int", low=0)                          # seeds, offsets, warmups
+POSITIVE = Rule("float", low=0, open_low=True)      # learning rates, eps, scales
+NONNEGATIVE = Rule("float", low=0)                  # decays, loss weights
+FRACTION = Rule("float", low=0, high=1)             # momenta, mixing weights
+BETA = Rule("float", low=0, high=1, open_high=True)  # Adam betas: 1 never forgets
+RATE = Rule("float", low=0, high=1, open_high=True)  # dropout
+BOOL = Rule("bool")
+NAME = Rule("str")  # resolved by a registry or a constructor
+OPTIONAL_NAME = Rule("str", none=True)
+
+OPTIMIZER_LEAVES = {
+    "name": NAME, "learning_rate": POSITIVE, "weight_decay": NONNEGATIVE, "b1": BETA,
+    "b2": BETA, "eps": NONNEGATIVE, "momentum": FRACTION, "dampening": FRACTION,
+    "nesterov": BOOL, "delta": POSITIVE, "wd_ratio": NONNEGATIVE, "scale": POSITIVE,
+    "update_proj_gap": COUNT, "conda_mask": NAME, "labels": NAME, "beta": BETA,
+    "consistent_rms": Rule("float", low=0, open_low=True, none=True), "ns_steps": COUNT,
+    "decay_mask": NAME, "rotated_momentum": BOOL,
+}
+NORM_LEAVES = {
+    "epsilon": POSITIVE, "momentum": FRACTION, "alpha_fwd": FRACTION, "alpha_bkw": FRACTION,
+    "alpha": FRACTION, "warmup_steps": INDEX, "groups": COUNT, "num_groups": COUNT,
+    "group_size": COUNT, "window": COUNT, "estimated": BOOL, "outlier_filtration": BOOL,
+    "removal_start": INDEX, "gap_mlp": COUNT, "gap_qk": COUNT, "gap_v": COUNT,
+    "aux_loss_weight": NONNEGATIVE, "use_scale": BOOL, "use_bias": BOOL,
+}
+MODEL_LEAVES = {
+    "name": NAME, "norm": NAME, "decoder_norm": NAME, "norm_kwargs": Rule("dict"),
+    "decoder_norm_kwargs": Rule("dict"), "width": COUNT, "depth": COUNT, "num_heads": COUNT,
+    "mlp_dim": COUNT, "mlp_ratio": Rule("float", low=0, open_low=True), "patch_size": COUNT,
+    "num_blocks": COUNT, "dilation": COUNT, "dropout": RATE, "alpha": NONNEGATIVE,
+    "threshold": FRACTION, "skip_gain_init": Rule("float"), "stage_sizes": Rule("ints", low=1),
+    "zero_init_residual": BOOL, "zero_mean_writers": BOOL, "embedding_norm": BOOL,
+    "placement": NAME, "pool": NAME, "block": NAME, "stem": NAME, "conv": NAME,
+    "activation": NAME, "ibn": OPTIONAL_NAME,
+}
+
+RULES = {
+    "seed": INDEX, "batch_size": COUNT, "eval_batch_size": COUNT,
+    "total_steps": Rule("int", low=1, none=True), "total_epochs": Rule("float", low=0,
+                                                                        open_low=True, none=True),
+    "log_every": COUNT, "eval_every": INDEX, "checkpoint_every": COUNT, "keep_checkpoints": COUNT,
+    "grad_clip_norm": Rule("float", low=0, open_low=True, none=True),
+    "adaptive_grad_clip": Rule("float", low=0, open_low=True, none=True),
+    "sharding": NAME, "trainable": OPTIONAL_NAME,
+    "mesh.data": Rule("int", low=1, also=(-1,)), "mesh.fsdp": Rule("int", low=1, also=(-1,)),
+    "schedule.warmup_steps": INDEX, "schedule.decay": NAME, "schedule.final_fraction": FRACTION,
+    "init_from.step": Rule("int", low=0, none=True),
+    **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
+    **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
+    **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
+    **{f"model.decoder_norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
+    **{f"model.{k}": v for k, v in MODEL_LEAVES.items()},
+}
+
+FREE = {
+    "init_from.workdir": "a path, checked when it is read (a missing run is a one-line error)",
+    "data.*": "the data options, each checked by normjax.data with the config key named",
+}
+
+
+# ------------------------------------------------------------------------------- walking
+def flatten(tree, prefix: str = "") -> dict:
+  """Dotted keys of every leaf (a non-empty dict is walked; an empty one is a leaf)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def rule_for(key: str) -> Rule | str | None:
+  """The key's ``Rule``, the reason it is ``FREE``, or None (no rule: an unknown key)."""
+  if key in RULES:
+    return RULES[key]
+  for pattern, rule in RULES.items():
+    if "*" in pattern and key.count(".") == pattern.count(".") and fnmatch.fnmatchcase(
+        key, pattern):
+      return rule
+  for pattern, reason in FREE.items():
+    if fnmatch.fnmatchcase(key, pattern):
+      return reason
+  return None
+
+
+def check_keys(config) -> None:
+  """Checks every leaf of ``config`` (see the module docstring); keys without a rule are
+  left to their consumers (a model's signature, an optimizer's keyword arguments)."""
+  plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  for key, value in flatten(plain).items():
+    rule = rule_for(key)
+    if isinstance(rule, Rule) and not rule.ok(value):
+      raise ValueError(f"config key {key}={value!r}: must be {rule.expected()}")
