@@ -198,3 +198,20 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, m
   train.train_and_evaluate(tiny(), str(wd))  # the next start resumes from the good one
   assert tu.checkpoint_steps(wd) == [2, 4, 6]
   assert json.loads((wd / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("args,starts", [
+    (["-m", "normjax.train", "--config", "configs/vit_layernorm.py", "--config.model.width=0"],
+     "normjax.train: config key model.width=0: must be an integer >= 1"),
+    (["-m", "normjax.tools.ln_removal", "/nonexistent/run"], "normjax.tools.ln_removal: "),
+    (["-m", "normjax.tools.alpha_bn_eval", "--workdir", "/nonexistent/run"],
+     "normjax.tools.alpha_bn_eval: --workdir '/nonexistent/run': no config.json"),
+    (["-m", "normjax.sweep", "--config", "configs/sweeps/gpt2_lr.py", "--index", "99",
+      "--workdir", "/tmp/normjax-test-none"],
+     "normjax.tools.sweep: --index 99 out of range"),
+])
+def test_commands_fail_with_one_line(args, starts, tmp_path):
+  result = tu.run_cli([sys.executable, *args], tu.env())
+  assert_one_line(result, starts)
+  verbose = tu.run_cli([sys.executable, *args], tu.env(NORMJAX_VERBOSE="1"))
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
