@@ -66,6 +66,7 @@ def trainer_defaults(**overrides) -> ml_collections.ConfigDict:
   c.total_epochs = ml_collections.config_dict.placeholder(float)
   c.batch_size = 128
   c.eval_batch_size = 256
+  c.grad_accum_steps = 1  # micro-batches per step (normjax.run.Setup.accumulated_gradients)
   c.log_every = 50
   c.eval_every = 0
   c.checkpoint_every = 500

@@ -102,4 +102,9 @@ def check_config(config, info) -> int:
     if value % jax.device_count() or value % jax.process_count():
       _fail(key, value, f"must be divisible by the {jax.device_count()} devices "
                         f"and {jax.process_count()} processes")
+  accum, per_device = config.get("grad_accum_steps", 1), config.batch_size // jax.device_count()
+  if per_device % accum:
+    _fail("grad_accum_steps", accum,
+          f"must divide the per-device batch of {per_device} (batch_size={config.batch_size} "
+          f"over {jax.device_count()} devices) into equal micro-batches")
   return int(steps)

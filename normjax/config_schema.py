@@ -133,7 +133,7 @@ MODEL_LEAVES = {
 }
 
 RULES = {
-    "seed": INDEX, "batch_size": COUNT, "eval_batch_size": COUNT,
+    "seed": INDEX, "batch_size": COUNT, "eval_batch_size": COUNT, "grad_accum_steps": COUNT,
     "total_steps": Rule("int", low=1, none=True), "total_epochs": Rule("float", low=0,
                                                                         open_low=True, none=True),
     "log_every": COUNT, "eval_every": INDEX, "checkpoint_every": COUNT, "keep_checkpoints": COUNT,

@@ -46,8 +46,13 @@ class Setup:
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "model_state": model_state, "opt_state": self.tx.init(params)}
 
-  def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
-    """One optimizer update; returns the new state and this step's metrics."""
+  @property
+  def grad_accum_steps(self) -> int:
+    return int(self.config.get("grad_accum_steps", 1)) if self.config is not None else 1
+
+  def gradients(self, params, model_state, batch: dict):
+    """``(grads, new_model_state, sums)`` of one (micro-)batch: the mean loss's gradients,
+    the model state as the forward and backward left it, and the eval sums + aux loss."""
     task, model_def = self.task, self.model_def
 
     def loss_fn(params, model_state):
@@ -57,16 +62,52 @@ class Setup:
       return loss + sums["aux_loss"], (split(model)[1], sums)
 
     (_, sums), grads, model_state = value_and_grad_with_backward_state(
-        loss_fn, state["params"], state["model_state"], model_def.grad_stat_mask)
+        loss_fn, params, model_state, model_def.grad_stat_mask)
+    return grads, model_state, sums
+
+  def accumulated_gradients(self, params, model_state, batch: dict):
+    """``gradients`` of the whole batch, computed over ``grad_accum_steps`` micro-batches.
+
+    Micro-batch i holds rows i, i + k, i + 2k, ... of the batch (k = grad_accum_steps), so
+    each device keeps its own rows. A ``lax.scan`` runs them in order: gradients are summed
+    in float32 (or wider) and averaged, and the model state is carried from one micro-batch
+    to the next, so norms with batch statistics see each micro-batch as its batch (ghost
+    batches) and update their running statistics once per micro-batch, in order; the
+    backward-pass statistics of PowerNorm / UN likewise (fairseq's ``--update-freq``).
+    For batch-independent norms the result equals the one-batch gradient to rounding.
+    """
+    k = self.grad_accum_steps
+    if k == 1:
+      return self.gradients(params, model_state, batch)
+    micro = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+    wide = lambda p: jnp.promote_types(p.dtype, jnp.float32)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, wide(p)), params)
+
+    def body(carry, micro_batch):
+      total, model_state = carry
+      grads, model_state, sums = self.gradients(params, model_state, micro_batch)
+      total = jax.tree.map(lambda t, g: t + g.astype(t.dtype), total, grads)
+      return (total, model_state), sums
+
+    (total, model_state), sums = jax.lax.scan(body, (zeros, model_state), micro)
+    grads = jax.tree.map(lambda t, p: (t / k).astype(p.dtype), total, params)
+    sums = {name: v.mean(0) if name == "aux_loss" else v.sum(0) for name, v in sums.items()}
+    return grads, model_state, sums
+
+  def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+    """One optimizer update; returns the new state and this step's metrics."""
+    grads, model_state, sums = self.accumulated_gradients(
+        state["params"], state["model_state"], batch)
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1,
                  "params": optax.apply_updates(state["params"], updates),
                  "model_state": model_state, "opt_state": opt_state}
-    metrics = {"loss": sums["loss"] / sums["count"],
-               task.metric: sums[task.metric] / sums["count"],
+    metric = self.task.metric
+    metrics = {"loss": sums["loss"] / sums["count"], metric: sums[metric] / sums["count"],
                "grad_norm": optax.global_norm(grads),
                "learning_rate": self.schedule(state["step"])}
-    if model_def.has_aux_loss:
+    if self.model_def.has_aux_loss:
       metrics["aux_loss"] = sums["aux_loss"]
     return new_state, metrics
 

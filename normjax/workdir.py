@@ -26,6 +26,8 @@ import socket
 RESUMABLE_KEYS = ("total_steps", "total_epochs", "eval_every", "log_every", "checkpoint_every",
                   "keep_checkpoints", "data.data_dir")
 LOCK_FILE = ".lock"
+# Keys added to the trainer after runs were started: absent in an old config.json means this.
+ADDED_DEFAULTS = {"grad_accum_steps": 1}
 
 
 class WorkdirError(ValueError):
@@ -59,7 +61,7 @@ def has_checkpoints(workdir: str) -> bool:
 
 def drift(old: dict, new: dict) -> tuple[dict, dict]:
   """``(resumable, refused)``: the differing keys, each ``{key: (old, new)}``."""
-  a, b = flatten(old), flatten(new)
+  a, b = {**ADDED_DEFAULTS, **flatten(old)}, flatten(new)
   changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
   resumable = {k: v for k, v in changed.items() if k in RESUMABLE_KEYS}
   return resumable, {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
