@@ -7,7 +7,7 @@ AdamW, 1000 steps of batch 16) with CRMSNorm: the residual stream stores d-1 = 1
 of an implicitly zero-mean 128-vector, the embeddings/``proj``/``fc2`` write 127 outputs, the
 ``qkv``/``fc1`` readers and the tied head read 127, and each norm is
 x' / sqrt((sum x'^2 + (sum x')^2)/128 + eps) (``normjax/norms/crmsnorm.py``). A trained Pre-LN
-GPT-2 converts to this architecture exactly (``normjax.models.conversions.convert(...,
+GPT-2 converts to this architecture exactly (``normjax.surgery.conversions.convert(...,
 to='crmsnorm')``, which unties the head); trained from scratch it is the Pre-LN function class
 with one fewer coordinate per writer.
 
@@ -18,7 +18,7 @@ class, different optimisation problem: AdamW moves each of the d-1 stored coordi
 writer independently, so the implicit d-th coordinate -sum(x') moves by the sum of all their
 steps, and the tied head reads only the stored coordinates (in the full d-dimensional view its
 d-th column is pinned to 0 while the embedding's is not). The exact equivalence is for
-converting a trained Pre-LN model (``normjax.models.conversions``, tested).
+converting a trained Pre-LN model (``normjax.surgery.conversions``, tested).
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py.
 """

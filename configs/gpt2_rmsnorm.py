@@ -8,7 +8,7 @@ AdamW, 1000 steps of batch 16) with RMSNorm (scale only, eps 1e-6) instead of La
 ``zero_mean=True`` adds the zero-mean reparameterisation of every residual-stream writer
 (``zero_mean_writers``; Jiang et al.): the stream is then zero-mean, RMSNorm(x) = LayerNorm(x)
 without the LN bias, and a Pre-LN model converts to it exactly
-(``normjax.models.conversions``, tested in ``tests/test_crmsnorm_conversions.py``).
+(``normjax.surgery.conversions``, tested in ``tests/test_crmsnorm_conversions.py``).
 
 Measured (jax 0.10.2, 2-core CPU shared with other jobs, load average ~6; one run): validation
 loss 1.6627 nats/byte, 289 s wall; gpt2_layernorm.py at the same settings: 1.6601.

@@ -10,7 +10,7 @@ official recommendation for vision; their T2T-ViT uses it). UN's default warmup 
 longer than this run, so ``warmup_steps`` = ``schedule.warmup_steps`` (100 here). The
 gradient-compensation ratio only switches on after max(1000, warmup) steps (official), i.e. not
 within the default 1000 steps. In eval mode UN is a per-channel affine map:
-``normjax.norms.folding.fold_norms`` folds it into the next linear layer (``scripts/
+``normjax.surgery.folding.fold_norms`` folds it into the next linear layer (``scripts/
 bench_norms.py`` times the folded model).
 
 Measured (jax 0.10.2, 2-core CPU shared with other jobs, load average ~7; one run): test

@@ -11,7 +11,7 @@ from normjax import ln_removal, norms, train
 from normjax.models.transformer import NormSite
 from normjax.norms.basic import layer_norm
 from normjax.norms.fakeln import FakeLN, removal_schedule, residual_std_loss
-from normjax.norms.folding import fold_norms
+from normjax.surgery.folding import fold_norms
 from normjax.state import AuxLoss, ModelDef, split
 from tests import trainer_utils as tu
 
