@@ -14,11 +14,18 @@ Contract for every registered norm (what models and the trainer rely on):
 * train/eval: the attribute ``use_running_average`` (False = training) of norms with running
   statistics, flipped for the whole model by ``model.train()`` / ``model.eval()`` or
   ``nnx.view(model, use_running_average=...)``.
-* traits, declared once with their defaults on ``Norm`` (see ``normjax.norms.base.Norm``):
-  ``uses_batch_statistics``, ``needs_site``, ``compressed_residual``, ``separate_value_path``,
-  ``fuses_activation``, ``records_aux_loss``, ``needs_tokens`` and the optional method
-  ``eval_affine``. Running statistics live in ``nnx.BatchStat`` variables, backward-pass
-  statistics in ``normjax.variables.GradStat``, auxiliary losses in ``normjax.variables.AuxLoss``.
+* traits, declared once with their defaults on ``normjax.norms.base.Norm`` (its docstring has
+  the details) and read by models as plain attributes:
+  - ``uses_batch_statistics`` (False): the output depends on other examples of the batch;
+  - ``needs_site`` (False): the constructor takes ``site=NormSite(role, block, depth)``;
+  - ``compressed_residual`` (False): reads d-1 stored coordinates (residual stream width-1);
+  - ``separate_value_path`` (False): has ``qk_and_v(x, mask)`` for the attention input;
+  - ``fuses_activation`` (False): takes ``apply_act`` and applies its own nonlinearity;
+  - ``records_aux_loss`` (False): training calls record an ``AuxLoss``;
+  - ``needs_tokens`` (False): the call takes ``tokens=`` (an LM's token ids);
+  - ``eval_affine`` (None): else a method ``() -> (a, c)``, eval output ``a * x + c``.
+  Running statistics live in ``nnx.BatchStat`` variables, backward-pass statistics in
+  ``normjax.variables.GradStat``, auxiliary losses in ``normjax.variables.AuxLoss``.
 * parameter names follow flax: ``scale`` and ``bias``; models put norms in attributes whose
   names contain ``norm`` so parameter labels can find them.
 
