@@ -54,5 +54,6 @@ def get_config(arg=None):
   if arg.remove:
     c.model.norm = "fakeln"
     c.model.norm_kwargs = dict(c.model.norm_kwargs, removal_start=arg.start, gap_mlp=2,
-                               gap_qk=2, gap_v=3, momentum=0.9, aux_loss_weight=arg.aux)
+                               gap_qk=2, gap_v=3, momentum=0.9, aux_loss_weight=arg.aux,
+                               epsilon=1e-5)
   return c

@@ -15,7 +15,7 @@ defaults, eps 1e-6). Timing is interleaved: every round times the baseline then 
 the median over rounds of t_case / t_baseline from the same round, times are medians.
 
 Part ``folded``: eval-mode forward of a ViT and a GPT-2 with LayerNorm against the same model
-with UnifiedNorm folded into its linear layers (``normjax.norms.folding.fold_norms``; the UN
+with UnifiedNorm folded into its linear layers (``normjax.surgery.folding.fold_norms``; the UN
 paper reports ~31% faster inference on GPU) and against the model with no norm at all (the
 bound a fold can reach). Same interleaved timing.
 
@@ -46,8 +46,8 @@ from normjax.models import make_model
 from normjax.models.resnet import NormAct
 from normjax.models.ws_conv import ScaledWSConv, WSConv
 from normjax.norms import make_norm
-from normjax.norms.backward_state import GradStat
-from normjax.norms.folding import fold_norms
+from normjax.surgery.folding import fold_norms
+from normjax.variables import GradStat
 
 SHAPE = (8192, 768)
 

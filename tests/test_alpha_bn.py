@@ -1,4 +1,5 @@
 """alpha-BN: the two endpoints, the mix, training = BatchNorm; corruptions; the eval command."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -103,3 +104,66 @@ def test_eval_command_on_a_trained_batchnorm_resnet(tmp_path, capsys):
     alpha_bn_eval.evaluate(str(tmp_path), batch_size=1)
   with pytest.raises(FileNotFoundError, match="no config.json"):
     alpha_bn_eval.evaluate(str(tmp_path / "nothing"))
+
+
+# ----------------------------------------------------------------------------- gradients
+def _grad_case(seed=11, alpha=0.3):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(6, 3, 3, 4)) * rng.uniform(0.5, 2, 4) + rng.normal(size=4)
+  g = rng.normal(size=x.shape)  # cotangent dL/dy
+  params = {"scale": rng.uniform(0.5, 1.5, 4), "bias": rng.normal(size=4)}
+  state = {"mean": rng.normal(size=4), "var": rng.uniform(0.5, 2, 4)}
+  return x, g, params, state, alpha
+
+
+def _jax_input_grad(x, g, params, state, alpha, **kwargs):
+  with jax.enable_x64(True):
+    p, s = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, state)
+    loss = lambda v: jnp.sum(alpha_bn.alpha_batch_norm(v, p, s, alpha=alpha, **kwargs)[0] * g)
+    return np.asarray(jax.grad(loss)(jnp.asarray(x)))
+
+
+def test_eval_gradient_treats_the_test_statistics_as_constants():
+  x, g, params, state, alpha = _grad_case()
+  rows = x.reshape(-1, 4)
+  n = rows.shape[0]
+  mean = (1 - alpha) * state["mean"] + alpha * rows.mean(0)
+  var = (1 - alpha) * state["var"] + alpha * rows.var(0, ddof=1)
+  s = np.sqrt(var + EPS)
+  official = g * params["scale"] / s  # the official mixed statistics are constants
+  np.testing.assert_allclose(_jax_input_grad(x, g, params, state, alpha), official,
+                             rtol=1e-12, atol=1e-12)
+  # gradient_through_statistics: d/dx of the mix, in closed form, per channel
+  gr, xc = g.reshape(-1, 4), rows - mean
+  through = (gr - alpha * gr.mean(0)) / s - (gr * xc).sum(0) / s ** 3 * alpha * (
+      rows - rows.mean(0)) / (n - 1)
+  through = (through * params["scale"]).reshape(x.shape)
+  got = _jax_input_grad(x, g, params, state, alpha, gradient_through_statistics=True)
+  np.testing.assert_allclose(got, through, rtol=1e-11, atol=1e-12)
+  assert np.abs(got - official).max() > 1e-2  # the option is a different gradient
+
+
+def test_eval_gradient_against_torch_official_alpha_bn():
+  torch = pytest.importorskip("torch")
+  x, g, params, state, alpha = _grad_case(seed=12, alpha=0.4)
+  # AlphaBatchNorm re-typed from its formula: an affine-free auxiliary BatchNorm2d with
+  # momentum 1 (in training mode) holds the test batch's statistics in its buffers; the layer
+  # normalizes with the (1 - alpha, alpha) mix of the source and those buffers
+  aux = torch.nn.BatchNorm2d(4, affine=False, momentum=1.0).double().train()
+  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+  aux(xt)
+  mixed_mean = (1 - alpha) * torch.tensor(state["mean"]) + alpha * aux.running_mean
+  mixed_var = (1 - alpha) * torch.tensor(state["var"]) + alpha * aux.running_var
+  y = torch.nn.functional.batch_norm(xt, mixed_mean, mixed_var, torch.tensor(params["scale"]),
+                                     torch.tensor(params["bias"]), False, 0.0, EPS)
+  y.backward(torch.tensor(g).permute(0, 3, 1, 2))
+  expected = xt.grad.permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(_jax_input_grad(x, g, params, state, alpha), expected,
+                             rtol=1e-12, atol=1e-12)
+  with jax.enable_x64(True):
+    y_jax, _ = alpha_bn.alpha_batch_norm(jnp.asarray(x), jax.tree.map(jnp.asarray, params),
+                                         jax.tree.map(jnp.asarray, state), alpha=alpha)
+  np.testing.assert_allclose(y_jax, y.permute(0, 2, 3, 1).detach().numpy(), rtol=1e-12,
+                             atol=1e-12)
+  module = make_norm("alpha_bn", 4, rngs=nnx.Rngs(0))
+  assert module.gradient_through_statistics is False  # the official behaviour is the default

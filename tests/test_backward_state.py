@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from normjax.norms.backward_state import GradStat, backward_state_op
-from normjax.norms.backward_state import value_and_grad_with_backward_state
+from normjax.state import value_and_grad_with_backward_state
 from normjax.state import ModelDef, split
 
 MOMENTUM = 0.75

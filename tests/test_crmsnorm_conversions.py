@@ -12,7 +12,7 @@ from flax import nnx
 
 from normjax import norms, run
 from normjax.models import make_model
-from normjax.models.conversions import build, convert
+from normjax.surgery.conversions import build, convert
 from normjax.norms.crmsnorm import CRMSNorm, compress, crms_norm, decompress
 
 EPS = 1e-6

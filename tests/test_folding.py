@@ -6,9 +6,9 @@ import pytest
 from flax import nnx
 
 from normjax.models import make_model
-from normjax.models.conversions import build
+from normjax.surgery.conversions import build
 from normjax.norms.basic import Identity
-from normjax.norms.folding import (ChannelAffine, EvalMap, fold_into_next, fold_into_previous,
+from normjax.surgery.folding import (ChannelAffine, EvalMap, fold_into_next, fold_into_previous,
                                    fold_norms)
 from normjax.norms.powernorm import GroupScaling
 

@@ -100,3 +100,36 @@ def test_ibn_b_instance_norm_after_the_residual_add():
   z = u.f64(x)
   z = (z - z.mean((1, 2), keepdims=True)) / np.sqrt(z.var((1, 2), keepdims=True) + EPS)
   np.testing.assert_allclose(block(x), np.maximum(z, 0), rtol=2e-5, atol=2e-5)
+
+
+def test_ibn_against_torch_official_layer():
+  """IBN-Net's IBN re-typed from its formula: InstanceNorm2d(half, affine) on the first
+  channels, BatchNorm2d (momentum 0.1 = 0.9 here) on the rest; float64, train then eval."""
+  torch = pytest.importorskip("torch")
+  import jax
+  x = u.data((4, 5, 5, 6)).astype(np.float64)
+  p = {n: u.RNG.standard_normal(3) for n in AFFINE}
+  running = {"mean": u.RNG.standard_normal(3), "var": 0.5 + u.RNG.random(3)}
+  inorm = torch.nn.InstanceNorm2d(3, affine=True).double()
+  bnorm = torch.nn.BatchNorm2d(3, momentum=0.1).double()
+  with torch.no_grad():
+    for module, prefix in ((inorm, "instance"), (bnorm, "batch")):
+      module.weight.copy_(torch.tensor(p[f"{prefix}_scale"]))
+      module.bias.copy_(torch.tensor(p[f"{prefix}_bias"]))
+    bnorm.running_mean.copy_(torch.tensor(running["mean"]))
+    bnorm.running_var.copy_(torch.tensor(running["var"]))
+  params = {"instance": {"scale": p["instance_scale"], "bias": p["instance_bias"]},
+            "batch": {"scale": p["batch_scale"], "bias": p["batch_bias"]}}
+  xt = torch.tensor(x).permute(0, 3, 1, 2)
+  with jax.enable_x64(True):
+    params, state = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, running)
+    for train in (True, False):
+      bnorm.train(train)
+      first, rest = torch.split(xt, 3, dim=1)
+      expected = torch.cat([inorm(first), bnorm(rest)], 1).permute(0, 2, 3, 1).detach()
+      y, new = ibn.ibn(jnp.asarray(x), params, state, train=train, momentum=0.9)
+      np.testing.assert_allclose(y, expected.numpy(), rtol=1e-12, atol=1e-12)
+      if train:  # running mean as torch's (torch's running var is the unbiased one)
+        np.testing.assert_allclose(new["mean"], bnorm.running_mean.numpy(), rtol=1e-12)
+        bnorm.running_var.copy_(torch.tensor(np.asarray(new["var"])))
+        state = new

@@ -10,7 +10,7 @@ from normjax.state import AuxLoss, ModelDef, split
 
 
 class WithAux(nnx.Module):
-  has_aux_loss = True
+  records_aux_loss = True  # it records an AuxLoss itself
 
   def __init__(self, rngs):
     self.lin = nnx.Linear(3, 2, rngs=rngs)

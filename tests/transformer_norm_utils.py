@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from normjax.norms.backward_state import value_and_grad_with_backward_state
+from normjax.state import value_and_grad_with_backward_state
 from normjax.state import ModelDef, split
 
 

@@ -13,7 +13,7 @@ original GPT-2 (nanoGPT uses the exact one), and any registered norm / placement
 follows flax (1e-6); GPT-2/PyTorch's LayerNorm uses ``norm_kwargs={'epsilon': 1e-5}``.
 
 ``tie_embeddings=False`` gives a separate head ``Linear(width, vocab)`` WITH a bias (it holds a
-folded final-norm bias after ``normjax.models.conversions`` / ``normjax.norms.folding``).
+folded final-norm bias after ``normjax.surgery.conversions`` / ``normjax.surgery.folding``).
 With a ``compressed_residual`` norm (CRMSNorm) the embeddings and the residual stream are
 width - 1 wide (``normjax.models.transformer``). ``zero_mean_writers``: see there.
 """
@@ -85,9 +85,6 @@ class GPT2(nnx.Module):
         zero_mean_writers=zero_mean_writers, rngs=rngs)
     self.head = (nnx.data(None) if tie_embeddings else
                  nnx.Linear(stream, vocab_size, kernel_init=normal, dtype=self.dtype, rngs=rngs))
-    # a layer that records an AuxLoss in training (FakeLN's residual-std loss) tells the trainer
-    self.has_aux_loss = any(getattr(node, "records_aux_loss", False)
-                            for _, node in nnx.iter_graph(self.transformer))
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """int tokens (B, T) -> float32 logits (B, T, vocab_size)."""
@@ -96,7 +93,7 @@ class GPT2(nnx.Module):
       raise ValueError(f"sequence length {length} exceeds the model's max_len={self.max_len}")
     x = (self.token_embedding(tokens, out_sharding=_embedded_sharding(tokens))
          + self.position_embedding(jnp.arange(length)))
-    h = self.transformer(x)
+    h = self.transformer(x, tokens=tokens)
     if self.head is not None:
       return self.head(h).astype(jnp.float32)
     wte = self.token_embedding.embedding[...].astype(h.dtype)

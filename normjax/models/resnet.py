@@ -23,6 +23,9 @@ conv) -> global average pool -> linear head.
   before the ReLU -- as the official ``_make_layer``, a stage's first block never does, so a
   one-block stage has none. The official 4-stage pattern is ('a', 'a', 'a', None) /
   ('b', 'b', None, None); "all but the last" / "the first two, not the last" generalise it.
+  One BatchNorm momentum per model: the IBN layers take the plain BatchNorms' (the official
+  code uses PyTorch's 0.1, i.e. 0.9 here, everywhere; ``configs/resnet_ibn.py`` sets it, and a
+  ResNet without ``norm_kwargs`` uses flax's 0.99 everywhere, as ``configs/resnet_batchnorm.py``).
 
 ResNet-50 = stage_sizes (3, 4, 6, 3), 'bottleneck', width 64, 'imagenet' stem: 25,557,032
 parameters with 1000 classes. ResNet-18 = (2, 2, 2, 2), 'basic'. The BatchNorm default keeps
@@ -43,6 +46,7 @@ from flax import nnx
 from normjax.models import check_choice, compute_dtype, conv_kernel_init, register
 from normjax.models.ws_conv import scaled_ws_conv_layer, ws_conv_layer
 from normjax.norms import NORMS, make_norm
+from normjax.norms.basic import BATCH_NORM_MOMENTUM
 
 STEMS = ("cifar", "imagenet")
 # torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / (kh*kw*out))
@@ -85,7 +89,7 @@ class NormAct(nnx.Module):
 
   def __init__(self, num_features: int, *, norm: str, norm_kwargs: dict,
                apply_act: bool = True, zero_init_scale: bool = False, rngs: nnx.Rngs):
-    if getattr(NORMS.get(norm), "fuses_activation", False):
+    if NORMS.get(norm).fuses_activation:
       self.norm = make_norm(norm, num_features, rngs=rngs, apply_act=apply_act, **norm_kwargs)
       self.apply_relu = False
     else:
@@ -200,7 +204,8 @@ class ResNet(nnx.Module):
     conv: a key of ``CONVS``: the conv layer factory (in, out, kernel_size, *, strides, dtype,
       rngs) used everywhere ('standard' = ``conv_layer``, 'ws', 'scaled_ws').
     ibn: None, 'a' or 'b': an IBN-Net variant (needs norm='batchnorm'; its IBN layers take
-      the BatchNorm's ``momentum``/``epsilon`` from ``norm_kwargs``); see the module docstring.
+      the model's BatchNorm ``momentum`` -- ``norm_kwargs['momentum']``, else BatchNorm's
+      default 0.99 -- and ``epsilon``); see the module docstring.
     rngs: ``nnx.Rngs`` for parameters.
   """
 
@@ -227,13 +232,15 @@ class ResNet(nnx.Module):
     norm_act = functools.partial(NormAct, norm=norm, norm_kwargs=norm_kwargs, rngs=rngs)
     self.stem_conv = make_conv(in_channels, width, 7 if stem == "imagenet" else 3,
                                strides=2 if stem == "imagenet" else 1)
-    # IBN-Net: InstanceNorm as the official PyTorch layer (affine, eps 1e-5), IBN layers
-    # with the BatchNorm's own momentum/epsilon.
+    # IBN-Net: InstanceNorm as the official PyTorch layer (affine, eps 1e-5); the IBN layers'
+    # BatchNorm part uses the model's BatchNorm momentum (given or the default), so a model
+    # never mixes two momenta (the IBN layer's own default is PyTorch's 0.9).
     instance_norm_act = functools.partial(NormAct, norm="instancenorm",
                                           norm_kwargs={"epsilon": 1e-5}, rngs=rngs)
-    ibn_norm_act = functools.partial(
-        NormAct, norm="ibn", rngs=rngs,
-        norm_kwargs={k: v for k, v in norm_kwargs.items() if k in ("momentum", "epsilon")})
+    ibn_kwargs = {"momentum": norm_kwargs.get("momentum", BATCH_NORM_MOMENTUM)}
+    if "epsilon" in norm_kwargs:
+      ibn_kwargs["epsilon"] = norm_kwargs["epsilon"]
+    ibn_norm_act = functools.partial(NormAct, norm="ibn", rngs=rngs, norm_kwargs=ibn_kwargs)
     self.stem_norm_act = (instance_norm_act if ibn == "b" else norm_act)(width)
     stages, in_features = [], width
     last_stage = len(stage_sizes) - 1

@@ -16,10 +16,11 @@ Dropout (rate ``dropout``) acts on the embeddings and on each residual branch's 
 nanoGPT's resid_dropout; not on attention probabilities or the MLP hidden layer.
 Norm attributes: ``attn_norm``/``mlp_norm`` (input), ``attn_output_norm``/``mlp_output_norm``,
 ``attn_residual_norm``/``mlp_residual_norm``, ``embedding_norm``, ``final_norm``; an absent
-norm is ``None``. A norm class with ``needs_site = True`` also receives ``site=NormSite(role,
-block, depth)`` (FakeLN's removal schedule uses it).
+norm is ``None``. The norms' traits (``normjax.norms.base.Norm``) are read as attributes: a norm
+class with ``needs_site`` also receives ``site=NormSite(role, block, depth)`` (FakeLN's removal
+schedule uses it); a final norm that ``needs_tokens`` receives the token ids.
 
-Extensions used by the Pre-RMSNorm/CRMSNorm equivalence (``normjax.models.conversions``) and
+Extensions used by the Pre-RMSNorm/CRMSNorm equivalence (``normjax.surgery.conversions``) and
 LayerNorm removal (``normjax.norms.fakeln``):
 
 * ``zero_mean_writers``: recentre everything written into the residual stream (the embeddings'
@@ -78,13 +79,13 @@ class NormSite:
 
 def build_norm(norm: str, features: int, norm_kwargs: dict, site: NormSite, rngs: nnx.Rngs):
   """``make_norm`` plus ``site=`` for norm classes that declare ``needs_site``."""
-  extra = {"site": site} if getattr(NORMS.get(norm), "needs_site", False) else {}
+  extra = {"site": site} if NORMS.get(norm).needs_site else {}
   return make_norm(norm, features, rngs=rngs, **norm_kwargs, **extra)
 
 
 def residual_width(norm: str, width: int) -> int:
   """Width of the residual stream: ``width - 1`` for a norm with ``compressed_residual``."""
-  return width - 1 if getattr(NORMS.get(norm), "compressed_residual", False) else width
+  return width - 1 if NORMS.get(norm).compressed_residual else width
 
 
 def center(x: jax.Array) -> jax.Array:
@@ -213,9 +214,11 @@ class TransformerBlock(nnx.Module):
 
   def _attention_inputs(self, x, mask=None):
     """(Q/K input, V input or None) from the attention input norm."""
-    if getattr(self.attn_norm, "separate_value_path", False):
+    if self.attn_norm is None:
+      return x, None
+    if self.attn_norm.separate_value_path:
       return self.attn_norm.qk_and_v(x, mask=mask)
-    return (x if self.attn_norm is None else self.attn_norm(x, mask=mask)), None
+    return self.attn_norm(x, mask=mask), None
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     x = residual_branch(x, lambda h: self.attn(*h), input_norm=self._attention_inputs,
@@ -230,7 +233,8 @@ class Transformer(nnx.Module):
   """[embedding_norm] -> embedding dropout -> ``depth`` blocks -> [final_norm].
 
   Input: the summed token/patch and position embeddings (B, T, stream width); ``mask`` (B, T),
-  True = real token, goes to every norm. The final norm exists when the placement asks for one.
+  True = real token, goes to every norm; ``tokens`` (B, T) int ids, to the final norm when it
+  ``needs_tokens``. The final norm exists when the placement asks for one.
   ``zero_mean_writers`` recentres the input embeddings and every branch output.
   """
 
@@ -257,7 +261,8 @@ class Transformer(nnx.Module):
     self.final_norm = (build_norm(norm, stream, norm_kwargs, NormSite("final", None, depth), rngs)
                        if PLACEMENTS[placement].final_norm else None)
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               tokens: jax.Array | None = None) -> jax.Array:
     if self.embedding_norm is not None:
       x = self.embedding_norm(x, mask=mask)
     if self.zero_mean_writers:
@@ -266,4 +271,8 @@ class Transformer(nnx.Module):
       x = self.embedding_dropout(x)
     for block in self.blocks:
       x = block(x, mask)
-    return x if self.final_norm is None else self.final_norm(x, mask=mask)
+    if self.final_norm is None:
+      return x
+    if self.final_norm.needs_tokens:
+      return self.final_norm(x, mask=mask, tokens=tokens)
+    return self.final_norm(x, mask=mask)

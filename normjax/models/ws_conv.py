@@ -1,9 +1,14 @@
 """Convolutions with standardized weights: Weight Standardization and Scaled WS.
 
-Kernels are Flax-laid-out (*window, in, out): each OUTPUT channel is a slice along the LAST
-axis, and its fan-in N = prod(window) * in is every other axis. The standardized kernel is
-recomputed from the raw ``kernel`` parameter on every call, so gradients flow through the
-standardization (no state). Statistics in float32; the conv runs in ``dtype``.
+Kernels are Flax-laid-out (*window, in / groups, out): each OUTPUT channel is a slice along the
+LAST axis, and its fan-in N = prod(window) * in / groups is every other axis. With
+``feature_group_count`` = G > 1 (grouped convolution, PyTorch's ``groups``; G = in = out is a
+depthwise conv) output channel i reads only the in/G input channels of its group, so it is
+standardized over its own (in/G) x kh x kw fan-in, as the official ``Conv2d`` (BCN repo
+``imagenet/models/layers.py``, a subclass of ``nn.Conv2d`` that passes ``groups`` on) does.
+The standardized kernel is recomputed from the raw ``kernel`` parameter on every call, so
+gradients flow through the standardization (no state). Statistics in float32; the conv runs
+in ``dtype``.
 
 * ``WSConv`` (Qiao et al. 2019, arXiv 1903.10520; joe-siyuan-qiao/Batch-Channel-Normalization
   ``imagenet/models/layers.py`` ``Conv2d``), per output channel i:
@@ -71,10 +76,17 @@ class _StandardizedConv(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int], *,
                strides, padding, kernel_dilation, use_bias: bool, kernel_init, dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, feature_group_count: int = 1):
     if in_features < 1 or out_features < 1:
       raise ValueError(f"conv features: in_features={in_features}, out_features={out_features}"
                        f"; both must be positive")
+    groups = feature_group_count
+    if (not isinstance(groups, int) or isinstance(groups, bool) or groups < 1
+        or in_features % groups or out_features % groups):
+      raise ValueError(f"conv argument feature_group_count={groups!r}: must be a positive "
+                       f"integer dividing in_features={in_features} and "
+                       f"out_features={out_features}")
+    self.feature_group_count = groups
     window = _window(kernel_size, len(kernel_size) if not isinstance(kernel_size, int) else 2,
                      "kernel_size")
     n = len(window)
@@ -85,7 +97,8 @@ class _StandardizedConv(nnx.Module):
                       for k, d in zip(window, self.kernel_dilation))
     self.padding = padding
     self.dtype = dtype
-    self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, out_features),
+    self.kernel = nnx.Param(kernel_init(rngs.params(),
+                                        window + (in_features // groups, out_features),
                                         jnp.float32))
     self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else nnx.data(None)
     letters = _LETTERS[:n]
@@ -98,7 +111,8 @@ class _StandardizedConv(nnx.Module):
     dtype = self.dtype or x.dtype
     y = jax.lax.conv_general_dilated(
         x.astype(dtype), self.standardized_kernel().astype(dtype), self.strides, self.padding,
-        rhs_dilation=self.kernel_dilation, dimension_numbers=self.dimension_numbers)
+        rhs_dilation=self.kernel_dilation, dimension_numbers=self.dimension_numbers,
+        feature_group_count=self.feature_group_count)
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
@@ -109,20 +123,23 @@ class WSConv(_StandardizedConv):
 
   Args: in_features, out_features, kernel_size (int or tuple), strides, padding (None =
   torch-style k // 2 per side, else anything ``lax.conv_general_dilated`` takes),
-  kernel_dilation, use_bias (default False: WS convs feed a norm), epsilon (1e-5),
-  kernel_init (default He fan-out normal, irrelevant up to scale), dtype, rngs.
+  kernel_dilation, feature_group_count (1; grouped conv, PyTorch's ``groups``), use_bias
+  (default False: WS convs feed a norm), epsilon (1e-5), kernel_init (default He fan-out
+  normal, irrelevant up to scale), dtype, rngs.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size=3, *, strides=1,
-               padding=None, kernel_dilation=1, use_bias: bool = False, epsilon: float = 1e-5,
-               kernel_init=None, dtype=None, rngs: nnx.Rngs):
+               padding=None, kernel_dilation=1, feature_group_count: int = 1,
+               use_bias: bool = False, epsilon: float = 1e-5, kernel_init=None, dtype=None,
+               rngs: nnx.Rngs):
     if not epsilon > 0:
       raise ValueError(f"WSConv epsilon={epsilon!r}: must be > 0")
     kernel_init = kernel_init or conv_kernel_init(
         nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), "fan_out")
     super().__init__(in_features, out_features, kernel_size, strides=strides, padding=padding,
                      kernel_dilation=kernel_dilation, use_bias=use_bias,
-                     kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+                     kernel_init=kernel_init, dtype=dtype, rngs=rngs,
+                     feature_group_count=feature_group_count)
     self.epsilon = epsilon
 
   def standardized_kernel(self) -> Array:
@@ -133,19 +150,22 @@ class ScaledWSConv(_StandardizedConv):
   """Conv with Scaled Weight Standardization and a per-output ``gain``; see the module docstring.
 
   Args as ``WSConv``, plus ``gain_init`` (1.0); ``use_bias`` defaults to True and epsilon to
-  1e-4 (the floor on N * var), ``kernel_init`` to VarianceScaling(1, fan_in, normal).
+  1e-4 (the floor on N * var), ``kernel_init`` to VarianceScaling(1, fan_in, normal). With
+  ``feature_group_count`` G, N = prod(window) * in / G.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size=3, *, strides=1,
-               padding=None, kernel_dilation=1, use_bias: bool = True, epsilon: float = 1e-4,
-               gain_init: float = 1.0, kernel_init=None, dtype=None, rngs: nnx.Rngs):
+               padding=None, kernel_dilation=1, feature_group_count: int = 1,
+               use_bias: bool = True, epsilon: float = 1e-4, gain_init: float = 1.0,
+               kernel_init=None, dtype=None, rngs: nnx.Rngs):
     if not epsilon > 0:
       raise ValueError(f"ScaledWSConv epsilon={epsilon!r}: must be > 0")
     kernel_init = kernel_init or conv_kernel_init(
         nnx.initializers.variance_scaling(1.0, "fan_in", "normal"), "fan_in")
     super().__init__(in_features, out_features, kernel_size, strides=strides, padding=padding,
                      kernel_dilation=kernel_dilation, use_bias=use_bias,
-                     kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+                     kernel_init=kernel_init, dtype=dtype, rngs=rngs,
+                     feature_group_count=feature_group_count)
     self.epsilon = epsilon
     self.gain = nnx.Param(jnp.full((out_features,), gain_init, jnp.float32))
 

@@ -5,7 +5,8 @@ plus a thin Flax NNX module that owns the variables and calls it. ``x`` is chann
 ``(batch, ..., C)``; ``params`` is a dict with the optional keys ``scale`` and ``bias`` (shape
 ``(C,)``); ``state`` is ``None`` for per-example norms and ``{'mean', 'var'}`` for BatchNorm.
 
-Conventions (flax ``flax/nnx/nn/normalization.py``, see reference/norms.md §11):
+Conventions (flax ``flax/nnx/nn/normalization.py``, see reference/norms.md §11); the shared
+numerics (``moments``, ``normalize``, ...) live in ``normjax.norms.base``:
 
 * y = (x - mean) / sqrt(var + epsilon) * scale + bias, with the population (biased) variance.
   Statistics are computed in float32 (float64 for float64 inputs) and the output is cast back
@@ -17,10 +18,10 @@ Conventions (flax ``flax/nnx/nn/normalization.py``, see reference/norms.md §11)
   are still normalized (with those statistics). Per-token norms (LayerNorm, RMSNorm) accept
   it and ignore it: each token's statistics never involve other positions.
 * BatchNorm running statistics: r <- momentum * r + (1 - momentum) * batch_stat, momentum 0.99
-  (weight on the OLD value, as flax; PyTorch's momentum=0.1 is flax's 0.9), the stored variance is
-  the population variance (PyTorch stores the unbiased one). Under ``jax.jit`` with the batch
-  sharded over a mesh axis, the mean over the batch axis is already the global statistic: XLA
-  inserts the all-reduce, so no ``axis_name`` is needed.
+  (``BATCH_NORM_MOMENTUM``; weight on the OLD value, as flax; PyTorch's momentum=0.1 is flax's
+  0.9), the stored variance is the population variance (PyTorch stores the unbiased one).
+  Under ``jax.jit`` with the batch sharded over a mesh axis, the mean over the batch axis is
+  already the global statistic: XLA inserts the all-reduce, so no ``axis_name`` is needed.
 """
 from __future__ import annotations
 
@@ -30,56 +31,10 @@ from flax import nnx
 
 from normjax import kernels
 from normjax.norms import register
+from normjax.norms.base import (TORCH_MOMENTUM, AffineNorm, Norm, StatefulNorm, apply_affine,
+                                batch_axes, check_fraction, check_positive, moments, normalize)
 
-Array = jax.Array
-Params = dict[str, Array]
-
-
-# ----------------------------------------------------------------------------- helpers
-def _stats_dtype(x: Array):
-  return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def moments(x: Array, axes: tuple[int, ...], mask: Array | None = None, *,
-            center: bool = True) -> tuple[Array, Array]:
-  """Mean and population variance of ``x`` over ``axes`` (keepdims), over real positions only.
-
-  ``mask`` is broadcastable to ``x.shape[:-1]`` (True = include). With ``center=False`` the
-  mean is 0 and the "variance" is the mean square E[x^2] (RMSNorm). Statistics are in float32
-  or wider. A reduction group with no real position gets mean 0 and variance 0.
-  """
-  x = x.astype(_stats_dtype(x))
-  if mask is None:
-    mean = jnp.mean(x, axes, keepdims=True) if center else jnp.zeros((), x.dtype)
-    return mean, jnp.mean(jnp.square(x - mean), axes, keepdims=True)
-  keep = jnp.broadcast_to(jnp.asarray(mask, bool)[..., None], x.shape)
-  count = jnp.maximum(jnp.sum(keep, axes, keepdims=True, dtype=x.dtype), 1)
-  if center:
-    mean = jnp.sum(jnp.where(keep, x, 0), axes, keepdims=True) / count
-  else:
-    mean = jnp.zeros((), x.dtype)
-  var = jnp.sum(jnp.where(keep, jnp.square(x - mean), 0), axes, keepdims=True) / count
-  return mean, var
-
-
-def apply_affine(y: Array, params: Params) -> Array:
-  """y * scale + bias for whichever of the two ``params`` holds."""
-  if params.get("scale") is not None:
-    y = y * params["scale"]
-  if params.get("bias") is not None:
-    y = y + params["bias"]
-  return y
-
-
-def normalize(x: Array, mean: Array, var: Array, params: Params, epsilon: float) -> Array:
-  """(x - mean) * rsqrt(var + epsilon) * scale + bias in the statistics dtype, cast to x.dtype."""
-  y = (x.astype(_stats_dtype(x)) - mean) * jax.lax.rsqrt(var + epsilon)
-  return apply_affine(y, params).astype(x.dtype)
-
-
-def _check_positive(name: str, value: float):
-  if not value > 0:
-    raise ValueError(f"norm argument {name}={value!r}: must be > 0")
+BATCH_NORM_MOMENTUM = 0.99  # flax's default (weight on the old value); PyTorch's 0.1 is 0.9
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -102,7 +57,8 @@ def rms_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6):
   return kernels.rms_norm(x, params.get("scale"), epsilon=epsilon), state
 
 
-def batch_norm(x, params, state, *, train, mask=None, momentum=0.99, epsilon=1e-5):
+def batch_norm(x, params, state, *, train, mask=None, momentum=BATCH_NORM_MOMENTUM,
+               epsilon=1e-5):
   """BatchNorm (Ioffe & Szegedy 2015) over every axis but the last (B, B*T or B*H*W samples).
 
   Train: normalize with the batch mean/population variance (gradients flow through them) and
@@ -111,7 +67,7 @@ def batch_norm(x, params, state, *, train, mask=None, momentum=0.99, epsilon=1e-
   """
   if not train:
     return normalize(x, state["mean"], state["var"], params, epsilon), state
-  mean, var = moments(x, tuple(range(x.ndim - 1)), mask)
+  mean, var = moments(x, batch_axes(x), mask)
   update = lambda old, new: jax.lax.stop_gradient(
       momentum * old + (1 - momentum) * new.reshape(old.shape).astype(old.dtype))
   new_state = {"mean": update(state["mean"], mean), "var": update(state["var"], var)}
@@ -151,36 +107,6 @@ def identity(x, params=None, state=None, *, train=False, mask=None):
 
 
 # ----------------------------------------------------------------------------- NNX modules
-class RunningAverageView:
-  """Mixin for modules with a ``use_running_average`` flag (train vs eval statistics):
-  ``nnx.view(model, use_running_average=True)`` switches every such module at once."""
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook for ``nnx.view``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
-
-
-class AffineNorm(nnx.Module):
-  """Base for norms with optional per-channel ``scale`` (init 1) and ``bias`` (init 0), float32."""
-
-  def __init__(self, num_features: int, *, use_scale: bool = True, use_bias: bool = True):
-    self.num_features = num_features
-    ones, zeros = jnp.ones((num_features,), jnp.float32), jnp.zeros((num_features,), jnp.float32)
-    self.scale = nnx.Param(ones) if use_scale else nnx.data(None)
-    self.bias = nnx.Param(zeros) if use_bias else nnx.data(None)
-
-  def params(self) -> Params:
-    """The affine parameters as the dict the pure functions take."""
-    return {name: var[...] for name, var in (("scale", self.scale), ("bias", self.bias))
-            if var is not None}
-
-  def _check_features(self, x):
-    if x.shape[-1] != self.num_features:
-      raise ValueError(f"{type(self).__name__} built for num_features={self.num_features} got "
-                       f"input with {x.shape[-1]} channels (shape {x.shape}); channels go last")
-
-
 @register("layernorm")
 class LayerNorm(AffineNorm):
   """LayerNorm module over the last axis; see ``layer_norm``."""
@@ -188,7 +114,7 @@ class LayerNorm(AffineNorm):
   def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
                use_bias: bool = True, rngs: nnx.Rngs | None = None):
     del rngs  # deterministic init
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
     self.epsilon = epsilon
 
@@ -204,7 +130,7 @@ class RMSNorm(AffineNorm):
   def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
                rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     super().__init__(num_features, use_scale=use_scale, use_bias=False)
     self.epsilon = epsilon
 
@@ -214,7 +140,7 @@ class RMSNorm(AffineNorm):
 
 
 @register("batchnorm")
-class BatchNorm(RunningAverageView, AffineNorm):
+class BatchNorm(StatefulNorm, AffineNorm):
   """BatchNorm module; running ``mean``/``var`` are ``nnx.BatchStat`` (init 0 and 1, float32).
 
   ``use_running_average=False`` (training) normalizes with batch statistics and updates the
@@ -222,30 +148,29 @@ class BatchNorm(RunningAverageView, AffineNorm):
   to the running statistics. See ``batch_norm``.
   """
   uses_batch_statistics = True
+  state_variables = ("mean", "var")
+  function = staticmethod(batch_norm)
 
-  def __init__(self, num_features: int, *, momentum: float = 0.99, epsilon: float = 1e-5,
-               use_scale: bool = True, use_bias: bool = True, use_running_average: bool = False,
-               rngs: nnx.Rngs | None = None):
+  def __init__(self, num_features: int, *, momentum: float = BATCH_NORM_MOMENTUM,
+               epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
+               use_running_average: bool = False, rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
-    if not 0.0 <= momentum <= 1.0:
-      raise ValueError(f"batchnorm momentum={momentum!r}: must be in [0, 1] (weight on the old "
-                       f"running value; PyTorch's momentum=0.1 is 0.9 here)")
+    check_positive("epsilon", epsilon)
+    check_fraction("momentum", momentum, "batchnorm", TORCH_MOMENTUM)
     super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
     self.momentum, self.epsilon = momentum, epsilon
     self.use_running_average = use_running_average
     self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
     self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
-  def __call__(self, x, mask=None):
-    self._check_features(x)
-    train = not self.use_running_average
-    state = {"mean": self.mean[...], "var": self.var[...]}
-    y, new_state = batch_norm(x, self.params(), state, train=train, mask=mask,
-                              momentum=self.momentum, epsilon=self.epsilon)
-    if train:
-      self.mean[...], self.var[...] = new_state["mean"], new_state["var"]
-    return y
+  def function_kwargs(self) -> dict:
+    return {"momentum": self.momentum, "epsilon": self.epsilon}
+
+  def eval_affine(self):
+    """(a, c) with eval output = a * x + c: a = scale / sqrt(var + eps), c = bias - mean * a."""
+    params = self.params()
+    a = params.get("scale", 1.0) * jax.lax.rsqrt(self.var[...] + self.epsilon)
+    return a, params.get("bias", 0.0) - self.mean[...] * a
 
 
 @register("groupnorm")
@@ -256,7 +181,7 @@ class GroupNorm(AffineNorm):
                epsilon: float = 1e-6, use_scale: bool = True, use_bias: bool = True,
                rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     if group_size is not None:
       if group_size <= 0 or num_features % group_size:
         raise ValueError(f"groupnorm group_size={group_size!r} must be a positive divisor of "
@@ -282,7 +207,7 @@ class InstanceNorm(AffineNorm):
   def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
                use_bias: bool = True, rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
     self.epsilon = epsilon
 
@@ -292,18 +217,18 @@ class InstanceNorm(AffineNorm):
 
 
 @register("none")
-class Identity(nnx.Module):
+class Identity(Norm):
   """No normalization (y = x); takes the norm constructor/call signature, has no variables."""
 
   def __init__(self, num_features: int, *, rngs: nnx.Rngs | None = None):
     del rngs
-    self.num_features = num_features
+    super().__init__(num_features)
 
   def __call__(self, x, mask=None):
     return identity(x)[0]
 
 
 __all__ = [
-    "moments", "apply_affine", "normalize", "layer_norm", "rms_norm", "batch_norm", "group_norm",
-    "instance_norm", "identity", "AffineNorm", "LayerNorm", "RMSNorm", "BatchNorm",
+    "BATCH_NORM_MOMENTUM", "layer_norm", "rms_norm", "batch_norm", "group_norm",
+    "instance_norm", "identity", "LayerNorm", "RMSNorm", "BatchNorm",
     "GroupNorm", "InstanceNorm", "Identity"]

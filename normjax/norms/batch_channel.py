@@ -17,12 +17,17 @@ a batch part followed by a channel part, y = ChannelNorm(BatchNorm(x)), channels
    shape (G,) (init 1/0) -- not per channel.
 
 Official code (joe-siyuan-qiao/Batch-Channel-Normalization: README ``BCNorm``/``EstBN``,
-``imagenet/models/layers.py``): eps 1e-5 in both parts; G = 32; PyTorch BatchNorm momentum
-0.1, i.e. ``momentum=0.9`` here (weight on the old value). Deviation: ``EstBN`` updates with a
-buffer ``estbn_moving_speed`` that starts at 0 and is meant to be set by the training loop
-(nothing in the repo sets it; at 0 the statistics never move). Here the speed is
-``1 - momentum`` from the start (0.1 by default); ``momentum=1.0`` reproduces the frozen buffer.
-Use BCN together with Weight Standardization (``normjax.models.ws_conv.WSConv``).
+``imagenet/models/layers.py`` ``GN``): G = 32; PyTorch BatchNorm momentum 0.1, i.e.
+``momentum=0.9`` here (weight on the old value). Epsilons are per part, as there:
+``BCNorm(eps)``'s ``eps`` reaches only the channel part (``torch.batch_norm(..., eps)`` over
+the (sample, group) rows); the batch part is a default ``nn.BatchNorm2d`` (eps 1e-5) or
+``EstBN`` (1e-5 written into its forward). So ``epsilon`` here is the channel part's and
+``batch_epsilon`` the batch part's, both 1e-5 by default (``layers.py`` hard-codes 1e-5 in both).
+Deviation: ``EstBN`` updates with a buffer ``estbn_moving_speed`` that starts at 0 and is meant
+to be set by the training loop (nothing in the repo sets it; at 0 the statistics never move).
+Here the speed is ``1 - momentum`` from the start (0.1 by default); ``momentum=1.0`` reproduces
+the frozen buffer.
+Use BCN together with Weight Standardization (``WSConv`` (``models/ws_conv.py``)).
 """
 from __future__ import annotations
 
@@ -31,8 +36,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import (RunningAverageView, _check_positive, _stats_dtype,
-                                 apply_affine, batch_norm, moments, normalize)
+from normjax.norms.base import (TORCH_MOMENTUM, StatefulNorm, apply_affine, batch_axes,
+                                check_fraction, check_positive, moments, normalize, stats_dtype)
+from normjax.norms.basic import batch_norm
 from normjax.norms.evonorm import group_moments
 
 
@@ -44,7 +50,7 @@ def estimated_batch_norm(x, params, state, *, train, mask=None, momentum=0.9, ep
   mean, var = state["mean"], state["var"]
   if train:
     xs = jax.lax.stop_gradient(x)
-    axes = tuple(range(x.ndim - 1))
+    axes = batch_axes(x)
     batch_mean, _ = moments(xs, axes, mask)
     _, deviation = moments(xs.astype(mean.dtype) - mean, axes, mask, center=False)
     mix = lambda old, new: momentum * old + (1 - momentum) * new.reshape(old.shape).astype(
@@ -55,11 +61,12 @@ def estimated_batch_norm(x, params, state, *, train, mask=None, momentum=0.9, ep
 
 
 def batch_channel_norm(x, params, state, *, train, mask=None, num_groups=32, momentum=0.9,
-                       epsilon=1e-5, estimated=False):
+                       epsilon=1e-5, batch_epsilon=1e-5, estimated=False):
   """BCN: batch part (BatchNorm or EstBN) then per-sample group standardization + per-group affine.
 
   ``params`` = {'batch': {scale, bias} (C,), 'scale', 'bias': (G,)};
-  ``state`` = {'mean', 'var'} (C,). Returns (y, new_state).
+  ``state`` = {'mean', 'var'} (C,). ``epsilon``: the channel part's (official ``BCNorm(eps)``);
+  ``batch_epsilon``: the batch part's. Returns (y, new_state).
   """
   channels = x.shape[-1]
   if channels % num_groups:
@@ -67,10 +74,10 @@ def batch_channel_norm(x, params, state, *, train, mask=None, num_groups=32, mom
                      f"{channels} channels; use a divisor of {channels}")
   batch_part = estimated_batch_norm if estimated else batch_norm
   z, new_state = batch_part(x, params.get("batch", {}), state, train=train, mask=mask,
-                            momentum=momentum, epsilon=epsilon)
+                            momentum=momentum, epsilon=batch_epsilon)
   if z.ndim < 3:
     raise ValueError(f"batch_channel_norm needs (batch, spatial..., C) input; got {x.shape}")
-  zf = z.astype(_stats_dtype(z))
+  zf = z.astype(stats_dtype(z))
   mean, var = group_moments(zf, num_groups, mask)  # GroupNorm statistics, channels-last sums
   per_group = {k: jnp.repeat(params[k], channels // num_groups)
                for k in ("scale", "bias") if params.get(k) is not None}
@@ -79,29 +86,36 @@ def batch_channel_norm(x, params, state, *, train, mask=None, num_groups=32, mom
 
 
 @register("batch_channel_norm")
-class BatchChannelNorm(RunningAverageView, nnx.Module):
+class BatchChannelNorm(StatefulNorm):
   """BCN module; see ``batch_channel_norm``.
 
   Variables: ``batch_scale``/``batch_bias`` (C,) (the batch part's affine), ``scale``/``bias``
   (G,) (the per-group affine; ``scale`` is what ``zero_init_scale`` zeroes), running
   ``mean``/``var`` (``nnx.BatchStat``, init 0/1, float32).
+
+  Args: num_features; num_groups (32); momentum (0.9, weight on the old value); epsilon (the
+  channel part's, 1e-5); batch_epsilon (the batch part's, 1e-5); estimated (EstBN batch part);
+  use_running_average (eval mode).
   """
   uses_batch_statistics = True
+  state_variables = ("mean", "var")
+  function = staticmethod(batch_channel_norm)
 
   def __init__(self, num_features: int, *, num_groups: int = 32, momentum: float = 0.9,
-               epsilon: float = 1e-5, estimated: bool = False,
+               epsilon: float = 1e-5, batch_epsilon: float = 1e-5, estimated: bool = False,
                use_running_average: bool = False, rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
-    if not 0.0 <= momentum <= 1.0:
-      raise ValueError(f"batch_channel_norm momentum={momentum!r}: must be in [0, 1] (weight "
-                       f"on the old running value; PyTorch's momentum=0.1 is 0.9 here)")
+    check_positive("epsilon", epsilon)
+    check_positive("batch_epsilon", batch_epsilon)
+    check_fraction("momentum", momentum, "batch_channel_norm", TORCH_MOMENTUM)
     if num_groups < 1 or num_features % num_groups:
       divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
       raise ValueError(f"batch_channel_norm num_groups={num_groups!r} must divide "
                        f"num_features={num_features}; valid: {divisors}")
-    self.num_features, self.num_groups = num_features, num_groups
-    self.momentum, self.epsilon, self.estimated = momentum, epsilon, estimated
+    super().__init__(num_features)
+    self.num_groups = num_groups
+    self.momentum, self.epsilon, self.batch_epsilon = momentum, epsilon, batch_epsilon
+    self.estimated = estimated
     self.use_running_average = use_running_average
     channel_ones = jnp.ones((num_features,), jnp.float32)
     self.batch_scale = nnx.Param(channel_ones)
@@ -111,20 +125,13 @@ class BatchChannelNorm(RunningAverageView, nnx.Module):
     self.mean = nnx.BatchStat(jnp.zeros_like(channel_ones))
     self.var = nnx.BatchStat(channel_ones)
 
-  def __call__(self, x, mask=None):
-    if x.shape[-1] != self.num_features:
-      raise ValueError(f"BatchChannelNorm built for num_features={self.num_features} got input "
-                       f"with {x.shape[-1]} channels (shape {x.shape}); channels go last")
-    train = not self.use_running_average
-    params = {"batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]},
-              "scale": self.scale[...], "bias": self.bias[...]}
-    y, state = batch_channel_norm(
-        x, params, {"mean": self.mean[...], "var": self.var[...]}, train=train, mask=mask,
-        num_groups=self.num_groups, momentum=self.momentum, epsilon=self.epsilon,
-        estimated=self.estimated)
-    if train:
-      self.mean[...], self.var[...] = state["mean"], state["var"]
-    return y
+  def params(self) -> dict:
+    return {"batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]},
+            "scale": self.scale[...], "bias": self.bias[...]}
+
+  def function_kwargs(self) -> dict:
+    return {"num_groups": self.num_groups, "momentum": self.momentum, "epsilon": self.epsilon,
+            "batch_epsilon": self.batch_epsilon, "estimated": self.estimated}
 
 
 __all__ = ["estimated_batch_norm", "batch_channel_norm", "BatchChannelNorm"]

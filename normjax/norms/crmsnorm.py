@@ -9,7 +9,7 @@ A zero-mean vector x in R^d is stored losslessly as its first d-1 coordinates x'
 so CRMSNorm(x') equals the first d-1 coordinates of RMSNorm(x) = LayerNorm(x) for zero-mean x.
 ``num_features`` is the STORED width d-1 (a model with a compressed residual stream builds its
 norms on width-1 channels; see ``compressed_residual``). The paper's norm has no affine (LN's
-scale and bias are folded into the following linear layer, ``normjax.models.conversions``);
+scale and bias are folded into the following linear layer, ``surgery/conversions.py``);
 here ``scale`` (init 1, on the d-1 stored coordinates) is kept as in RMSNorm and can be turned
 off with ``use_scale=False``. Statistics in float32 or wider, output in ``x.dtype``.
 """
@@ -20,13 +20,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import AffineNorm, _check_positive, _stats_dtype, apply_affine
+from normjax.norms.base import AffineNorm, apply_affine, check_positive, stats_dtype
 
 
 def crms_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6):
   """CRMSNorm over the last axis of ``x`` (``d - 1`` stored coordinates of a zero-mean vector)."""
   del train, mask  # per-token statistics
-  h = x.astype(_stats_dtype(x))
+  h = x.astype(stats_dtype(x))
   d = x.shape[-1] + 1
   mean_square = (jnp.sum(jnp.square(h), -1, keepdims=True)
                  + jnp.square(jnp.sum(h, -1, keepdims=True))) / d
@@ -56,7 +56,7 @@ class CRMSNorm(AffineNorm):
   def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
                rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     if num_features < 1:
       raise ValueError(f"crmsnorm num_features={num_features!r}: must be >= 1 (it is d - 1)")
     super().__init__(num_features, use_scale=use_scale, use_bias=False)

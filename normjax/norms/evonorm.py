@@ -16,7 +16,8 @@ Per channel: ``scale`` (gamma, init 1), ``bias`` (beta, init 0), ``v`` (init 1).
 * ``evonorm_b1`` (timm ``EvoNorm2dB1``; not in tensorflow/tpu):
     y = x / max(sqrt(s2_bhw(x) + eps), (x + 1) * sqrt(mean_hw(x^2) + eps)) * gamma + beta
   (no ``v``); running variance as B0.
-* ``evonorm_s1`` (timm ``EvoNorm2dS1``): y = silu(x) / sqrt(s2_group(x) + eps) * gamma + beta (no ``v``).
+* ``evonorm_s1`` (timm ``EvoNorm2dS1``): y = silu(x) / sqrt(s2_group(x) + eps) * gamma + beta
+  (no ``v``).
 
 Official code (tensorflow/tpu:models/official/resnet/resnet_model.py, ``evonorm``):
 eps 1e-5, decay 0.9, 32 groups; when C is not divisible the group count is decremented until
@@ -40,8 +41,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import (RunningAverageView, AffineNorm, _check_positive, _stats_dtype,
-                                 apply_affine, moments)
+from normjax.norms.base import (AffineNorm, StatefulNorm, apply_affine, batch_axes,
+                                check_fraction, check_positive, moments, stats_dtype)
 
 Array = jax.Array
 
@@ -103,7 +104,7 @@ def _batch_variance(x, state, *, train, mask, momentum):
   """(variance to divide by, new state): batch statistic in training, running one in eval."""
   if not train:
     return state["var"], state
-  _, var = moments(x, tuple(range(x.ndim - 1)), mask)
+  _, var = moments(x, batch_axes(x), mask)
   var = var.reshape(x.shape[-1])
   new = jax.lax.stop_gradient(momentum * state["var"] + (1 - momentum) * var.astype(
       state["var"].dtype))
@@ -111,7 +112,7 @@ def _batch_variance(x, state, *, train, mask, momentum):
 
 
 def _affine_only(x, params):
-  return apply_affine(x.astype(_stats_dtype(x)), params).astype(x.dtype)
+  return apply_affine(x.astype(stats_dtype(x)), params).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -121,7 +122,7 @@ def evonorm_b0(x, params, state, *, train, mask=None, apply_act=True, momentum=0
   if not apply_act:
     return _affine_only(x, params), state
   var, new_state = _batch_variance(x, state, train=train, mask=mask, momentum=momentum)
-  xf = x.astype(_stats_dtype(x))
+  xf = x.astype(stats_dtype(x))
   _, instance_var = moments(x, _spatial_axes(x), mask)
   left = jnp.sqrt(var.astype(xf.dtype) + epsilon)
   right = params["v"] * xf + jnp.sqrt(instance_var + epsilon)
@@ -134,7 +135,7 @@ def evonorm_b1(x, params, state, *, train, mask=None, apply_act=True, momentum=0
   if not apply_act:
     return _affine_only(x, params), state
   var, new_state = _batch_variance(x, state, train=train, mask=mask, momentum=momentum)
-  xf = x.astype(_stats_dtype(x))
+  xf = x.astype(stats_dtype(x))
   _, mean_square = moments(x, _spatial_axes(x), mask, center=False)
   left = jnp.sqrt(var.astype(xf.dtype) + epsilon)
   right = (xf + 1) * jnp.sqrt(mean_square + epsilon)
@@ -148,7 +149,7 @@ def evonorm_s0(x, params, state=None, *, train=False, mask=None, apply_act=True,
   if not apply_act:
     return _affine_only(x, params), state
   _spatial_axes(x)
-  xf = x.astype(_stats_dtype(x))
+  xf = x.astype(stats_dtype(x))
   y = divide_by_group_std(xf * jax.nn.sigmoid(params["v"] * xf), xf, num_groups, epsilon, mask)
   return apply_affine(y, params).astype(x.dtype), state
 
@@ -160,7 +161,7 @@ def evonorm_s1(x, params, state=None, *, train=False, mask=None, apply_act=True,
   if not apply_act:
     return _affine_only(x, params), state
   _spatial_axes(x)
-  xf = x.astype(_stats_dtype(x))
+  xf = x.astype(stats_dtype(x))
   y = divide_by_group_std(jax.nn.silu(xf), xf, num_groups, epsilon, mask)
   return apply_affine(y, params).astype(x.dtype), state
 
@@ -173,7 +174,7 @@ class _EvoNorm(AffineNorm):
   has_v = True
 
   def __init__(self, num_features: int, *, apply_act: bool, epsilon: float):
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     super().__init__(num_features)
     self.apply_act, self.epsilon = apply_act, epsilon
     has_v = self.has_v and apply_act
@@ -186,32 +187,29 @@ class _EvoNorm(AffineNorm):
     return p
 
 
-class _BatchEvoNorm(RunningAverageView, _EvoNorm):
-  """B variants: a running variance ``var`` (``nnx.BatchStat``, init 1) when ``apply_act``."""
+class _BatchEvoNorm(StatefulNorm, _EvoNorm):
+  """B variants: a running variance ``var`` (``nnx.BatchStat``, init 1) when ``apply_act``
+  (``None`` without it: the affine-only quirk has no state)."""
   uses_batch_statistics = True
+  state_variables = ("var",)
 
   def __init__(self, num_features: int, *, apply_act: bool = True, momentum: float = 0.9,
                epsilon: float = 1e-5, use_running_average: bool = False,
                rngs: nnx.Rngs | None = None):
     del rngs
-    if not 0.0 <= momentum <= 1.0:
-      raise ValueError(f"evonorm momentum={momentum!r}: must be in [0, 1] (weight on the old "
-                       f"running variance; TF's decay 0.9, PyTorch's momentum 0.1 -> 0.9)")
+    check_fraction("momentum", momentum, "evonorm",
+                   "weight on the old running variance; TF's decay 0.9, PyTorch's momentum "
+                   "0.1 -> 0.9")
     super().__init__(num_features, apply_act=apply_act, epsilon=epsilon)
     self.momentum, self.use_running_average = momentum, use_running_average
     ones = jnp.ones((num_features,), jnp.float32)
     self.var = nnx.BatchStat(ones) if apply_act else nnx.data(None)
 
-  def __call__(self, x, mask=None):
-    self._check_features(x)
-    train = not self.use_running_average
-    state = None if self.var is None else {"var": self.var[...]}
-    y, new_state = type(self).function(x, self.params(), state, train=train, mask=mask,
-                                       apply_act=self.apply_act, momentum=self.momentum,
-                                       epsilon=self.epsilon)
-    if train and self.var is not None:
-      self.var[...] = new_state["var"]
-    return y
+  def state_dict(self):
+    return super().state_dict() if self.var is not None else None
+
+  def function_kwargs(self) -> dict:
+    return {"apply_act": self.apply_act, "momentum": self.momentum, "epsilon": self.epsilon}
 
 
 class _GroupEvoNorm(_EvoNorm):
@@ -255,5 +253,5 @@ class EvoNormS1(_GroupEvoNorm):
   has_v = False
 
 
-__all__ = ["evonorm_groups", "group_moments", "divide_by_group_std", "evonorm_b0", "evonorm_b1", "evonorm_s0",
-           "evonorm_s1", "EvoNormB0", "EvoNormB1", "EvoNormS0", "EvoNormS1"]
+__all__ = ["evonorm_groups", "group_moments", "divide_by_group_std", "evonorm_b0", "evonorm_b1",
+           "evonorm_s0", "evonorm_s1", "EvoNormB0", "EvoNormB1", "EvoNormS0", "EvoNormS1"]

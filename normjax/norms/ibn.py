@@ -13,7 +13,7 @@ both, BatchNorm momentum 0.1, i.e. ``momentum=0.9`` here (weight on the old runn
 population variance everywhere (PyTorch stores the unbiased running variance; flax and
 normjax store the population one). Affine init 1/0 for both halves.
 
-The IBN-a and IBN-b ResNets are ``normjax.models.resnet.ResNet(ibn='a' | 'b')``.
+The IBN-a and IBN-b ResNets are ``ResNet(ibn='a' | 'b')`` (``models/resnet.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import RunningAverageView, _check_positive, batch_norm, instance_norm
+from normjax.norms.base import TORCH_MOMENTUM, StatefulNorm, check_fraction, check_positive
+from normjax.norms.basic import batch_norm, instance_norm
 
 
 def ibn_split(num_features: int, ratio: float = 0.5) -> int:
@@ -48,24 +49,30 @@ def ibn(x, params, state, *, train, mask=None, ratio=0.5, momentum=0.9, epsilon=
 
 
 @register("ibn")
-class IBN(RunningAverageView, nnx.Module):
+class IBN(StatefulNorm):
   """IBN module; see ``ibn``. Variables: ``instance_scale``/``instance_bias`` (half,),
   ``batch_scale``/``batch_bias`` and running ``mean``/``var`` (C - half,). There is no single
   ``scale``, so ``NormAct(zero_init_scale=True)`` leaves it as is (IBN-Net puts IBN only on a
-  block's first norm, never on the zero-initialised last one)."""
+  block's first norm, never on the zero-initialised last one).
+
+  ``momentum`` defaults to 0.9, the official PyTorch 0.1. Inside ``ResNet(ibn=...)`` the IBN
+  layers take the model's BatchNorm momentum instead (``models/resnet.py``), so one model
+  never mixes two momenta.
+  """
   uses_batch_statistics = True
+  state_variables = ("mean", "var")
+  function = staticmethod(ibn)
 
   def __init__(self, num_features: int, *, ratio: float = 0.5, momentum: float = 0.9,
                epsilon: float = 1e-5, instance_epsilon: float = 1e-5,
                use_running_average: bool = False, rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
-    _check_positive("instance_epsilon", instance_epsilon)
-    if not 0.0 <= momentum <= 1.0:
-      raise ValueError(f"ibn momentum={momentum!r}: must be in [0, 1] (weight on the old "
-                       f"running value; PyTorch's momentum=0.1 is 0.9 here)")
+    check_positive("epsilon", epsilon)
+    check_positive("instance_epsilon", instance_epsilon)
+    check_fraction("momentum", momentum, "ibn", TORCH_MOMENTUM)
     half = ibn_split(num_features, ratio)
-    self.num_features, self.ratio, self.half = num_features, ratio, half
+    super().__init__(num_features)
+    self.ratio, self.half = ratio, half
     self.momentum, self.epsilon, self.instance_epsilon = momentum, epsilon, instance_epsilon
     self.use_running_average = use_running_average
     self.instance_scale = nnx.Param(jnp.ones((half,), jnp.float32))
@@ -76,19 +83,13 @@ class IBN(RunningAverageView, nnx.Module):
     self.mean = nnx.BatchStat(jnp.zeros((rest,), jnp.float32))
     self.var = nnx.BatchStat(jnp.ones((rest,), jnp.float32))
 
-  def __call__(self, x, mask=None):
-    if x.shape[-1] != self.num_features:
-      raise ValueError(f"IBN built for num_features={self.num_features} got input with "
-                       f"{x.shape[-1]} channels (shape {x.shape}); channels go last")
-    train = not self.use_running_average
-    params = {"instance": {"scale": self.instance_scale[...], "bias": self.instance_bias[...]},
-              "batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]}}
-    y, state = ibn(x, params, {"mean": self.mean[...], "var": self.var[...]}, train=train,
-                   mask=mask, ratio=self.ratio, momentum=self.momentum, epsilon=self.epsilon,
-                   instance_epsilon=self.instance_epsilon)
-    if train:
-      self.mean[...], self.var[...] = state["mean"], state["var"]
-    return y
+  def params(self) -> dict:
+    return {"instance": {"scale": self.instance_scale[...], "bias": self.instance_bias[...]},
+            "batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]}}
+
+  def function_kwargs(self) -> dict:
+    return {"ratio": self.ratio, "momentum": self.momentum, "epsilon": self.epsilon,
+            "instance_epsilon": self.instance_epsilon}
 
 
 __all__ = ["ibn_split", "ibn", "IBN"]

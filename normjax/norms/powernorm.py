@@ -33,7 +33,7 @@ every mean over the batch is a global mean (XLA inserts the all-reduce), so ever
 the same statistics.
 
 State: ``running_phi`` (C,) init 1 and ``step`` (int32) are forward state (``nnx.BatchStat``);
-``ema_gz`` (C,) init 0 is updated by the backward pass (``GradStat``, see
+``ema_gz`` (C,) init 0 is updated by the backward pass (``normjax.variables.GradStat``, see
 ``normjax.norms.backward_state``): ``power_norm`` returns it unchanged and its update leaves the
 backward pass as the cotangent of ``state['ema_gz']``.
 """
@@ -44,9 +44,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.backward_state import GradStat, backward_state_op
-from normjax.norms.basic import (RunningAverageView, AffineNorm, _check_positive, _stats_dtype,
-                                 moments)
+from normjax.norms.backward_state import backward_state_op
+from normjax.norms.base import (AffineNorm, Norm, StatefulNorm, batch_axes, check_fraction,
+                                check_positive, check_steps, moments, stats_dtype)
+from normjax.variables import GradStat
 
 GROUP_SCALING_EPSILON = 1e-5  # hard-wired in GroupScaling1D
 
@@ -62,10 +63,6 @@ def group_scaling(x, groups: int, epsilon: float = GROUP_SCALING_EPSILON):
   return (grouped * jax.lax.rsqrt(second_moment + epsilon)).reshape(x.shape)
 
 
-def _batch_axes(x) -> tuple[int, ...]:
-  return tuple(range(x.ndim - 1))
-
-
 def _forward(inputs, params, state, static):
   x, forward_var, backward_var = inputs
   alpha_bkw, epsilon = static
@@ -77,7 +74,7 @@ def _forward(inputs, params, state, static):
 def _backward(residuals, state, static, dy):
   z, backward_var, scale = residuals
   alpha_bkw, epsilon = static
-  axes = _batch_axes(dy)
+  axes = batch_axes(dy)
   g = dy * scale
   approx = g - (1 - alpha_bkw) * state["ema_gz"] * z
   new_state = {"ema_gz": state["ema_gz"] + jnp.mean(approx * z, axis=axes)}
@@ -105,14 +102,14 @@ def power_norm(x, params, state, *, train, mask=None, groups=1, epsilon=1e-5, al
     ``(y, new_state)`` with ``y`` in ``x.dtype``. ``new_state['ema_gz']`` is the input value:
     its update is the cotangent of ``state['ema_gz']`` (``value_and_grad_with_backward_state``).
   """
-  dtype = _stats_dtype(x)
+  dtype = stats_dtype(x)
   h = group_scaling(x.astype(dtype), groups)
   if not train:
     y = h * jax.lax.rsqrt(state["running_phi"] + epsilon) * params["scale"] + params["bias"]
     return y.astype(x.dtype), state
   step = state["step"] + 1
   t = step.astype(dtype)
-  psi2 = jax.lax.stop_gradient(moments(h, _batch_axes(h), mask, center=False)[1])
+  psi2 = jax.lax.stop_gradient(moments(h, batch_axes(h), mask, center=False)[1])
   psi2 = psi2.reshape(-1)
   old_phi = state["running_phi"].astype(dtype)
   forward_var = jnp.where(step <= warmup_steps, psi2, old_phi)
@@ -125,18 +122,8 @@ def power_norm(x, params, state, *, train, mask=None, groups=1, epsilon=1e-5, al
   return y.astype(x.dtype), new_state
 
 
-def check_fraction(name: str, value: float, norm: str):
-  if not 0.0 <= value <= 1.0:
-    raise ValueError(f"{norm} {name}={value!r}: must be in [0, 1] (weight on the old value)")
-
-
-def check_steps(name: str, value: int, norm: str):
-  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-    raise ValueError(f"{norm} {name}={value!r}: must be an integer >= 0")
-
-
 @register("powernorm")
-class PowerNorm(RunningAverageView, AffineNorm):
+class PowerNorm(StatefulNorm, AffineNorm):
   """PowerNorm module (``power_norm``); variables ``scale``, ``bias`` (params), ``running_phi``,
   ``step`` (``nnx.BatchStat``) and ``ema_gz`` (``GradStat``, updated by the backward pass).
 
@@ -150,12 +137,15 @@ class PowerNorm(RunningAverageView, AffineNorm):
     use_running_average: eval mode (``model.eval()`` sets it).
   """
   uses_batch_statistics = True
+  state_variables = ("running_phi", "step")
+  grad_stat_variables = ("ema_gz",)
+  function = staticmethod(power_norm)
 
   def __init__(self, num_features: int, *, groups: int = 1, epsilon: float = 1e-5,
                alpha_fwd: float = 0.9, alpha_bkw: float = 0.9, warmup_steps: int = 10000,
                use_running_average: bool = False, rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     check_fraction("alpha_fwd", alpha_fwd, "powernorm")
     check_fraction("alpha_bkw", alpha_bkw, "powernorm")
     check_steps("warmup_steps", warmup_steps, "powernorm")
@@ -170,36 +160,26 @@ class PowerNorm(RunningAverageView, AffineNorm):
     self.ema_gz = GradStat(jnp.zeros((num_features,), jnp.float32))
     self.step = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
-  def state_dict(self) -> dict:
-    return {"running_phi": self.running_phi[...], "ema_gz": self.ema_gz[...],
-            "step": self.step[...]}
+  def function_kwargs(self) -> dict:
+    return {"groups": self.groups, "epsilon": self.epsilon, "alpha_fwd": self.alpha_fwd,
+            "alpha_bkw": self.alpha_bkw, "warmup_steps": self.warmup_steps}
 
   def eval_affine(self):
-    """(a, c) with eval output = a * group_scaling(x) + c (``normjax.norms.folding``)."""
+    """(a, c) with eval output = a * group_scaling(x) + c (``surgery/folding.py``)."""
     a = self.scale[...] * jax.lax.rsqrt(self.running_phi[...] + self.epsilon)
     return a, self.bias[...]
 
-  def __call__(self, x, mask=None):
-    self._check_features(x)
-    train = not self.use_running_average
-    y, new_state = power_norm(
-        x, self.params(), self.state_dict(), train=train, mask=mask, groups=self.groups,
-        epsilon=self.epsilon, alpha_fwd=self.alpha_fwd, alpha_bkw=self.alpha_bkw,
-        warmup_steps=self.warmup_steps)
-    if train:
-      self.running_phi[...], self.step[...] = new_state["running_phi"], new_state["step"]
-    return y
 
-
-class GroupScaling(nnx.Module):
+class GroupScaling(Norm):
   """PowerNorm's parameter-free GroupScaling step alone: what remains of a PowerNorm after its
-  eval affine map is folded into the next linear layer (``normjax.norms.folding``)."""
+  eval affine map is folded into the next linear layer (``surgery/folding.py``)."""
 
   def __init__(self, num_features: int, groups: int):
-    self.num_features, self.groups = num_features, groups
+    super().__init__(num_features)
+    self.groups = groups
 
   def __call__(self, x, mask=None):
-    return group_scaling(x.astype(_stats_dtype(x)), self.groups).astype(x.dtype)
+    return group_scaling(x.astype(stats_dtype(x)), self.groups).astype(x.dtype)
 
 
 __all__ = ["group_scaling", "power_norm", "PowerNorm", "GroupScaling"]

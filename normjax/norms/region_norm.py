@@ -27,6 +27,10 @@ mask gets no gradient.
   M = 1[s >= threshold] on the detached s (threshold 0.8), then the pixel-wise affine
     y = RN(x) * (1 + conv7x7_g(s)) + conv7x7_b(s)   (1 -> 1 channel convs with bias),
   broadcast over channels. Convs initialised as PyTorch's default (U(+-1/sqrt(fan_in))).
+
+The modules are plain ``normjax.norms.base.Norm``s, not ``StatefulNorm``s: RN keeps no state
+(batch statistics in training and eval, no running statistics), so there is nothing to collect
+or write back; ``uses_batch_statistics`` is True because each output depends on the batch.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.basic import _check_positive, _stats_dtype, moments
+from normjax.norms.base import Norm, batch_axes, check_positive, moments, stats_dtype
 
 Array = jax.Array
 ATTENTION_KERNEL = 7
@@ -61,8 +65,7 @@ def region_mask(mask, x: Array) -> Array:
 
 def region_normalize(x: Array, region: Array, *, epsilon: float = 1e-5) -> Array:
   """One region: (x - mu_R) / sqrt(s2_R + eps * B*H*W / S_R) on the region, 0 elsewhere."""
-  axes = tuple(range(x.ndim - 1))
-  mean, var = moments(x, axes, region)
+  mean, var = moments(x, batch_axes(x), region)
   count = jnp.maximum(jnp.sum(region, dtype=mean.dtype), 1)
   total = math.prod(x.shape[:-1])
   y = (x.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + epsilon * total / count)
@@ -95,7 +98,7 @@ def _conv_same(x: Array, kernel: Array) -> Array:
 
 def spatial_attention(x: Array, params) -> Array:
   """s = sigmoid(conv7x7([mean_c(x), max_c(x)])), shape (B, H, W, 1), in the stats dtype."""
-  xf = x.astype(_stats_dtype(x))
+  xf = x.astype(stats_dtype(x))
   pooled = jnp.concatenate([jnp.mean(xf, -1, keepdims=True), jnp.max(xf, -1, keepdims=True)], -1)
   return jax.nn.sigmoid(_conv_same(pooled, params["attention_kernel"]))
 
@@ -116,7 +119,7 @@ def region_norm_l(x, params, state=None, *, train=False, mask=None, threshold=0.
 
 
 def _torch_default_init(key, shapes_and_fans):
-  """U(+-1/sqrt(fan_in)) arrays (PyTorch's conv default), from ONE uniform draw (fast to compile)."""
+  """U(+-1/sqrt(fan_in)) arrays (PyTorch's conv default), from ONE uniform draw (fast compile)."""
   sizes = [math.prod(shape) for shape, _ in shapes_and_fans]
   raw = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
   out, start = [], 0
@@ -127,15 +130,16 @@ def _torch_default_init(key, shapes_and_fans):
 
 
 @register("region_norm_b")
-class RegionNormB(nnx.Module):
+class RegionNormB(Norm):
   """RN-B module (mask-conditioned); call ``norm(x, mask=region)``. See ``region_norm_b``."""
   uses_batch_statistics = True
 
   def __init__(self, num_features: int, *, epsilon: float = 1e-5,
                rngs: nnx.Rngs | None = None):
     del rngs
-    _check_positive("epsilon", epsilon)
-    self.num_features, self.epsilon = num_features, epsilon
+    check_positive("epsilon", epsilon)
+    super().__init__(num_features)
+    self.epsilon = epsilon
     for name in ("foreground_scale", "foreground_bias", "background_scale", "background_bias"):
       setattr(self, name, nnx.Param(jnp.zeros((num_features,), jnp.float32)))
 
@@ -143,26 +147,25 @@ class RegionNormB(nnx.Module):
     if mask is None:
       raise ValueError("region_norm_b needs the region mask: call norm(x, mask=M) with M "
                        "(B, H, W) or (B, H, W, 1), 1 = hole; use region_norm_l without a mask")
-    if x.shape[-1] != self.num_features:
-      raise ValueError(f"RegionNormB built for num_features={self.num_features} got input with "
-                       f"{x.shape[-1]} channels (shape {x.shape}); channels go last")
+    self._check_features(x)
     params = {n: getattr(self, n)[...] for n in ("foreground_scale", "foreground_bias",
                                                  "background_scale", "background_bias")}
     return region_norm_b(x, params, mask=mask, epsilon=self.epsilon)[0]
 
 
 @register("region_norm_l")
-class RegionNormL(nnx.Module):
+class RegionNormL(Norm):
   """RN-L module (self-aware region from spatial attention); see ``region_norm_l``."""
   uses_batch_statistics = True
 
   def __init__(self, num_features: int, *, threshold: float = 0.8, epsilon: float = 1e-5,
                rngs: nnx.Rngs):
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     if not 0.0 <= threshold <= 1.0:
       raise ValueError(f"region_norm_l threshold={threshold!r}: must be in [0, 1] (a sigmoid "
                        f"attention level; 0.8 in the paper)")
-    self.num_features, self.threshold, self.epsilon = num_features, threshold, epsilon
+    super().__init__(num_features)
+    self.threshold, self.epsilon = threshold, epsilon
     k = ATTENTION_KERNEL
     values = _torch_default_init(rngs.params(), [
         ((k, k, 2, 1), 2 * k * k), ((k, k, 1, 1), k * k), ((1,), k * k), ((k, k, 1, 1), k * k),
@@ -176,9 +179,7 @@ class RegionNormL(nnx.Module):
                                                "beta_kernel", "beta_bias")}
 
   def __call__(self, x, mask=None):
-    if x.shape[-1] != self.num_features:
-      raise ValueError(f"RegionNormL built for num_features={self.num_features} got input with "
-                       f"{x.shape[-1]} channels (shape {x.shape}); channels go last")
+    self._check_features(x)
     return region_norm_l(x, self.params(), threshold=self.threshold, epsilon=self.epsilon)[0]
 
 

@@ -28,7 +28,7 @@ Backward (custom VJP; ``ema_gz`` and ``buffer_gz`` are ``GradStat``s updated her
    dL/dx = x~ / sqrt(var + eps);  dL/dscale = sum(dL/dy * r * z);  dL/dbias = sum(dL/dy).
 
 Eval: y = scale * x / sqrt(running_var + eps) + bias, a per-channel affine map, so it folds into
-the adjacent linear layer (``normjax.norms.folding``; the paper reports ~31% faster inference).
+the adjacent linear layer (``surgery/folding.py``; the paper reports ~31% faster inference).
 
 The windows (geometric mean forward; window mean then EMA backward), warmup, r and outlier
 filtration are exactly the official code's; the paper describes the same method. Defaults
@@ -43,17 +43,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.backward_state import GradStat, backward_state_op
-from normjax.norms.basic import (RunningAverageView, AffineNorm, _check_positive, _stats_dtype,
-                                 moments)
-from normjax.norms.powernorm import check_fraction, check_steps
+from normjax.norms.backward_state import backward_state_op
+from normjax.norms.base import (AffineNorm, StatefulNorm, batch_axes, check_fraction,
+                                check_positive, check_steps, moments, stats_dtype)
+from normjax.variables import GradStat
 
 COMPENSATION_WARMUP = 1000  # r = 1 for the first max(1000, warmup_steps) steps (official)
 COMPENSATION_CLIP = 5.0
-
-
-def _batch_axes(x) -> tuple[int, ...]:
-  return tuple(range(x.ndim - 1))
 
 
 def _forward(inputs, params, state, static):
@@ -67,7 +63,7 @@ def _forward(inputs, params, state, static):
 def _backward(residuals, state, static, dy):
   z, var, ratio, step, skip, scale = residuals
   momentum, epsilon, warmup_steps = static
-  axes = _batch_axes(dy)
+  axes = batch_axes(dy)
   window = state["buffer_gz"].shape[0]
   g = dy * scale * ratio
   gz = jnp.mean(g * z, axis=axes)
@@ -108,7 +104,7 @@ def unified_norm(x, params, state, *, train, mask=None, warmup_steps=4000,
     ``(y, new_state)``, ``y`` in ``x.dtype``. ``ema_gz`` and ``buffer_gz`` are returned as given:
     their update is the cotangent of those state entries (``value_and_grad_with_backward_state``).
   """
-  dtype = _stats_dtype(x)
+  dtype = stats_dtype(x)
   h = x.astype(dtype)
   running_var = state["running_var"].astype(dtype)
   if not train:
@@ -116,7 +112,7 @@ def unified_norm(x, params, state, *, train, mask=None, warmup_steps=4000,
     return y.astype(x.dtype), state
   window = state["buffer_x2"].shape[0]
   step = state["step"] + 1
-  x2 = jax.lax.stop_gradient(moments(h, _batch_axes(h), mask, center=False)[1]).reshape(-1)
+  x2 = jax.lax.stop_gradient(moments(h, batch_axes(h), mask, center=False)[1]).reshape(-1)
   old_buffer = state["buffer_x2"].astype(dtype)
   slot = step % window
   buffer = old_buffer.at[slot].set(x2)
@@ -154,7 +150,7 @@ def _windows(window) -> tuple[int, int]:
 
 
 @register("unifiednorm")
-class UnifiedNorm(RunningAverageView, AffineNorm):
+class UnifiedNorm(StatefulNorm, AffineNorm):
   """Unified Normalization module (``unified_norm``).
 
   Variables: ``scale``, ``bias`` (params); ``running_var``, ``buffer_x2``, ``step``,
@@ -170,6 +166,9 @@ class UnifiedNorm(RunningAverageView, AffineNorm):
     use_running_average: eval mode (``model.eval()`` sets it).
   """
   uses_batch_statistics = True
+  state_variables = ("running_var", "buffer_x2", "step", "skip_counter")
+  grad_stat_variables = ("ema_gz", "buffer_gz")
+  function = staticmethod(unified_norm)
 
   def __init__(self, num_features: int, *, window: int | tuple[int, int] = 4,
                warmup_steps: int = 4000, outlier_filtration: bool = False,
@@ -177,7 +176,7 @@ class UnifiedNorm(RunningAverageView, AffineNorm):
                rngs: nnx.Rngs | None = None):
     del rngs
     forward_window, backward_window = _windows(window)
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     check_fraction("momentum", momentum, "unifiednorm")
     check_steps("warmup_steps", warmup_steps, "unifiednorm")
     super().__init__(num_features)
@@ -193,27 +192,14 @@ class UnifiedNorm(RunningAverageView, AffineNorm):
     self.step = nnx.BatchStat(jnp.zeros((), jnp.int32))
     self.skip_counter = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
-  _STATE = ("running_var", "buffer_x2", "ema_gz", "buffer_gz", "step", "skip_counter")
-
-  def state_dict(self) -> dict:
-    return {name: getattr(self, name)[...] for name in self._STATE}
+  def function_kwargs(self) -> dict:
+    return {"warmup_steps": self.warmup_steps, "outlier_filtration": self.outlier_filtration,
+            "epsilon": self.epsilon, "momentum": self.momentum}
 
   def eval_affine(self):
-    """(a, c) with eval output = a * x + c (``normjax.norms.folding``)."""
+    """(a, c) with eval output = a * x + c (``surgery/folding.py``)."""
     a = self.scale[...] * jax.lax.rsqrt(self.running_var[...] + self.epsilon)
     return a, self.bias[...]
-
-  def __call__(self, x, mask=None):
-    self._check_features(x)
-    train = not self.use_running_average
-    y, new_state = unified_norm(
-        x, self.params(), self.state_dict(), train=train, mask=mask,
-        warmup_steps=self.warmup_steps, outlier_filtration=self.outlier_filtration,
-        epsilon=self.epsilon, momentum=self.momentum)
-    if train:
-      for name in ("running_var", "buffer_x2", "step", "skip_counter"):
-        getattr(self, name)[...] = new_state[name]
-    return y
 
 
 __all__ = ["geometric_mean", "unified_norm", "UnifiedNorm"]

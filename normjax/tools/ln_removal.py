@@ -30,7 +30,7 @@ from normjax import data as nj_data
 from normjax import cli, run
 from normjax.checkpoint import load_run, read_config
 from normjax.norms.fakeln import FakeLN
-from normjax.norms.folding import fold_norms
+from normjax.surgery.folding import fold_norms
 from normjax.tasks import TASKS
 
 

@@ -31,7 +31,10 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.norms.basic import BatchNorm, Identity
+from normjax.norms.base import Norm
+from normjax.norms.basic import Identity
+from normjax.norms.fakeln import FakeLN
+from normjax.norms.powernorm import GroupScaling, PowerNorm
 
 
 @dataclasses.dataclass
@@ -43,9 +46,8 @@ class EvalMap:
   remainder: nnx.Module | None = None
 
 
-def _is_foldable(norm: nnx.Module) -> bool:
-  from normjax.norms.fakeln import FakeLN
-  return isinstance(norm, (BatchNorm, FakeLN)) or hasattr(norm, "eval_affine")
+def _is_foldable(norm: Norm) -> bool:
+  return isinstance(norm, FakeLN) or norm.eval_affine is not None
 
 
 def _refuse(norm: nnx.Module):
@@ -56,7 +58,6 @@ def _refuse(norm: nnx.Module):
 
 def check_foldable(model: nnx.Module):
   """Structural checks (no array is touched): ValueError naming what cannot be folded."""
-  from normjax.norms.powernorm import PowerNorm
   stack = model.transformer
   if stack.embedding_norm is not None:
     raise ValueError("embedding_norm: folding it into the embeddings is not implemented")
@@ -78,16 +79,11 @@ def check_foldable(model: nnx.Module):
 
 def eval_map(norm: nnx.Module, value_path: bool = False) -> EvalMap:
   """The eval-mode affine map of ``norm`` (for FakeLN's V path: ``value_path=True``)."""
-  from normjax.norms.fakeln import FakeLN
-  from normjax.norms.powernorm import GroupScaling, PowerNorm
   features = norm.num_features
-  ones, zeros = jnp.ones((features,), jnp.float32), jnp.zeros((features,), jnp.float32)
-  params = norm.params() if hasattr(norm, "params") else {}
-  scale, bias = params.get("scale", ones), params.get("bias", zeros)
-  if isinstance(norm, BatchNorm):
-    a = scale / jnp.sqrt(norm.var[...] + norm.epsilon)
-    return EvalMap(a, bias - norm.mean[...] * a)
   if isinstance(norm, FakeLN):
+    params = norm.params()
+    scale = params.get("scale", jnp.ones((features,), jnp.float32))
+    bias = params.get("bias", jnp.zeros((features,), jnp.float32))
     if not bool(norm.is_frozen(value_path)):
       raise ValueError(f"FakeLN at step {int(norm.step[...])} is still live (freeze step "
                        f"{norm.value_freeze_step if value_path else norm.freeze_step}): it "
@@ -96,7 +92,7 @@ def eval_map(norm: nnx.Module, value_path: bool = False) -> EvalMap:
   if isinstance(norm, PowerNorm):
     a, c = norm.eval_affine()
     return EvalMap(a, c, remainder=GroupScaling(features, norm.groups))
-  if hasattr(norm, "eval_affine"):
+  if norm.eval_affine is not None:
     return EvalMap(*norm.eval_affine())
   _refuse(norm)
 
@@ -125,10 +121,11 @@ def _set(linear: nnx.Linear, kernel, bias):
   linear.bias[...] = bias.astype(linear.bias[...].dtype)
 
 
-class ChannelAffine(nnx.Module):
+class ChannelAffine(Norm):
   """The eval map y = P(remainder(x)) * scale + shift as a module (no statistics)."""
 
   def __init__(self, m: EvalMap):
+    super().__init__(int(m.scale.shape[-1]))
     self.scale, self.shift = nnx.Param(m.scale), nnx.Param(m.shift)
     self.centered, self.remainder = m.centered, m.remainder
 
@@ -148,7 +145,7 @@ def _fold_block(block):
   if block.attn_norm is not None:
     main = eval_map(block.attn_norm)
     kernel, bias = fold_into_next(main, qkv.kernel[...], qkv.bias[...])
-    if getattr(block.attn_norm, "separate_value_path", False):
+    if block.attn_norm.separate_value_path:
       split = 2 * block.attn.width
       value = eval_map(block.attn_norm, value_path=True)
       v_kernel, v_bias = fold_into_next(value, qkv.kernel[...][:, split:], qkv.bias[...][split:])
