@@ -32,10 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from normjax.optim import labels
-from normjax.optim.adamp import adamp, sgdp
-from normjax.optim.conda import conda
-from normjax.optim.nap import normalize_and_project
+from normjax.optim import adamp, conda, labels, normalize_and_project, sgdp
 
 
 def gpt2_params(width=768, depth=12, vocab=50257, context=1024, seed=0):
