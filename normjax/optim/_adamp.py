@@ -39,8 +39,6 @@ Weight decay must not be added to the gradient before this transform (coupled L2
 the test); clipping is fine. Arithmetic runs in the wider of float32 and the leaf's dtype
 (float64 runs stay float64); the moments are stored in their own dtypes.
 """
-from __future__ import annotations
-
 import math
 from typing import Any, NamedTuple, Optional
 

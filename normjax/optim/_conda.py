@@ -54,8 +54,6 @@ norms of ``M`` in the kept basis, so a direction that leaves the null space coun
 as soon as it is above the threshold. The stored momentum is not changed. A few hundred
 float32 ulps (1e-5) separates noise from signal for matrices up to a few thousand wide.
 """
-from __future__ import annotations
-
 import math
 from typing import Any, NamedTuple, Optional
 

@@ -27,8 +27,6 @@ paper it follows the optimizer step), so SGDP's question of a projection written
 momentum buffer (``_sgdp.py``) does not arise here; ``nap(base='sgdp')`` inherits SGDP's
 ``project_momentum``. Norms are computed in the wider of float32 and the leaf's dtype.
 """
-from __future__ import annotations
-
 from typing import Any, NamedTuple, Union
 
 import jax
@@ -108,6 +106,8 @@ def nap(learning_rate: optax.ScalarOrSchedule, *,
     nap_mask, per_channel: see ``normalize_and_project``.
     **base_kwargs: the base optimizer's other keyword arguments.
   """
+  # optax.inject_hyperparams binds **base_kwargs as one argument named 'base_kwargs'
+  base_kwargs = {**base_kwargs.pop("base_kwargs", {}), **base_kwargs}
   if isinstance(base, str):
     inner = OPTIMIZERS.get(base)(learning_rate, weight_decay=weight_decay,
                                  weight_decay_mask=weight_decay_mask, **base_kwargs)

@@ -34,8 +34,6 @@ SGDP equals ``optax.sgd(momentum)`` (plus the scaled decay) on leaves that never
 test. ``update`` needs ``params``. Arithmetic runs in the wider of float32 and the leaf's
 dtype (float64 runs stay float64); the buffer is stored in its own dtype.
 """
-from __future__ import annotations
-
 from typing import Any, NamedTuple, Optional
 
 import jax
