@@ -32,10 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from normjax.optim import labels
-from normjax.optim.adamp import adamp, sgdp
-from normjax.optim.conda import conda
-from normjax.optim.nap import normalize_and_project
+from normjax.optim import adamp, conda, labels, normalize_and_project, sgdp
 
 
 def gpt2_params(width=768, depth=12, vocab=50257, context=1024, seed=0):
@@ -91,6 +88,10 @@ def candidates(gap):
       "adamp": adamp(1e-3, weight_decay=0.1, weight_decay_mask=mask),
       "sgd": optax.sgd(1e-3, momentum=0.9, nesterov=True),
       "sgdp": sgdp(1e-3, momentum=0.9, nesterov=True, weight_decay=0.1, weight_decay_mask=mask),
+      # without Nesterov: the projected direction is written into the buffer (official)
+      "sgdp_plain": sgdp(1e-3, momentum=0.9, weight_decay=0.1, weight_decay_mask=mask),
+      "sgdp_copy": sgdp(1e-3, momentum=0.9, weight_decay=0.1, weight_decay_mask=mask,
+                        project_momentum=False),
       "nap_adamw": optax.chain(optax.adamw(1e-3, weight_decay=0.1, mask=mask),
                                normalize_and_project()),
       "conda": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask, update_proj_gap=gap,
@@ -110,6 +111,8 @@ def main():
   parser.add_argument("--update_proj_gap", type=int, default=200)
   parser.add_argument("--only", default="adamp,sgd,sgdp,nap_adamw,conda",
                       help="comma-separated optimizers to compare with adamw (also: "
+                           "sgdp_plain, SGDP without Nesterov, projected buffer; "
+                           "sgdp_copy, the same with project_momentum=False; "
                            "conda_rotated, momentum kept rotated; conda_all_2d, Conda on "
                            "every 2-D leaf)")
   args = parser.parse_args()

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from tests import optim_harness as harness
-from normjax.optim.adamp import adamp, scale_by_adamp, sgdp
+from normjax.optim import adamp, scale_by_adamp, sgdp
 
 # ----------------------------------------------------------------- the oracle
 # A literal loop over parameters, in torch layout ((out, in) / (out, in, kh, kw)), of
@@ -76,7 +76,11 @@ class AdamPReference:
 
 
 class SGDPReference:
-  def __init__(self, lr, momentum, dampening, weight_decay, nesterov, eps, delta, wd_ratio):
+  """``project_momentum``: the official ``d_p = buf`` is the buffer itself, projected in
+  place, so without Nesterov the projected direction is the next step's buffer."""
+
+  def __init__(self, lr, momentum, dampening, weight_decay, nesterov, eps, delta, wd_ratio,
+               project_momentum=True):
     self.__dict__.update(locals())
     self.state = {}
 
@@ -88,6 +92,8 @@ class SGDPReference:
     ratio = 1.0
     if p.ndim > 1:
       d, ratio = torch_projection(p, grad, d, self.delta, self.wd_ratio, self.eps)
+      if self.project_momentum and not self.nesterov:
+        self.state[name] = d
     if self.weight_decay > 0:
       p = p * (1 - self.lr * self.weight_decay * ratio / (1 - self.momentum))
     return p - self.lr * d, ratio
@@ -153,11 +159,12 @@ def test_adamp_matches_official_algorithm(nesterov, eps):
   run_against_reference(adamp(0.05, **kw), AdamPReference(lr=0.05, **kw))
 
 
+@pytest.mark.parametrize("project_momentum", [True, False])
 @pytest.mark.parametrize("nesterov,momentum,dampening", [(False, 0.9, 0.0), (True, 0.9, 0.0),
                                                          (False, 0.0, 0.0), (False, 0.8, 0.3)])
-def test_sgdp_matches_official_algorithm(nesterov, momentum, dampening):
+def test_sgdp_matches_official_algorithm(nesterov, momentum, dampening, project_momentum):
   kw = dict(momentum=momentum, dampening=dampening, weight_decay=0.02, nesterov=nesterov,
-            eps=1e-8, delta=0.1, wd_ratio=0.1)
+            eps=1e-8, delta=0.1, wd_ratio=0.1, project_momentum=project_momentum)
   run_against_reference(sgdp(0.05, **kw), SGDPReference(lr=0.05, **kw))
 
 
@@ -316,7 +323,7 @@ def test_bfloat16_momentum_with_float32_params(tx):
 def test_registered_and_importable():
   from normjax import optim
   from normjax.optim import OPTIMIZERS as registry
-  module = importlib.import_module("normjax.optim.adamp")
+  module = importlib.import_module("normjax.optim")  # the public names
   assert registry.get("adamp") is module.adamp and registry.get("sgdp") is module.sgdp
   tx = registry.get("adamp")(1e-3, weight_decay=0.1, weight_decay_mask=lambda p: {"w": True})
   params = {"w": jnp.ones((2, 2))}

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from normjax.optim import labels
-from normjax.optim.conda import (ScaleByCondaState, conda, resolve_conda_leaves,
+from normjax.optim._conda import (ScaleByCondaState, conda, resolve_conda_leaves,
                                  scale_by_conda)
 from normjax.optim.labels import MatrixAxes
 from tests import optim_harness as harness
@@ -216,7 +216,7 @@ def test_bfloat16_momentum_with_float32_params():
 
 def test_registered_and_importable():
   from normjax.optim import OPTIMIZERS as registry
-  module = importlib.import_module("normjax.optim.conda")
+  module = importlib.import_module("normjax.optim._conda")
   assert registry.get("conda") is module.conda
   tx = registry.get("conda")(1e-3, weight_decay=0.1, weight_decay_mask=labels.decay_mask,
                              conda_mask="attention_mlp_kernels")

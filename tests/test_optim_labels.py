@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from normjax.optim import labels
-from normjax.optim.conda import conda
+from normjax.optim import conda
 from normjax.optim.labels import MatrixAxes
 
 

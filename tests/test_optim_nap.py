@@ -8,10 +8,9 @@ import optax
 import pytest
 
 from normjax.optim import OPTIMIZERS
-from normjax.optim.nap import nap, normalize_and_project
+from normjax.optim import nap, normalize_and_project
 from tests import optim_harness as harness
 
-importlib.import_module("normjax.optim.adamp")  # registers 'adamp' whatever lazy_modules says
 
 
 def make_problem(seed=0):
@@ -109,7 +108,7 @@ def test_mask_by_label_name_and_params_required():
 @pytest.mark.parametrize("base,kwargs", [("adamw", dict(b1=0.8)), ("adamp", dict(delta=0.2)),
                                          ("sgd", dict(momentum=0.9))])
 def test_registered_nap_wraps_any_optimizer(base, kwargs):
-  module = importlib.import_module("normjax.optim.nap")
+  module = importlib.import_module("normjax.optim._nap")
   assert OPTIMIZERS.get("nap") is module.nap
   params, loss = make_problem(3)
   tx = OPTIMIZERS.get("nap")(0.05, base=base, weight_decay=0.01, **kwargs)

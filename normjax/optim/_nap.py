@@ -21,18 +21,20 @@ outside the default mask.
 
 ``nap(learning_rate, base='adamw', ...)`` (registered as ``'nap'``) wraps any registered
 optimizer: ``chain(OPTIMIZERS.get(base)(learning_rate, ...), normalize_and_project)``.
-"""
-from __future__ import annotations
 
+The projection acts on the weights only, never on the base optimizer's state (in the
+paper it follows the optimizer step), so SGDP's question of a projection written into the
+momentum buffer (``_sgdp.py``) does not arise here; ``nap(base='sgdp')`` inherits SGDP's
+``project_momentum``. Norms are computed in the wider of float32 and the leaf's dtype.
+"""
 from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from normjax.optim import OPTIMIZERS, labels, register
-
-_F32 = jnp.float32
+from normjax.optim._registry import OPTIMIZERS, register
+from normjax.optim._transforms import compute_dtype, masked, require_params
 
 
 class NormalizeAndProjectState(NamedTuple):
@@ -42,7 +44,7 @@ class NormalizeAndProjectState(NamedTuple):
 
 
 def _norms(x, per_channel: bool):
-  x = x.astype(_F32)
+  x = x.astype(compute_dtype(x))
   if x.ndim < 2:
     return jnp.sqrt(jnp.sum(jnp.square(x)))
   per_column = jnp.sum(jnp.square(x), axis=tuple(range(x.ndim - 1)))
@@ -73,20 +75,19 @@ def normalize_and_project(mask: Any = "decay", *, per_channel: bool = False
         target_norms=jax.tree.map(lambda x: _norms(x, per_channel), params))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("normalize_and_project.update needs params: call "
-                       "update(updates, state, params)")
+    require_params(params, "normalize_and_project")
+
     def project(u, p, target):
-      new = p.astype(_F32) + u.astype(_F32)
+      dtype = compute_dtype(u, p)
+      new = p.astype(dtype) + u.astype(dtype)
       norm = _norms(new, per_channel)
       factor = jnp.where((target > 0) & (norm > 0), target / jnp.where(norm > 0, norm, 1.0),
                          1.0)
-      return (new * factor - p.astype(_F32)).astype(u.dtype)
+      return (new * factor - p.astype(dtype)).astype(u.dtype)
     new_updates = jax.tree.map(project, updates, params, state.target_norms)
     return new_updates, state._replace(count=optax.safe_increment(state.count))
 
-  tx = optax.GradientTransformation(init_fn, update_fn)
-  return tx if mask is None else optax.masked(tx, labels.resolve(mask))
+  return masked(optax.GradientTransformation(init_fn, update_fn), mask, name="nap_mask")
 
 
 @register("nap")
@@ -105,6 +106,8 @@ def nap(learning_rate: optax.ScalarOrSchedule, *,
     nap_mask, per_channel: see ``normalize_and_project``.
     **base_kwargs: the base optimizer's other keyword arguments.
   """
+  # optax.inject_hyperparams binds **base_kwargs as one argument named 'base_kwargs'
+  base_kwargs = {**base_kwargs.pop("base_kwargs", {}), **base_kwargs}
   if isinstance(base, str):
     inner = OPTIMIZERS.get(base)(learning_rate, weight_decay=weight_decay,
                                  weight_decay_mask=weight_decay_mask, **base_kwargs)

@@ -13,7 +13,7 @@ a config. Weight decay is optax's own for each alias:
 import optax
 from optax import contrib
 
-from normjax.optim import register
+from normjax.optim._registry import register
 
 
 @register("adamw")
