@@ -72,6 +72,7 @@ def trainer_defaults(**overrides) -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.grad_clip_norm = 1.0
+  c.profile = ml_collections.ConfigDict({"start_step": 1, "num_steps": 0})  # metrics_io.Profile
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   c.sharding = "data"
   c.schedule = ml_collections.ConfigDict(

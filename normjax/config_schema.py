@@ -113,6 +113,8 @@ OPTIMIZER_LEAVES = {
     "update_proj_gap": COUNT, "conda_mask": NAME, "labels": NAME, "beta": BETA,
     "consistent_rms": Rule("float", low=0, open_low=True, none=True), "ns_steps": COUNT,
     "decay_mask": NAME, "rotated_momentum": BOOL,
+    "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
+    "project_momentum": BOOL,
 }
 NORM_LEAVES = {
     "epsilon": POSITIVE, "momentum": FRACTION, "alpha_fwd": FRACTION, "alpha_bkw": FRACTION,
@@ -143,6 +145,7 @@ RULES = {
     "mesh.data": Rule("int", low=1, also=(-1,)), "mesh.fsdp": Rule("int", low=1, also=(-1,)),
     "schedule.warmup_steps": INDEX, "schedule.decay": NAME, "schedule.final_fraction": FRACTION,
     "init_from.step": Rule("int", low=0, none=True),
+    "profile.start_step": COUNT, "profile.num_steps": INDEX,
     **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
     **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
     **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},

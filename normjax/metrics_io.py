@@ -38,13 +38,16 @@ class MetricWriter:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
   def write(self, step: int, metrics: dict):
+    """One JSON line (a ``None`` value, e.g. ``mfu`` on a CPU, is written as null) and the
+    same scalars as TensorBoard events."""
     if not self.enabled:
       return
-    row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in metrics.items()}}
+    row = {"step": int(step), **{k: None if v is None else float(np.asarray(v))
+                                 for k, v in metrics.items()}}
     with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps(row) + "\n")
     for k, v in row.items():
-      if k != "step":
+      if k != "step" and v is not None:
         self._tb.add_scalar(k, v, row["step"])
 
   def write_final(self, step: int, metrics: dict):
@@ -77,6 +80,37 @@ class MetricWriter:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+class Profile:
+  """``config.profile = {'start_step': S, 'num_steps': N}``: a ``jax.profiler`` trace of
+  training steps S .. S+N-1 in ``<workdir>/profile`` (TensorBoard's profile plugin opens
+  it: ``tensorboard --logdir <workdir>/profile``). ``num_steps=0`` (default) is off."""
+
+  def __init__(self, cfg, workdir: str, enabled: bool = True):
+    self.start, self.num = int(cfg.get("start_step", 0)), int(cfg.get("num_steps", 0))
+    self.directory = os.path.join(workdir, "profile")
+    self.enabled, self.active = enabled and self.num > 0, False
+
+  def before(self, step: int):
+    if self.enabled and step == self.start:
+      import jax
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, outputs):
+    if self.active and step == self.start + self.num - 1:
+      import jax
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self):
+    if self.active:
+      import jax
+      jax.profiler.stop_trace()
+      self.active = False
+      print(f"profile of steps {self.start}-{self.start + self.num - 1} in {self.directory}",
+            flush=True)
 
 
 class Progress:

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 import normjax.workdir as workdirs
-from normjax import checkpoint, cli, metrics_io, run, sharding
+from normjax import checkpoint, cli, hardware, metrics_io, plan, run, sharding
 from normjax import data as nj_data
 from normjax.checkpoint import NonFiniteLoss
 
@@ -83,8 +83,14 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
       workdirs.record_start(workdir, config, start, amended)
 
     # ------------------------------------------------------------ update step
-    train_step = jax.jit(setup.train_step, donate_argnums=(0,),
-                         out_shardings=(state_sharding, None))
+    # Compiled once, ahead of time, on the first batch: its cost analysis gives the FLOPs.
+    total_steps = setup.total_steps
+    first = to_device(next(train_iter)) if start < total_steps else None
+    train_step = flops = None
+    if first is not None:
+      train_step = jax.jit(setup.train_step, donate_argnums=(0,),
+                           out_shardings=(state_sharding, None)).lower(state, first).compile()
+      flops = hardware.step_flops(train_step)
     eval_step = jax.jit(setup.eval_step)
 
     def evaluate(state):
@@ -93,12 +99,14 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
                           task=setup.task)
 
     # ------------------------------------------------------------------- loop
-    total_steps = setup.total_steps
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     stack.callback(signal.signal, signal.SIGTERM, previous)
     progress = metrics_io.Progress(total_steps, start, config.batch_size, enabled=is_main)
     stack.callback(progress.close)
+
+    profile = metrics_io.Profile(config.get("profile") or {}, workdir, enabled=is_main)
+    stack.callback(profile.stop)
 
     def check(step, metrics):
       metrics = jax.device_get(metrics)
@@ -108,11 +116,16 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
             f"checkpoint is step {manager.latest_step()} in {manager.directory}.")
       progress.update(step, metrics)
       if step % config.log_every == 0 or step == total_steps:
-        writer.write(step, {**metrics, **progress.rates()})
+        rates = progress.rates()
+        writer.write(step, {**metrics, **rates,
+                            "mfu": hardware.mfu(flops, rates["steps_per_sec"])})
 
     pending = None  # (step, metrics) of the previous step: read one step late, no stall
     for step in range(start + 1, total_steps + 1):
-      state, metrics = train_step(state, to_device(next(train_iter)))
+      profile.before(step)
+      batch = first if step == start + 1 else to_device(next(train_iter))
+      state, metrics = train_step(state, batch)
+      profile.after(step, metrics)
       if pending:
         check(*pending)
       pending = (step, metrics)
@@ -165,6 +178,8 @@ def main():
   workdir = flags.DEFINE_string("workdir", None, "Output dir (default: ./workdirs/<config>).")
   restart = flags.DEFINE_bool("restart", False, "Move the run in --workdir aside and start "
                               "afresh there (instead of refusing a changed config).")
+  dry_run = flags.DEFINE_bool("dry_run", False, "Compile the step for the mesh and print "
+                              "per-device memory, FLOPs and collectives; train nothing.")
   verbose = cli.define_verbose_flag()
   coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
   num_processes = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
@@ -181,6 +196,8 @@ def main():
 
     def body():
       _maybe_initialize_distributed(coordinator.value, num_processes.value, process_id.value)
+      if dry_run.value:
+        return print(plan.format_plan(plan.plan(config)))
       train_and_evaluate(config, workdir.value or os.path.join("workdirs", name),
                          restart=restart.value)
 

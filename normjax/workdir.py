@@ -24,10 +24,10 @@ import os
 import socket
 
 RESUMABLE_KEYS = ("total_steps", "total_epochs", "eval_every", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "data.data_dir")
+                  "keep_checkpoints", "data.data_dir", "profile.start_step", "profile.num_steps")
 LOCK_FILE = ".lock"
 # Keys added to the trainer after runs were started: absent in an old config.json means this.
-ADDED_DEFAULTS = {"grad_accum_steps": 1}
+ADDED_DEFAULTS = {"grad_accum_steps": 1, "profile.start_step": 1, "profile.num_steps": 0}
 
 
 class WorkdirError(ValueError):
