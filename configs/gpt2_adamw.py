@@ -15,6 +15,7 @@ details in experiments/gpt2_optimizers/README.md.
 Paper scale: ``:data=tokens,path=DIR`` is GPT-2 small on OpenWebText at nanoGPT's lr 6e-4
 (the Conda repository's AdamW baseline: the same betas, decay and clipping).
 """
+
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
 SWEPT_LEARNING_RATE = 1e-2  # the best of its sweep (experiments/gpt2_optimizers)
@@ -23,8 +24,9 @@ SWEPT_LEARNING_RATE = 1e-2  # the best of its sweep (experiments/gpt2_optimizers
 def get_config(arg=None):
   arg = parse_arg(arg, data="pystdlib", path="")
   c = sibling_config(__file__, "gpt2_layernorm", base_arg(arg, ("data", "path")))
-  c.optimizer = dict(name="adamw", learning_rate=SWEPT_LEARNING_RATE, weight_decay=0.1,
-                     b1=0.9, b2=0.95, eps=1e-8)
+  c.optimizer = dict(
+    name="adamw", learning_rate=SWEPT_LEARNING_RATE, weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8
+  )
   if arg.data == "tokens":
     c.optimizer.learning_rate = 6e-4
   return c

@@ -25,6 +25,7 @@ details in experiments/gpt2_optimizers/README.md.
 Paper scale: ``:data=tokens,path=DIR``, GPT-2 small on OpenWebText with the official recipe
 (lr 6e-3, T 2000).
 """
+
 from ml_collections.config_dict import placeholder
 
 from normjax.config_args import base_arg, parse_arg, sibling_config
@@ -35,10 +36,18 @@ SWEPT_LEARNING_RATE = 5e-2  # the best of its sweep (experiments/gpt2_optimizers
 def get_config(arg=None):
   arg = parse_arg(arg, data="pystdlib", path="")
   c = sibling_config(__file__, "gpt2_adamw", base_arg(arg, ("data", "path")))
-  c.optimizer = dict(name="conda", learning_rate=SWEPT_LEARNING_RATE, weight_decay=0.01,
-                     b1=0.9, b2=0.99, eps=1e-8, scale=0.25, update_proj_gap=200,
-                     conda_mask="attention_mlp_kernels",
-                     singular_value_rtol=placeholder(float))  # None: official
+  c.optimizer = dict(
+    name="conda",
+    learning_rate=SWEPT_LEARNING_RATE,
+    weight_decay=0.01,
+    b1=0.9,
+    b2=0.99,
+    eps=1e-8,
+    scale=0.25,
+    update_proj_gap=200,
+    conda_mask="attention_mlp_kernels",
+    singular_value_rtol=placeholder(float),
+  )  # None: official
   if arg.data == "tokens":
     c.optimizer.update(learning_rate=6e-3, update_proj_gap=2000)
   return c

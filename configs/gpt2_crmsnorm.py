@@ -16,9 +16,12 @@ experiments/crmsnorm/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py.
 """
+
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="pystdlib", path="")
-  return sibling_config(__file__, "gpt2_layernorm", base_arg(arg, ("data", "path"), norm="crmsnorm"))
+  return sibling_config(
+    __file__, "gpt2_layernorm", base_arg(arg, ("data", "path"), norm="crmsnorm")
+  )

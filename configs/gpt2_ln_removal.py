@@ -25,6 +25,7 @@ control.
 Measured: eval loss 1.6252 nats/byte after removal, 1.6074 for the LN-kept control (+0.018;
 one run each); details in experiments/ln_removal/README.md.
 """
+
 import importlib.util
 import os
 
@@ -42,8 +43,16 @@ def _base_config(arg: str):
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, init="workdirs/gpt2_layernorm", remove=True, start=20, aux=0.0,
-                  steps=300, data="pystdlib", path="")
+  arg = parse_arg(
+    arg,
+    init="workdirs/gpt2_layernorm",
+    remove=True,
+    start=20,
+    aux=0.0,
+    steps=300,
+    data="pystdlib",
+    path="",
+  )
   c = _base_config(f"data={arg.data},path={arg.path}" if arg.path else f"data={arg.data}")
   c.init_from = dict(workdir=arg.init, step=None)
   c.total_steps = arg.steps
@@ -53,7 +62,14 @@ def get_config(arg=None):
   c.eval_every, c.checkpoint_every, c.log_every = 50, 100, 10
   if arg.remove:
     c.model.norm = "fakeln"
-    c.model.norm_kwargs = dict(c.model.norm_kwargs, removal_start=arg.start, gap_mlp=2,
-                               gap_qk=2, gap_v=3, momentum=0.9, aux_loss_weight=arg.aux,
-                               epsilon=1e-5)
+    c.model.norm_kwargs = dict(
+      c.model.norm_kwargs,
+      removal_start=arg.start,
+      gap_mlp=2,
+      gap_qk=2,
+      gap_v=3,
+      momentum=0.9,
+      aux_loss_weight=arg.aux,
+      epsilon=1e-5,
+    )
   return c

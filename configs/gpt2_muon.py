@@ -19,6 +19,7 @@ Measured: val loss 1.3692 ± 0.0056 nats/byte at lr 1e-2 (seeds 0-2; AdamW 1.630
 Paper scale: ``:data=tokens,path=DIR`` (the Conda repository's GPT-2 small Muon run: lr 6e-4,
 wd 0.1).
 """
+
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
 SWEPT_LEARNING_RATE = 1e-2  # the best of its sweep (experiments/gpt2_optimizers)
@@ -29,10 +30,13 @@ def get_config(arg=None):
   c = sibling_config(__file__, "gpt2_adamw", base_arg(arg, ("data", "path")))
   adamw = {k: c.optimizer[k] for k in ("b1", "b2", "eps")}
   c.optimizer.update(
-      learning_rate=SWEPT_LEARNING_RATE, labels="muon_groups",
-      groups={"muon": dict(name="muon", beta=0.95, ns_steps=5, nesterov=True,
-                           consistent_rms=0.2),
-              "adamw": dict(name="adamw", **adamw)})
+    learning_rate=SWEPT_LEARNING_RATE,
+    labels="muon_groups",
+    groups={
+      "muon": dict(name="muon", beta=0.95, ns_steps=5, nesterov=True, consistent_rms=0.2),
+      "adamw": dict(name="adamw", **adamw),
+    },
+  )
   for k in adamw:
     del c.optimizer[k]
   if arg.data == "tokens":

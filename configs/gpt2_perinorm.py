@@ -15,6 +15,7 @@ Pre-LN 1.6601); details in experiments/peri_ln/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py (the paper: 400M-3.2B params).
 """
+
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
 

@@ -17,12 +17,18 @@ experiments/powernorm/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py.
 """
+
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="pystdlib", path="")
   c = sibling_config(__file__, "gpt2_layernorm", base_arg(arg, ("data", "path"), norm="powernorm"))
-  c.model.norm_kwargs = dict(groups=c.model.num_heads, warmup_steps=c.schedule.warmup_steps,
-                             alpha_fwd=0.9, alpha_bkw=0.9, epsilon=1e-5)
+  c.model.norm_kwargs = dict(
+    groups=c.model.num_heads,
+    warmup_steps=c.schedule.warmup_steps,
+    alpha_fwd=0.9,
+    alpha_bkw=0.9,
+    epsilon=1e-5,
+  )
   return c

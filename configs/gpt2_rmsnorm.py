@@ -15,6 +15,7 @@ experiments/crmsnorm/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py.
 """
+
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
 

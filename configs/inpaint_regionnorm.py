@@ -15,6 +15,7 @@ attention ~0.5 < threshold 0.8), so it starts as batch statistics plus its pixel
 Measured: eval PSNR 20.30 dB (InstanceNorm 21.47, BatchNorm 21.39; one run each); details in
 experiments/region_norm/README.md.
 """
+
 from normjax.config_args import parse_arg, trainer_defaults
 
 
@@ -26,8 +27,16 @@ def get_config(arg=None):
     norms = dict(norm="region_norm_b", decoder_norm="region_norm_l")
   else:
     norms = dict(norm=arg.norm, decoder_norm=arg.norm)
-  c.model = dict(name="inpaint", **norms, norm_kwargs={}, decoder_norm_kwargs={}, width=32,
-                 num_blocks=2, dilation=2, threshold=0.8)
+  c.model = dict(
+    name="inpaint",
+    **norms,
+    norm_kwargs={},
+    decoder_norm_kwargs={},
+    width=32,
+    num_blocks=2,
+    dilation=2,
+    threshold=0.8,
+  )
   c.optimizer = dict(name="adamw", learning_rate=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999)
   c.schedule.warmup_steps = 50
   return c

@@ -18,6 +18,7 @@ in experiments/adamp/README.md.
 
 Paper scale: ``:data=imagenet2012`` (ResNet-50, 90 epochs; the paper's AdamP row).
 """
+
 from normjax.config_args import check_choice, parse_arg, sibling_config
 
 
@@ -25,8 +26,9 @@ def get_config(arg=None):
   arg = parse_arg(arg, data="digits", optimizer="adamp")
   check_choice(arg, "optimizer", ("adamp", "adamw"))
   c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data}")
-  c.optimizer = dict(name=arg.optimizer, learning_rate=1e-3, weight_decay=1e-2, b1=0.9,
-                     b2=0.999, eps=1e-8)
+  c.optimizer = dict(
+    name=arg.optimizer, learning_rate=1e-3, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8
+  )
   if arg.optimizer == "adamp":
     c.optimizer.update(delta=0.1, wd_ratio=0.1, nesterov=False)
   return c

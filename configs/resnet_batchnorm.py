@@ -10,6 +10,7 @@ Paper scale:
   --config configs/resnet_batchnorm.py:data=cifar10      ResNet-18 (CIFAR stem), 200 epochs
   --config configs/resnet_batchnorm.py:data=imagenet2012 ResNet-50, 90 epochs, batch 1024
 """
+
 from normjax.config_args import parse_arg, trainer_defaults
 
 
@@ -17,10 +18,16 @@ def get_config(arg=None):
   arg = parse_arg(arg, data="digits", norm="batchnorm")
   c = trainer_defaults(total_steps=1000, batch_size=128)
   c.data = dict(name=arg.data)
-  c.model = dict(name="resnet", norm=arg.norm, norm_kwargs={}, stage_sizes=(1, 1, 1),
-                 block="basic", width=32, stem="cifar")
-  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
-                     nesterov=True)
+  c.model = dict(
+    name="resnet",
+    norm=arg.norm,
+    norm_kwargs={},
+    stage_sizes=(1, 1, 1),
+    block="basic",
+    width=32,
+    stem="cifar",
+  )
+  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9, nesterov=True)
   c.schedule.warmup_steps = 50
   if arg.data == "cifar10":
     c.total_steps, c.total_epochs = None, 200.0

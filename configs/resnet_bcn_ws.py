@@ -19,6 +19,7 @@ details in experiments/bcn_ws/README.md.
 Paper scale: ``:data=cifar10`` (ResNet-18, 200 epochs; micro-batch ``batch=2`` per device
 is the paper's 1-2 images/GPU regime).
 """
+
 from normjax.config_args import parse_arg, sibling_config, sibling_module
 
 
@@ -26,6 +27,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, data="digits", batch=128, estimated=False, groups=32)
   c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data},norm=batch_channel_norm")
   c.model.conv = "ws"
-  c.model.norm_kwargs = dict(num_groups=arg.groups, momentum=0.9, epsilon=1e-5,
-                             estimated=arg.estimated)
+  c.model.norm_kwargs = dict(
+    num_groups=arg.groups, momentum=0.9, epsilon=1e-5, estimated=arg.estimated
+  )
   return sibling_module(__file__, "resnet_evonorm").micro_batch(c, arg)

@@ -15,6 +15,7 @@ experiments/bn_only/README.md.
 
 Paper scale: ``:data=cifar10`` (ResNet-18 layout, 160 epochs).
 """
+
 from normjax.config_args import parse_arg, sibling_config
 
 

@@ -19,6 +19,7 @@ each; details in experiments/evonorm/README.md.
 Paper scale: ``:data=cifar10`` (ResNet-18, 200 epochs), ``:data=imagenet2012`` (ResNet-50,
 90 epochs, batch 1024, the TF EvoNorm setting).
 """
+
 from normjax.config_args import check_choice, parse_arg, sibling_config
 
 NORMS = ("evonorm_b0", "evonorm_s0", "evonorm_b1", "evonorm_s1")

@@ -16,6 +16,7 @@ experiments/ibn/README.md.
 
 Paper scale: ``:variant=a,data=imagenet2012`` (ResNet-50-IBN-a, 90 epochs, batch 1024).
 """
+
 from normjax.config_args import check_choice, parse_arg, sibling_config
 
 

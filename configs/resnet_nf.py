@@ -19,6 +19,7 @@ experiments/fedwon/README.md.
 
 Paper scale: ``:data=cifar10`` (NF-ResNet-18 layout, 200 epochs).
 """
+
 from normjax.config_args import parse_arg, trainer_defaults
 
 MICRO_BATCH = 32  # below this batch size: linear learning-rate scaling and 4000 steps
@@ -28,10 +29,17 @@ def get_config(arg=None):
   arg = parse_arg(arg, data="digits", batch=128, clip=0.16)
   c = trainer_defaults(total_steps=1000, batch_size=arg.batch)
   c.data = dict(name=arg.data)
-  c.model = dict(name="nf_resnet", stage_sizes=(1, 1, 1), block="basic", width=32,
-                 stem="cifar", activation="relu", alpha=0.2, skip_gain_init=0.0)
-  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9,
-                     nesterov=True)
+  c.model = dict(
+    name="nf_resnet",
+    stage_sizes=(1, 1, 1),
+    block="basic",
+    width=32,
+    stem="cifar",
+    activation="relu",
+    alpha=0.2,
+    skip_gain_init=0.0,
+  )
+  c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9, nesterov=True)
   c.grad_clip_norm = None
   c.adaptive_grad_clip = arg.clip
   c.schedule.warmup_steps = 50

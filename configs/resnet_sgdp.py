@@ -18,6 +18,7 @@ in experiments/adamp/README.md.
 Paper scale: ``:data=imagenet2012`` (ResNet-50, 90 epochs; README's SGDP usage is lr 0.1,
 wd 1e-5, momentum 0.9, Nesterov; the paper's ImageNet runs use wd 1e-4 like the baseline).
 """
+
 from normjax.config_args import check_choice, parse_arg, sibling_config
 
 
@@ -26,7 +27,14 @@ def get_config(arg=None):
   check_choice(arg, "optimizer", ("sgdp", "sgd"))
   c = sibling_config(__file__, "resnet_batchnorm", f"data={arg.data}")
   if arg.optimizer == "sgdp":
-    c.optimizer = dict(name="sgdp", learning_rate=c.optimizer.learning_rate,
-                       weight_decay=c.optimizer.weight_decay, momentum=0.9, nesterov=True,
-                       dampening=0.0, delta=0.1, wd_ratio=0.1)
+    c.optimizer = dict(
+      name="sgdp",
+      learning_rate=c.optimizer.learning_rate,
+      weight_decay=c.optimizer.weight_decay,
+      momentum=0.9,
+      nesterov=True,
+      dampening=0.0,
+      delta=0.1,
+      wd_ratio=0.1,
+    )
   return c

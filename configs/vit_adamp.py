@@ -16,6 +16,7 @@ experiments/adamp/README.md.
 
 Paper scale: ``:data=imagenet2012`` (ViT-S/16, 90 epochs).
 """
+
 from normjax.config_args import check_choice, parse_arg, sibling_config
 
 

@@ -10,6 +10,7 @@ Paper scale (data prepared with `tfds build cifar10 --file_format=array_record`)
   --config configs/vit_layernorm.py:data=cifar10     ViT-S/4 on 32x32 CIFAR-10, 200 epochs
   --config configs/vit_layernorm.py:data=imagenet2012 ViT-S/16, 90 epochs (big_vision recipe)
 """
+
 from normjax.config_args import parse_arg, trainer_defaults
 
 
@@ -17,9 +18,19 @@ def get_config(arg=None):
   arg = parse_arg(arg, data="digits", norm="layernorm")
   c = trainer_defaults(total_steps=1000, batch_size=64)
   c.data = dict(name=arg.data)
-  c.model = dict(name="vit", norm=arg.norm, norm_kwargs={}, placement="pre",
-                 patch_size=2, width=64, depth=4, num_heads=4, mlp_dim=128, pool="cls",
-                 dropout=0.0)
+  c.model = dict(
+    name="vit",
+    norm=arg.norm,
+    norm_kwargs={},
+    placement="pre",
+    patch_size=2,
+    width=64,
+    depth=4,
+    num_heads=4,
+    mlp_dim=128,
+    pool="cls",
+    dropout=0.0,
+  )
   c.optimizer = dict(name="adamw", learning_rate=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999)
   c.schedule.warmup_steps = 100
   if arg.data == "cifar10":

@@ -16,12 +16,18 @@ experiments/powernorm/README.md.
 Paper scale: ``:data=cifar10`` / ``:data=imagenet2012`` as vit_layernorm.py (PowerNorm warmup =
 LR warmup, groups = heads).
 """
+
 from normjax.config_args import parse_arg, sibling_config
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="digits")
   c = sibling_config(__file__, "vit_layernorm", f"data={arg.data},norm=powernorm")
-  c.model.norm_kwargs = dict(groups=c.model.num_heads, warmup_steps=c.schedule.warmup_steps,
-                             alpha_fwd=0.9, alpha_bkw=0.9, epsilon=1e-5)
+  c.model.norm_kwargs = dict(
+    groups=c.model.num_heads,
+    warmup_steps=c.schedule.warmup_steps,
+    alpha_fwd=0.9,
+    alpha_bkw=0.9,
+    epsilon=1e-5,
+  )
   return c

@@ -19,6 +19,7 @@ experiments/unified_norm/README.md.
 Paper scale: ``:data=cifar10`` / ``:data=imagenet2012`` as vit_layernorm.py (UN warmup 4000,
 the official T2T-ViT setting).
 """
+
 from normjax.config_args import parse_arg, sibling_config
 
 
@@ -27,7 +28,11 @@ def get_config(arg=None):
   c = sibling_config(__file__, "vit_layernorm", f"data={arg.data},norm=unifiednorm")
   # UN warmup: the LR warmup on digits; the official 4000 steps at paper scale.
   un_warmup = c.schedule.warmup_steps if arg.data == "digits" else 4000
-  c.model.norm_kwargs = dict(window=arg.window, warmup_steps=un_warmup,
-                             outlier_filtration=arg.outlier_filtration, momentum=0.9,
-                             epsilon=1e-5)
+  c.model.norm_kwargs = dict(
+    window=arg.window,
+    warmup_steps=un_warmup,
+    outlier_filtration=arg.outlier_filtration,
+    momentum=0.9,
+    epsilon=1e-5,
+  )
   return c

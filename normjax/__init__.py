@@ -1,2 +1,3 @@
 """normjax: normalization layers and normalization-aware optimizers for JAX/Flax."""
+
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ aside to ``unreadable_checkpoints/`` with a one-line warning, and the next newes
 restored. A checkpoint that cannot be written (disk full, permissions) stops the run with
 ``CheckpointError``; the checkpoints written before it stay intact.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -53,8 +54,12 @@ def directory(workdir: str) -> str:
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """The run's asynchronous checkpoint manager, keeping the ``keep`` newest steps."""
-  return ocp.CheckpointManager(directory(workdir), options=ocp.CheckpointManagerOptions(
-      max_to_keep=keep, enable_async_checkpointing=True, create=True))
+  return ocp.CheckpointManager(
+    directory(workdir),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=True, create=True
+    ),
+  )
 
 
 def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding, train_iter):
@@ -62,9 +67,13 @@ def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding,
   restored in place), else ``config.init_from``'s weights with a fresh optimizer, else
   ``state`` as given (fresh). Prints which."""
   config = setup.config
-  target = ocp.args.StandardRestore(jax.tree.map(
+  target = ocp.args.StandardRestore(
+    jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state, state_sharding))
+      abstract_state,
+      state_sharding,
+    )
+  )
   if manager.all_steps():
     start, restored = restore_latest_readable(manager, target, train_iter)
     print(f"resumed from {manager.directory} at step {start}", flush=True)
@@ -73,9 +82,12 @@ def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding,
   if source.get("workdir"):
     pretrained = load_params(abstract_state, source.workdir, source.get("step"))
     fresh = jax.device_get(state)
-    loaded = {**fresh, "params": pretrained["params"],
-              "model_state": fill(pretrained["model_state"], fresh["model_state"]),
-              "opt_state": setup.tx.init(pretrained["params"])}
+    loaded = {
+      **fresh,
+      "params": pretrained["params"],
+      "model_state": fill(pretrained["model_state"], fresh["model_state"]),
+      "opt_state": setup.tx.init(pretrained["params"]),
+    }
     print(f"initialized from {source.workdir} (step {pretrained['step']})", flush=True)
     return jax.device_put(loaded, state_sharding), 0
   return state, 0
@@ -107,15 +119,23 @@ def restore_latest_readable(manager, target, train_iter) -> tuple[int, dict]:
   moved = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=target, data=grain.checkpoint.CheckpointRestore(train_iter)))
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=target, data=grain.checkpoint.CheckpointRestore(train_iter)),
+      )
       return step, restored.state
     except Exception as e:  # orbax/tensorstore raise many kinds; any means unreadable
       moved.append(move_aside(manager, step))
-      print(f"warning: checkpoint step {step} in {manager.directory} is unreadable "
-            f"({_first_line(e)}); moved aside to {moved[-1]}", file=sys.stderr, flush=True)
-  raise CheckpointError(f"no checkpoint in {manager.directory} reads completely (moved aside: "
-                        f"{', '.join(moved)}); start afresh in a new --workdir")
+      print(
+        f"warning: checkpoint step {step} in {manager.directory} is unreadable "
+        f"({_first_line(e)}); moved aside to {moved[-1]}",
+        file=sys.stderr,
+        flush=True,
+      )
+  raise CheckpointError(
+    f"no checkpoint in {manager.directory} reads completely (moved aside: "
+    f"{', '.join(moved)}); start afresh in a new --workdir"
+  )
 
 
 def move_aside(manager, step: int) -> str:
@@ -150,9 +170,10 @@ def close(manager):
 def _write_error(manager, e: BaseException) -> CheckpointError:
   manager.reload()  # what is on disk: the failed step never got its final name
   return CheckpointError(
-      f"could not write a checkpoint in {manager.directory} ({_first_line(e)}); the "
-      f"checkpoints written before are intact (latest: step {manager.latest_step()}); "
-      f"free space or fix permissions, then start the same command to resume")
+    f"could not write a checkpoint in {manager.directory} ({_first_line(e)}); the "
+    f"checkpoints written before are intact (latest: step {manager.latest_step()}); "
+    f"free space or fix permissions, then start the same command to resume"
+  )
 
 
 @jax.jit
@@ -165,19 +186,26 @@ def save(manager, step: int, state: dict, train_iter):
   non-finite parameters, so the last checkpoint is always a good one."""
   if not bool(_all_finite(state["params"])):
     raise NonFiniteLoss(
-        f"non-finite parameters after step {step}; stopping without saving them. The last "
-        f"good checkpoint is step {manager.latest_step()} in {manager.directory}.")
+      f"non-finite parameters after step {step}; stopping without saving them. The last "
+      f"good checkpoint is step {manager.latest_step()} in {manager.directory}."
+    )
   try:
-    manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+    manager.save(
+      step,
+      force=True,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)
+      ),
+    )
   except Exception as e:  # this save, or the previous one still in flight, failed
     raise _write_error(manager, e) from e
 
 
 def fill(loaded, fresh):
   """``loaded`` with its ``None`` leaves (absent from a checkpoint) taken from ``fresh``."""
-  return jax.tree.map(lambda new, old: old if new is None else new, loaded, fresh,
-                      is_leaf=lambda x: x is None)
+  return jax.tree.map(
+    lambda new, old: old if new is None else new, loaded, fresh, is_leaf=lambda x: x is None
+  )
 
 
 def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> dict:
@@ -192,9 +220,10 @@ def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> 
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(
-        f"config key init_from.workdir={workdir!r}: no checkpoint found in "
-        f"{manager.directory}; train that run first "
-        f"(python -m normjax.train ... --workdir {workdir})")
+      f"config key init_from.workdir={workdir!r}: no checkpoint found in "
+      f"{manager.directory}; train that run first "
+      f"(python -m normjax.train ... --workdir {workdir})"
+    )
   path = os.path.join(manager.directory, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path).item_metadata.tree
@@ -210,9 +239,10 @@ def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> 
     v = saved_params.get(path_names(path))
     if v is None or v.shape != x.shape:
       raise ValueError(
-          f"config key init_from.workdir={workdir!r}: parameter {'/'.join(path_names(path))} "
-          f"{'is missing' if v is None else f'has shape {v.shape}, not {x.shape}'} in the "
-          f"checkpoint; the model config must match the pretrained run's")
+        f"config key init_from.workdir={workdir!r}: parameter {'/'.join(path_names(path))} "
+        f"{'is missing' if v is None else f'has shape {v.shape}, not {x.shape}'} in the "
+        f"checkpoint; the model config must match the pretrained run's"
+      )
     return v
 
   def take_state(path, x):
@@ -233,8 +263,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_run(workdir: str, step: int | None = None, *, data=None,
-             config=None) -> tuple[ml_collections.ConfigDict, nnx.Module]:
+def load_run(
+  workdir: str, step: int | None = None, *, data=None, config=None
+) -> tuple[ml_collections.ConfigDict, nnx.Module]:
   """``(config, model)``: a run's config and its eval-mode model at ``step`` (latest).
 
   ``data`` evaluates the model on another data config (the model's data-determined

@@ -8,6 +8,7 @@ then exits at once, so no orbax, grain or asyncio thread prints after that line 
 work was already waited for or abandoned by the command's own clean-up). ``--verbose``
 or ``NORMJAX_VERBOSE=1`` re-raises instead: the full traceback, for bug reports.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,10 +21,16 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def one_line(command: str, error: BaseException) -> str:
   """``<command>: <what> (<where>)`` for ``error``."""
-  frames = [f for f in traceback.extract_tb(error.__traceback__)
-            if os.path.abspath(f.filename).startswith(os.path.join(_PACKAGE_ROOT, "normjax"))]
-  where = (f"{os.path.relpath(frames[-1].filename, _PACKAGE_ROOT)}:{frames[-1].lineno}"
-           if frames else type(error).__name__)
+  frames = [
+    f
+    for f in traceback.extract_tb(error.__traceback__)
+    if os.path.abspath(f.filename).startswith(os.path.join(_PACKAGE_ROOT, "normjax"))
+  ]
+  where = (
+    f"{os.path.relpath(frames[-1].filename, _PACKAGE_ROOT)}:{frames[-1].lineno}"
+    if frames
+    else type(error).__name__
+  )
   what = " ".join(str(error).split()) or type(error).__name__
   return f"{command}: {what} ({where})"
 
@@ -36,8 +43,8 @@ def verbose(flag: bool = False) -> bool:
 def define_verbose_flag():
   """The ``--verbose`` flag every command shares (defined when the command runs)."""
   from absl import flags
-  return flags.DEFINE_bool("verbose", False,
-                           "Full tracebacks on errors (also NORMJAX_VERBOSE=1).")
+
+  return flags.DEFINE_bool("verbose", False, "Full tracebacks on errors (also NORMJAX_VERBOSE=1).")
 
 
 def guarded(command: str, body: Callable[[], object], *, verbose_flag: bool = False):

@@ -5,6 +5,7 @@
 first value stands for the first key, a bare later key means ``key=True``, and an
 unknown key is an error that lists the known ones.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -22,8 +23,7 @@ def _convert(key: str, raw: str, default):
   try:
     return type(default)(raw)
   except ValueError:
-    raise ValueError(
-        f"config argument {key}={raw!r}: expected {type(default).__name__}") from None
+    raise ValueError(f"config argument {key}={raw!r}: expected {type(default).__name__}") from None
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -40,8 +40,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     else:
       key, raw = item, ""
     if key not in defaults:
-      raise ValueError(
-          f"config argument {key!r} is unknown; known: {', '.join(keys)}")
+      raise ValueError(f"config argument {key!r} is unknown; known: {', '.join(keys)}")
     if raw == "" and not isinstance(defaults[key], bool):
       raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
     result[key] = _convert(key, raw, defaults[key])
@@ -76,7 +75,8 @@ def trainer_defaults(**overrides) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   c.sharding = "data"
   c.schedule = ml_collections.ConfigDict(
-      {"warmup_steps": 100, "decay": "cosine", "final_fraction": 0.0})
+    {"warmup_steps": 100, "decay": "cosine", "final_fraction": 0.0}
+  )
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -96,6 +96,7 @@ def sibling_module(config_file: str, name: str):
   """The module ``<dir of config_file>/<name>.py`` (configs are files, not a package)."""
   import importlib.util
   import os
+
   path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
   spec = importlib.util.spec_from_file_location(f"normjax_configs.{name}", path)
   module = importlib.util.module_from_spec(spec)

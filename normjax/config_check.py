@@ -4,6 +4,7 @@ Every failure is a ``ValueError`` whose message names the config key, the value 
 what would work. Names are checked against the registries (models, norms, optimizers);
 numbers against their ranges; model keyword arguments against the model's signature.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -46,8 +47,9 @@ def model_kwargs(model_cfg, info) -> dict:
   """``config.model`` minus ``name``, plus what the data determines, checked by name."""
   cls = MODELS.get(model_cfg.name)
   params = signature_parameters(cls)
-  kwargs = {k: (v.to_dict() if hasattr(v, "to_dict") else v)
-            for k, v in model_cfg.items() if k != "name"}
+  kwargs = {
+    k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in model_cfg.items() if k != "name"
+  }
   from_data = TASKS.get(info.task).data_kwargs(info)
   for k, v in from_data.items():
     if k in params:
@@ -56,8 +58,11 @@ def model_kwargs(model_cfg, info) -> dict:
   unknown = [k for k in kwargs if k not in params] if not accepts_any else []
   if unknown:
     known = sorted(k for k in params if k != "rngs")
-    _fail(f"model.{unknown[0]}", kwargs[unknown[0]],
-          f"not an argument of model {model_cfg.name!r}; it accepts {', '.join(known)}")
+    _fail(
+      f"model.{unknown[0]}",
+      kwargs[unknown[0]],
+      f"not an argument of model {model_cfg.name!r}; it accepts {', '.join(known)}",
+    )
   return kwargs
 
 
@@ -85,8 +90,11 @@ def check_config(config, info) -> int:
   model_kwargs(config.model, info)
   task = getattr(MODELS.get(config.model.name), "task", None)
   if task and task != info.task:
-    _fail("model.name", config.model.name,
-          f"a {task} model cannot train on data.name={config.data.name!r} ({info.task} data)")
+    _fail(
+      "model.name",
+      config.model.name,
+      f"a {task} model cannot train on data.name={config.data.name!r} ({info.task} data)",
+    )
 
   steps = training_steps(config, info)
   warmup = config.schedule.get("warmup_steps", 0)
@@ -97,14 +105,22 @@ def check_config(config, info) -> int:
   if config.get("sharding", "data") not in RULES:
     _fail("sharding", config.sharding, f"valid choices are {RULES}")
   import jax  # device counts are known only after jax.distributed.initialize
+
   for key in ("batch_size", "eval_batch_size"):
     value = config.get(key, config.batch_size)
     if value % jax.device_count() or value % jax.process_count():
-      _fail(key, value, f"must be divisible by the {jax.device_count()} devices "
-                        f"and {jax.process_count()} processes")
+      _fail(
+        key,
+        value,
+        f"must be divisible by the {jax.device_count()} devices "
+        f"and {jax.process_count()} processes",
+      )
   accum, per_device = config.get("grad_accum_steps", 1), config.batch_size // jax.device_count()
   if per_device % accum:
-    _fail("grad_accum_steps", accum,
-          f"must divide the per-device batch of {per_device} (batch_size={config.batch_size} "
-          f"over {jax.device_count()} devices) into equal micro-batches")
+    _fail(
+      "grad_accum_steps",
+      accum,
+      f"must divide the per-device batch of {per_device} (batch_size={config.batch_size} "
+      f"over {jax.device_count()} devices) into equal micro-batches",
+    )
   return int(steps)

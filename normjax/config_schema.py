@@ -12,6 +12,7 @@ by their registries and by the model constructors, whose "model argument K=..." 
 ``normjax.run.build`` reports as config keys; ``data.*`` options are checked by
 ``normjax.data``. What may hold anything is listed in ``FREE`` with the reason.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ from typing import Any
 class Rule:
   """``kind`` 'int' | 'float' | 'bool' | 'str' | 'ints' (a tuple of ints) | 'dict';
   numbers within [low, high] (``open_low``/``open_high``: strict); ``none`` allows None."""
+
   kind: str
   low: float | None = None
   high: float | None = None
@@ -68,8 +70,11 @@ class Rule:
     if self.kind == "dict":
       return isinstance(v, dict)
     if self.kind == "ints":
-      return (isinstance(v, (tuple, list)) and len(v) > 0 and all(
-          isinstance(x, int) and not isinstance(x, bool) and self._number_ok(x) for x in v))
+      return (
+        isinstance(v, (tuple, list))
+        and len(v) > 0
+        and all(isinstance(x, int) and not isinstance(x, bool) and self._number_ok(x) for x in v)
+      )
     integer = isinstance(v, int) and not isinstance(v, bool)
     if self.kind == "int" and not integer:
       return False
@@ -95,11 +100,11 @@ class Rule:
     return [b for b in bad if not (b in self.also if not isinstance(b, list) else False)]
 
 
-COUNT = Rule("int", low=1)                          # sizes, steps, cadences
-INDEX = Rule("int", low=0)                          # seeds, offsets, warmups
-POSITIVE = Rule("float", low=0, open_low=True)      # learning rates, eps, scales
-NONNEGATIVE = Rule("float", low=0)                  # decays, loss weights
-FRACTION = Rule("float", low=0, high=1)             # momenta, mixing weights
+COUNT = Rule("int", low=1)  # sizes, steps, cadences
+INDEX = Rule("int", low=0)  # seeds, offsets, warmups
+POSITIVE = Rule("float", low=0, open_low=True)  # learning rates, eps, scales
+NONNEGATIVE = Rule("float", low=0)  # decays, loss weights
+FRACTION = Rule("float", low=0, high=1)  # momenta, mixing weights
 BETA = Rule("float", low=0, high=1, open_high=True)  # Adam betas: 1 never forgets
 RATE = Rule("float", low=0, high=1, open_high=True)  # dropout
 BOOL = Rule("bool")
@@ -107,55 +112,114 @@ NAME = Rule("str")  # resolved by a registry or a constructor
 OPTIONAL_NAME = Rule("str", none=True)
 
 OPTIMIZER_LEAVES = {
-    "name": NAME, "learning_rate": POSITIVE, "weight_decay": NONNEGATIVE, "b1": BETA,
-    "b2": BETA, "eps": NONNEGATIVE, "momentum": FRACTION, "dampening": FRACTION,
-    "nesterov": BOOL, "delta": POSITIVE, "wd_ratio": NONNEGATIVE, "scale": POSITIVE,
-    "update_proj_gap": COUNT, "conda_mask": NAME, "labels": NAME, "beta": BETA,
-    "consistent_rms": Rule("float", low=0, open_low=True, none=True), "ns_steps": COUNT,
-    "decay_mask": NAME, "rotated_momentum": BOOL,
-    "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
-    "project_momentum": BOOL,
+  "name": NAME,
+  "learning_rate": POSITIVE,
+  "weight_decay": NONNEGATIVE,
+  "b1": BETA,
+  "b2": BETA,
+  "eps": NONNEGATIVE,
+  "momentum": FRACTION,
+  "dampening": FRACTION,
+  "nesterov": BOOL,
+  "delta": POSITIVE,
+  "wd_ratio": NONNEGATIVE,
+  "scale": POSITIVE,
+  "update_proj_gap": COUNT,
+  "conda_mask": NAME,
+  "labels": NAME,
+  "beta": BETA,
+  "consistent_rms": Rule("float", low=0, open_low=True, none=True),
+  "ns_steps": COUNT,
+  "decay_mask": NAME,
+  "rotated_momentum": BOOL,
+  "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
+  "project_momentum": BOOL,
 }
 NORM_LEAVES = {
-    "epsilon": POSITIVE, "momentum": FRACTION, "alpha_fwd": FRACTION, "alpha_bkw": FRACTION,
-    "alpha": FRACTION, "warmup_steps": INDEX, "groups": COUNT, "num_groups": COUNT,
-    "group_size": COUNT, "window": COUNT, "estimated": BOOL, "outlier_filtration": BOOL,
-    "removal_start": INDEX, "gap_mlp": COUNT, "gap_qk": COUNT, "gap_v": COUNT,
-    "aux_loss_weight": NONNEGATIVE, "use_scale": BOOL, "use_bias": BOOL,
+  "epsilon": POSITIVE,
+  "momentum": FRACTION,
+  "alpha_fwd": FRACTION,
+  "alpha_bkw": FRACTION,
+  "alpha": FRACTION,
+  "warmup_steps": INDEX,
+  "groups": COUNT,
+  "num_groups": COUNT,
+  "group_size": COUNT,
+  "window": COUNT,
+  "estimated": BOOL,
+  "outlier_filtration": BOOL,
+  "removal_start": INDEX,
+  "gap_mlp": COUNT,
+  "gap_qk": COUNT,
+  "gap_v": COUNT,
+  "aux_loss_weight": NONNEGATIVE,
+  "use_scale": BOOL,
+  "use_bias": BOOL,
 }
 MODEL_LEAVES = {
-    "name": NAME, "norm": NAME, "decoder_norm": NAME, "norm_kwargs": Rule("dict"),
-    "decoder_norm_kwargs": Rule("dict"), "width": COUNT, "depth": COUNT, "num_heads": COUNT,
-    "mlp_dim": COUNT, "mlp_ratio": Rule("float", low=0, open_low=True), "patch_size": COUNT,
-    "num_blocks": COUNT, "dilation": COUNT, "dropout": RATE, "alpha": NONNEGATIVE,
-    "threshold": FRACTION, "skip_gain_init": Rule("float"), "stage_sizes": Rule("ints", low=1),
-    "zero_init_residual": BOOL, "zero_mean_writers": BOOL, "embedding_norm": BOOL,
-    "placement": NAME, "pool": NAME, "block": NAME, "stem": NAME, "conv": NAME,
-    "activation": NAME, "ibn": OPTIONAL_NAME,
+  "name": NAME,
+  "norm": NAME,
+  "decoder_norm": NAME,
+  "norm_kwargs": Rule("dict"),
+  "decoder_norm_kwargs": Rule("dict"),
+  "width": COUNT,
+  "depth": COUNT,
+  "num_heads": COUNT,
+  "mlp_dim": COUNT,
+  "mlp_ratio": Rule("float", low=0, open_low=True),
+  "patch_size": COUNT,
+  "num_blocks": COUNT,
+  "dilation": COUNT,
+  "dropout": RATE,
+  "alpha": NONNEGATIVE,
+  "threshold": FRACTION,
+  "skip_gain_init": Rule("float"),
+  "stage_sizes": Rule("ints", low=1),
+  "zero_init_residual": BOOL,
+  "zero_mean_writers": BOOL,
+  "embedding_norm": BOOL,
+  "placement": NAME,
+  "pool": NAME,
+  "block": NAME,
+  "stem": NAME,
+  "conv": NAME,
+  "activation": NAME,
+  "ibn": OPTIONAL_NAME,
 }
 
 RULES = {
-    "seed": INDEX, "batch_size": COUNT, "eval_batch_size": COUNT, "grad_accum_steps": COUNT,
-    "total_steps": Rule("int", low=1, none=True), "total_epochs": Rule("float", low=0,
-                                                                        open_low=True, none=True),
-    "log_every": COUNT, "eval_every": INDEX, "checkpoint_every": COUNT, "keep_checkpoints": COUNT,
-    "grad_clip_norm": Rule("float", low=0, open_low=True, none=True),
-    "adaptive_grad_clip": Rule("float", low=0, open_low=True, none=True),
-    "sharding": NAME, "trainable": OPTIONAL_NAME,
-    "mesh.data": Rule("int", low=1, also=(-1,)), "mesh.fsdp": Rule("int", low=1, also=(-1,)),
-    "schedule.warmup_steps": INDEX, "schedule.decay": NAME, "schedule.final_fraction": FRACTION,
-    "init_from.step": Rule("int", low=0, none=True),
-    "profile.start_step": COUNT, "profile.num_steps": INDEX,
-    **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
-    **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
-    **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
-    **{f"model.decoder_norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
-    **{f"model.{k}": v for k, v in MODEL_LEAVES.items()},
+  "seed": INDEX,
+  "batch_size": COUNT,
+  "eval_batch_size": COUNT,
+  "grad_accum_steps": COUNT,
+  "total_steps": Rule("int", low=1, none=True),
+  "total_epochs": Rule("float", low=0, open_low=True, none=True),
+  "log_every": COUNT,
+  "eval_every": INDEX,
+  "checkpoint_every": COUNT,
+  "keep_checkpoints": COUNT,
+  "grad_clip_norm": Rule("float", low=0, open_low=True, none=True),
+  "adaptive_grad_clip": Rule("float", low=0, open_low=True, none=True),
+  "sharding": NAME,
+  "trainable": OPTIONAL_NAME,
+  "mesh.data": Rule("int", low=1, also=(-1,)),
+  "mesh.fsdp": Rule("int", low=1, also=(-1,)),
+  "schedule.warmup_steps": INDEX,
+  "schedule.decay": NAME,
+  "schedule.final_fraction": FRACTION,
+  "init_from.step": Rule("int", low=0, none=True),
+  "profile.start_step": COUNT,
+  "profile.num_steps": INDEX,
+  **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
+  **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
+  **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
+  **{f"model.decoder_norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
+  **{f"model.{k}": v for k, v in MODEL_LEAVES.items()},
 }
 
 FREE = {
-    "init_from.workdir": "a path, checked when it is read (a missing run is a one-line error)",
-    "data.*": "the data options, each checked by normjax.data with the config key named",
+  "init_from.workdir": "a path, checked when it is read (a missing run is a one-line error)",
+  "data.*": "the data options, each checked by normjax.data with the config key named",
 }
 
 
@@ -176,8 +240,9 @@ def rule_for(key: str) -> Rule | str | None:
   if key in RULES:
     return RULES[key]
   for pattern, rule in RULES.items():
-    if "*" in pattern and key.count(".") == pattern.count(".") and fnmatch.fnmatchcase(
-        key, pattern):
+    if (
+      "*" in pattern and key.count(".") == pattern.count(".") and fnmatch.fnmatchcase(key, pattern)
+    ):
       return rule
   for pattern, reason in FREE.items():
     if fnmatch.fnmatchcase(key, pattern):

@@ -7,6 +7,7 @@ rate by the device's dense bf16 peak from ``PEAK_FLOPS`` (vendor datasheets, per
 it is ``None`` where no peak is known (CPUs). A float32 step is compared with the bf16 peak
 too, which is what MFU conventionally means (PaLM, MaxText).
 """
+
 from __future__ import annotations
 
 import re
@@ -15,15 +16,37 @@ import jax
 
 # Dense bf16 peak FLOP/s per chip (no sparsity), matched as a prefix of device_kind.
 PEAK_FLOPS = {
-    "NVIDIA H200": 989e12, "NVIDIA H100": 989e12, "NVIDIA A100": 312e12,
-    "NVIDIA L4": 121e12, "NVIDIA A10G": 70e12,
-    "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
-    "TPU v4": 275e12, "TPU v3": 123e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA A100": 312e12,
+  "NVIDIA L4": 121e12,
+  "NVIDIA A10G": 70e12,
+  "TPU v6": 918e12,
+  "TPU v5p": 459e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v4": 275e12,
+  "TPU v3": 123e12,
 }
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_ITEMSIZE = {"f64": 8, "s64": 8, "u64": 8, "c64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2,
-             "f16": 2, "s16": 2, "u16": 2, "s8": 1, "u8": 1, "pred": 1, "f8e4m3fn": 1,
-             "f8e5m2": 1}
+_ITEMSIZE = {
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+  "c64": 8,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "u16": 2,
+  "s8": 1,
+  "u8": 1,
+  "pred": 1,
+  "f8e4m3fn": 1,
+  "f8e5m2": 1,
+}
 
 
 def peak_flops(device=None) -> float | None:

@@ -8,6 +8,7 @@ once the run has finished); ``status.json`` the run's state as ``{"status": ...,
 ``diverged`` (non-finite loss) or ``failed`` (any other error; the message is the one line
 the command printed). ``normjax.tools.sweep`` reads ``final.json`` and ``status.json``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,7 @@ class MetricWriter:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       from tensorboardX import SummaryWriter  # heavy import, process 0 only
+
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write_config(self, config):
@@ -42,8 +44,10 @@ class MetricWriter:
     same scalars as TensorBoard events."""
     if not self.enabled:
       return
-    row = {"step": int(step), **{k: None if v is None else float(np.asarray(v))
-                                 for k, v in metrics.items()}}
+    row = {
+      "step": int(step),
+      **{k: None if v is None else float(np.asarray(v)) for k, v in metrics.items()},
+    }
     with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps(row) + "\n")
     for k, v in row.items():
@@ -95,22 +99,26 @@ class Profile:
   def before(self, step: int):
     if self.enabled and step == self.start:
       import jax
+
       jax.profiler.start_trace(self.directory)
       self.active = True
 
   def after(self, step: int, outputs):
     if self.active and step == self.start + self.num - 1:
       import jax
+
       jax.block_until_ready(outputs)
       self.stop()
 
   def stop(self):
     if self.active:
       import jax
+
       jax.profiler.stop_trace()
       self.active = False
-      print(f"profile of steps {self.start}-{self.start + self.num - 1} in {self.directory}",
-            flush=True)
+      print(
+        f"profile of steps {self.start}-{self.start + self.num - 1} in {self.directory}", flush=True
+      )
 
 
 class Progress:
@@ -119,8 +127,13 @@ class Progress:
   def __init__(self, total: int, start: int, batch_size: int, enabled: bool = True):
     self.batch_size = batch_size
     self._bar = tqdm.tqdm(
-        total=total, initial=start, disable=not enabled, dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0, unit="step")
+      total=total,
+      initial=start,
+      disable=not enabled,
+      dynamic_ncols=True,
+      mininterval=0.5 if sys.stderr.isatty() else 30.0,
+      unit="step",
+    )
     self._t0, self._step0 = time.perf_counter(), start
     self._last = start
 

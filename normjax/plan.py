@@ -13,6 +13,7 @@ workspace, generated code), FLOPs per step (``normjax.hardware``) and the collec
 sharding implies. On virtual CPU devices the figures are XLA:CPU's: the layouts, fusions
 and temporaries of a GPU or TPU compile differ, so read them as the order of magnitude.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ from normjax import hardware, run, sharding
 def _per_device_bytes(abstract, shardings) -> int:
   def size(a, s):
     return math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+
   return int(sum(jax.tree.leaves(jax.tree.map(size, abstract, shardings))))
 
 
@@ -36,32 +38,40 @@ def plan(config) -> dict:
   mesh = sharding.make_mesh(config.get("mesh", {}))
   abstract = jax.eval_shape(setup.init_state, jax.random.key(config.seed))
   state_sharding = sharding.state_sharding(abstract, mesh, config.get("sharding", "data"))
-  state_spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, state_sharding)
-  sample = next(nj_data.train_iterator(config.data, global_batch_size=config.batch_size,
-                                       seed=config.seed))
-  batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), sample)
+  state_spec = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
+  )
+  sample = next(
+    nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=config.seed)
+  )
+  batch_spec = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), sample
+  )
   with jax.set_mesh(mesh):
-    compiled = jax.jit(setup.train_step, donate_argnums=(0,),
-                       out_shardings=(state_sharding, None)).lower(state_spec,
-                                                                   batch_spec).compile()
+    compiled = (
+      jax.jit(setup.train_step, donate_argnums=(0,), out_shardings=(state_sharding, None))
+      .lower(state_spec, batch_spec)
+      .compile()
+    )
   memory = compiled.memory_analysis()
   n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   return {
-      "model": config.model.name, "parameters": int(n_params),
-      "devices": jax.device_count(), "mesh": dict(mesh.shape),
-      "sharding": config.get("sharding", "data"),
-      "global_batch": config.batch_size, "grad_accum_steps": setup.grad_accum_steps,
-      "params_bytes": _per_device_bytes(abstract["params"], state_sharding["params"]),
-      "opt_state_bytes": _per_device_bytes(abstract["opt_state"], state_sharding["opt_state"]),
-      "argument_bytes": int(memory.argument_size_in_bytes),
-      "output_bytes": int(memory.output_size_in_bytes),
-      "alias_bytes": int(memory.alias_size_in_bytes),
-      "temp_bytes": int(memory.temp_size_in_bytes),
-      "code_bytes": int(memory.generated_code_size_in_bytes),
-      "flops_per_step": hardware.step_flops(compiled),
-      "collectives": hardware.collectives(compiled.as_text()),
+    "model": config.model.name,
+    "parameters": int(n_params),
+    "devices": jax.device_count(),
+    "mesh": dict(mesh.shape),
+    "sharding": config.get("sharding", "data"),
+    "global_batch": config.batch_size,
+    "grad_accum_steps": setup.grad_accum_steps,
+    "params_bytes": _per_device_bytes(abstract["params"], state_sharding["params"]),
+    "opt_state_bytes": _per_device_bytes(abstract["opt_state"], state_sharding["opt_state"]),
+    "argument_bytes": int(memory.argument_size_in_bytes),
+    "output_bytes": int(memory.output_size_in_bytes),
+    "alias_bytes": int(memory.alias_size_in_bytes),
+    "temp_bytes": int(memory.temp_size_in_bytes),
+    "code_bytes": int(memory.generated_code_size_in_bytes),
+    "flops_per_step": hardware.step_flops(compiled),
+    "collectives": hardware.collectives(compiled.as_text()),
   }
 
 
@@ -70,25 +80,30 @@ def _gib(n: int) -> str:
 
 
 def format_plan(p: dict) -> str:
-  peak = (p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"]
-          + p["code_bytes"])
+  peak = (
+    p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"] + p["code_bytes"]
+  )
   lines = [
-      f"{p['model']}: {p['parameters']:,} parameters on {p['devices']} devices, mesh "
-      f"{p['mesh']}, sharding {p['sharding']!r}, global batch {p['global_batch']} "
-      f"({p['grad_accum_steps']} micro-batches)",
-      "per device:",
-      f"  parameters            {_gib(p['params_bytes'])}",
-      f"  optimizer state       {_gib(p['opt_state_bytes'])}",
-      f"  step arguments        {_gib(p['argument_bytes'])}  (state + batch)",
-      f"  step outputs          {_gib(p['output_bytes'])}  ({_gib(p['alias_bytes']).strip()} "
-      f"donated back into the arguments)",
-      f"  temporaries           {_gib(p['temp_bytes'])}  (activations, gradients, workspace)",
-      f"  peak (estimate)       {_gib(peak)}",
-      f"  FLOPs per step        {p['flops_per_step'] or 0:.3e}",
+    f"{p['model']}: {p['parameters']:,} parameters on {p['devices']} devices, mesh "
+    f"{p['mesh']}, sharding {p['sharding']!r}, global batch {p['global_batch']} "
+    f"({p['grad_accum_steps']} micro-batches)",
+    "per device:",
+    f"  parameters            {_gib(p['params_bytes'])}",
+    f"  optimizer state       {_gib(p['opt_state_bytes'])}",
+    f"  step arguments        {_gib(p['argument_bytes'])}  (state + batch)",
+    f"  step outputs          {_gib(p['output_bytes'])}  ({_gib(p['alias_bytes']).strip()} "
+    f"donated back into the arguments)",
+    f"  temporaries           {_gib(p['temp_bytes'])}  (activations, gradients, workspace)",
+    f"  peak (estimate)       {_gib(peak)}",
+    f"  FLOPs per step        {p['flops_per_step'] or 0:.3e}",
   ]
   if p["collectives"]:
-    lines.append("  collectives per step " + ", ".join(
-        f"{op} x{v['count']} ({v['bytes'] / 2**20:.1f} MiB)" for op, v in p["collectives"].items()))
+    lines.append(
+      "  collectives per step "
+      + ", ".join(
+        f"{op} x{v['count']} ({v['bytes'] / 2**20:.1f} MiB)" for op, v in p["collectives"].items()
+      )
+    )
   else:
     lines.append("  collectives per step none")
   return "\n".join(lines)

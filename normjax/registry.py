@@ -4,6 +4,7 @@ One mechanism for every component a config names: ``REGISTRY.register('name')`` 
 decorator, ``REGISTRY.get('name')`` to resolve. An unknown name raises a ``KeyError``
 whose message names the config key, the bad value and every known name.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,11 +29,13 @@ class Registry:
 
   def register(self, name: str, obj: Any = None) -> Callable:
     """Registers ``obj`` under ``name``; usable as ``@REG.register('name')``."""
+
     def add(o):
       if name in self._entries and self._entries[name] is not o:
         raise KeyError(f"{self.kind} {name!r} is registered twice")
       self._entries[name] = o
       return o
+
     return add if obj is None else add(obj)
 
   def _load(self):
@@ -50,11 +53,14 @@ class Registry:
   def get(self, name: str) -> Any:
     self._load()
     if not isinstance(name, str):
-      raise ValueError(f"config key {self.config_key}={name!r}: must be a string naming a "
-                       f"{self.kind}; known: {', '.join(self.names())}")
+      raise ValueError(
+        f"config key {self.config_key}={name!r}: must be a string naming a "
+        f"{self.kind}; known: {', '.join(self.names())}"
+      )
     try:
       return self._entries[name]
     except KeyError:
       raise KeyError(
-          f"config key {self.config_key}={name!r}: unknown {self.kind}; "
-          f"known: {', '.join(self.names())}") from None
+        f"config key {self.config_key}={name!r}: unknown {self.kind}; "
+        f"known: {', '.join(self.names())}"
+      ) from None

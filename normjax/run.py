@@ -9,6 +9,7 @@ eval split, for the trainer and the tools alike.
 The train state is one pytree ``{'step', 'params', 'model_state', 'opt_state'}`` of plain
 dicts (``normjax.state``): what is jitted, sharded and checkpointed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,9 @@ from normjax.tasks import TASKS, Task, loss_and_sums
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything a config resolves to; see ``build``."""
-  config: Any                 # the ml_collections.ConfigDict it was built from
-  info: nj_data.DataInfo      # what the data determines (task, classes, vocabulary, sizes)
+
+  config: Any  # the ml_collections.ConfigDict it was built from
+  info: nj_data.DataInfo  # what the data determines (task, classes, vocabulary, sizes)
   task: Task
   make: Callable[..., nnx.Module]  # ``make(rngs=nnx.Rngs(seed))`` -> a fresh model
   model_def: ModelDef
@@ -43,8 +45,12 @@ class Setup:
   def init_state(self, key) -> dict:
     """A freshly initialized model and optimizer state as one pytree (jit it)."""
     params, model_state = split(self.make(rngs=nnx.Rngs(key)))
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "model_state": model_state, "opt_state": self.tx.init(params)}
+    return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "model_state": model_state,
+      "opt_state": self.tx.init(params),
+    }
 
   @property
   def grad_accum_steps(self) -> int:
@@ -62,7 +68,8 @@ class Setup:
       return loss + sums["aux_loss"], (split(model)[1], sums)
 
     (_, sums), grads, model_state = value_and_grad_with_backward_state(
-        loss_fn, params, model_state, model_def.grad_stat_mask)
+      loss_fn, params, model_state, model_def.grad_stat_mask
+    )
     return grads, model_state, sums
 
   def accumulated_gradients(self, params, model_state, batch: dict):
@@ -80,7 +87,8 @@ class Setup:
     if k == 1:
       return self.gradients(params, model_state, batch)
     micro = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+      lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch
+    )
     wide = lambda p: jnp.promote_types(p.dtype, jnp.float32)
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, wide(p)), params)
 
@@ -98,15 +106,22 @@ class Setup:
   def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
     """One optimizer update; returns the new state and this step's metrics."""
     grads, model_state, sums = self.accumulated_gradients(
-        state["params"], state["model_state"], batch)
+      state["params"], state["model_state"], batch
+    )
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1,
-                 "params": optax.apply_updates(state["params"], updates),
-                 "model_state": model_state, "opt_state": opt_state}
+    new_state = {
+      "step": state["step"] + 1,
+      "params": optax.apply_updates(state["params"], updates),
+      "model_state": model_state,
+      "opt_state": opt_state,
+    }
     metric = self.task.metric
-    metrics = {"loss": sums["loss"] / sums["count"], metric: sums[metric] / sums["count"],
-               "grad_norm": optax.global_norm(grads),
-               "learning_rate": self.schedule(state["step"])}
+    metrics = {
+      "loss": sums["loss"] / sums["count"],
+      metric: sums[metric] / sums["count"],
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": self.schedule(state["step"]),
+    }
     if self.model_def.has_aux_loss:
       metrics["aux_loss"] = sums["aux_loss"]
     return new_state, metrics
@@ -135,15 +150,23 @@ def build(config, *, data=None, validate: bool = True, total_steps: int | None =
   try:
     model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
   except ValueError as e:  # the constructors name their argument: name the config key
-    message = str(e).replace("model argument ", "config key model.", 1).replace(
-        "norm argument ", "config key model.norm_kwargs.", 1)
+    message = (
+      str(e)
+      .replace("model argument ", "config key model.", 1)
+      .replace("norm argument ", "config key model.norm_kwargs.", 1)
+    )
     raise ValueError(message) from e
   tx, schedule = make_optimizer(config, steps)
   return Setup(config, info, TASKS.get(info.task), make, model_def, tx, schedule, steps)
 
 
-def from_model(make: Callable[..., nnx.Module], tx: optax.GradientTransformation, *,
-               task: str, schedule: optax.Schedule | None = None) -> Setup:
+def from_model(
+  make: Callable[..., nnx.Module],
+  tx: optax.GradientTransformation,
+  *,
+  task: str,
+  schedule: optax.Schedule | None = None,
+) -> Setup:
   """A ``Setup`` for a model factory outside the configs (a user's own module, a test's):
   the same state, train step and eval step as a config's. ``make(rngs=...)`` builds it."""
   schedule = schedule or optax.constant_schedule(0.0)
@@ -162,17 +185,21 @@ def model_sums(model: nnx.Module, task: Task) -> Callable[[dict], dict]:
   return lambda batch: sums(state, jax.tree.map(jnp.asarray, batch))
 
 
-def evaluate(batch_sums: Callable[[dict], dict], data_config, *, batch_size: int,
-             task: Task) -> dict:
+def evaluate(
+  batch_sums: Callable[[dict], dict], data_config, *, batch_size: int, task: Task
+) -> dict:
   """Eval metrics over the whole eval split: ``eval_loss``, ``eval_<metric>`` and derived.
 
   ``batch_sums(batch)`` returns the sums of one padded eval batch (``Setup.eval_step`` on a
   state, or ``model_sums``); padding rows carry mask 0, so the averages are exact.
   """
   totals: dict = {}
-  for batch in nj_data.eval_iterator(data_config, global_batch_size=batch_size,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
+  for batch in nj_data.eval_iterator(
+    data_config,
+    global_batch_size=batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  ):
     for k, v in jax.device_get(batch_sums(batch)).items():
       totals[k] = totals.get(k, 0.0) + float(v)
   out = {f"eval_{k}": v / totals["count"] for k, v in totals.items() if k != "count"}

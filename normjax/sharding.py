@@ -9,12 +9,20 @@ sharding rule ``config.sharding`` is
   along its largest dimension divisible by the axis size (big_vision's ``fsdp`` rule,
   re-written); smaller leaves stay replicated. Optimizer moments have their parameter's
   shape, so they follow the same layout.
+
+``initialize_distributed`` starts ``jax.distributed`` for a multi-process run (explicit
+flags, or a cluster environment: SLURM, TPU pods, ``JAX_COORDINATOR_ADDRESS``).
 """
+
 from __future__ import annotations
+
+import os
+import sys
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp")
 RULES = ("data", "fsdp")
@@ -28,12 +36,15 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int]:
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if n_devices % known:
-      raise ValueError(f"config key mesh={dict(mesh_cfg)}: {n_devices} devices are not "
-                       f"divisible by {known}")
+      raise ValueError(
+        f"config key mesh={dict(mesh_cfg)}: {n_devices} devices are not divisible by {known}"
+      )
     sizes[sizes.index(-1)] = n_devices // known
   if int(np.prod(sizes)) != n_devices:
-    raise ValueError(f"config key mesh={dict(mesh_cfg)}: needs {int(np.prod(sizes))} devices, "
-                     f"{n_devices} available")
+    raise ValueError(
+      f"config key mesh={dict(mesh_cfg)}: needs {int(np.prod(sizes))} devices, "
+      f"{n_devices} available"
+    )
   return tuple(sizes)
 
 
@@ -62,3 +73,18 @@ def state_sharding(abstract_state, mesh, rule: str):
     raise ValueError(f"config key sharding={rule!r}: valid choices are {RULES}")
   fsdp = mesh.shape["fsdp"] if rule == "fsdp" else 1
   return jax.tree.map(lambda x: NamedSharding(mesh, _leaf_spec(x, fsdp)), abstract_state)
+
+
+def initialize_distributed(coordinator, num_processes, process_id):
+  """Initializes jax.distributed for multi-process runs; a no-op for a single process."""
+  if num_processes and num_processes > 1:
+    # Cross-process collectives for CPU devices; GPU/TPU clients ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif any(
+    k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")
+  ):
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # a single-host TPU VM or one SLURM task
+      print(f"jax.distributed not initialized ({e}); running single-process", file=sys.stderr)

@@ -20,12 +20,12 @@ called when ``--num_processes`` > 1 (with ``--coordinator_address``/``--process_
 when the environment describes a cluster (TPU pod, SLURM, ``JAX_COORDINATOR_ADDRESS``).
 Importing this module defines no flags: they are defined when it runs as a command.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import sys
 
 import jax
 import numpy as np
@@ -59,12 +59,17 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
 
     # ------------------------------------------------------------------- data
     train_iter = nj_data.train_iterator(
-        config.data, global_batch_size=config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+      config.data,
+      global_batch_size=config.batch_size,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
 
     def to_device(batch):
       return jax.tree.map(
-          lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch)
+        lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch
+      )
 
     # ------------------------------------------------------- state on device
     init_key = jax.random.key(config.seed)
@@ -72,13 +77,17 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     state_sharding = sharding.state_sharding(abstract_state, mesh, config.get("sharding", "data"))
     state = jax.jit(setup.init_state, out_shardings=state_sharding)(init_key)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    print(f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters; "
-          f"{jax.device_count()} devices, mesh {dict(mesh.shape)}", flush=True)
+    print(
+      f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters; "
+      f"{jax.device_count()} devices, mesh {dict(mesh.shape)}",
+      flush=True,
+    )
 
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
     stack.callback(checkpoint.close, manager)
     state, start = checkpoint.restore_or_init(
-        manager, setup, state, abstract_state, state_sharding, train_iter)
+      manager, setup, state, abstract_state, state_sharding, train_iter
+    )
     if is_main:
       workdirs.record_start(workdir, config, start, amended)
 
@@ -88,15 +97,21 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     first = to_device(next(train_iter)) if start < total_steps else None
     train_step = flops = None
     if first is not None:
-      train_step = jax.jit(setup.train_step, donate_argnums=(0,),
-                           out_shardings=(state_sharding, None)).lower(state, first).compile()
+      train_step = (
+        jax.jit(setup.train_step, donate_argnums=(0,), out_shardings=(state_sharding, None))
+        .lower(state, first)
+        .compile()
+      )
       flops = hardware.step_flops(train_step)
     eval_step = jax.jit(setup.eval_step)
 
     def evaluate(state):
-      return run.evaluate(lambda batch: eval_step(state, to_device(batch)), config.data,
-                          batch_size=config.get("eval_batch_size", config.batch_size),
-                          task=setup.task)
+      return run.evaluate(
+        lambda batch: eval_step(state, to_device(batch)),
+        config.data,
+        batch_size=config.get("eval_batch_size", config.batch_size),
+        task=setup.task,
+      )
 
     # ------------------------------------------------------------------- loop
     stop = {"signal": None}
@@ -112,13 +127,13 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
       metrics = jax.device_get(metrics)
       if not np.isfinite(metrics["loss"]):
         raise NonFiniteLoss(
-            f"non-finite loss {metrics['loss']} at step {step}; stopping. The last good "
-            f"checkpoint is step {manager.latest_step()} in {manager.directory}.")
+          f"non-finite loss {metrics['loss']} at step {step}; stopping. The last good "
+          f"checkpoint is step {manager.latest_step()} in {manager.directory}."
+        )
       progress.update(step, metrics)
       if step % config.log_every == 0 or step == total_steps:
         rates = progress.rates()
-        writer.write(step, {**metrics, **rates,
-                            "mfu": hardware.mfu(flops, rates["steps_per_sec"])})
+        writer.write(step, {**metrics, **rates, "mfu": hardware.mfu(flops, rates["steps_per_sec"])})
 
     pending = None  # (step, metrics) of the previous step: read one step late, no stall
     for step in range(start + 1, total_steps + 1):
@@ -135,8 +150,10 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
         checkpoint.save(manager, step, state, train_iter)
       if stop["signal"]:
         checkpoint.wait(manager)
-        print(f"\nsignal {stop['signal']} received: checkpoint written at step {step}; "
-              f"exiting.", flush=True)
+        print(
+          f"\nsignal {stop['signal']} received: checkpoint written at step {step}; exiting.",
+          flush=True,
+        )
         writer.set_status("preempted", step=step)
         return {"preempted_at_step": step}
       if config.eval_every and step % config.eval_every == 0 and step != total_steps:
@@ -154,32 +171,27 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     return final
 
 
-def _maybe_initialize_distributed(coordinator, num_processes, process_id):
-  """Initializes jax.distributed for multi-process runs; a no-op for a single process."""
-  if num_processes and num_processes > 1:
-    # Cross-process collectives for CPU devices; GPU/TPU clients ignore this setting.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
-  elif any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
-                                     "TPU_WORKER_HOSTNAMES")):
-    try:
-      jax.distributed.initialize()
-    except (ValueError, RuntimeError) as e:  # a single-host TPU VM or one SLURM task
-      print(f"jax.distributed not initialized ({e}); running single-process", file=sys.stderr)
-
-
 def main():
   """The command line: flags are defined here, never at import."""
   from absl import app, flags, logging
   from ml_collections import config_flags
 
-  config_flag = config_flags.DEFINE_config_file("config", None, "Config file [:arg].",
-                                                lock_config=True)
+  config_flag = config_flags.DEFINE_config_file(
+    "config", None, "Config file [:arg].", lock_config=True
+  )
   workdir = flags.DEFINE_string("workdir", None, "Output dir (default: ./workdirs/<config>).")
-  restart = flags.DEFINE_bool("restart", False, "Move the run in --workdir aside and start "
-                              "afresh there (instead of refusing a changed config).")
-  dry_run = flags.DEFINE_bool("dry_run", False, "Compile the step for the mesh and print "
-                              "per-device memory, FLOPs and collectives; train nothing.")
+  restart = flags.DEFINE_bool(
+    "restart",
+    False,
+    "Move the run in --workdir aside and start "
+    "afresh there (instead of refusing a changed config).",
+  )
+  dry_run = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Compile the step for the mesh and print "
+    "per-device memory, FLOPs and collectives; train nothing.",
+  )
   verbose = cli.define_verbose_flag()
   coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
   num_processes = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
@@ -195,11 +207,12 @@ def main():
     name = os.path.splitext(os.path.basename(filename))[0]
 
     def body():
-      _maybe_initialize_distributed(coordinator.value, num_processes.value, process_id.value)
+      sharding.initialize_distributed(coordinator.value, num_processes.value, process_id.value)
       if dry_run.value:
         return print(plan.format_plan(plan.plan(config)))
-      train_and_evaluate(config, workdir.value or os.path.join("workdirs", name),
-                         restart=restart.value)
+      train_and_evaluate(
+        config, workdir.value or os.path.join("workdirs", name), restart=restart.value
+      )
 
     cli.guarded("normjax.train", body, verbose_flag=verbose.value)
 

@@ -14,6 +14,7 @@
 Layers (``normjax.norms``) and the train step (``normjax.state``) both import this leaf module,
 so neither depends on the other.
 """
+
 from flax import nnx
 
 

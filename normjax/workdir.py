@@ -14,6 +14,7 @@
 * **History.** Every start writes ``configs/<n>-<UTC time>-step<k>.json`` (the resolved
   config it ran with, k = the step it started from), so an amendment is never lost.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,17 @@ import json
 import os
 import socket
 
-RESUMABLE_KEYS = ("total_steps", "total_epochs", "eval_every", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "data.data_dir", "profile.start_step", "profile.num_steps")
+RESUMABLE_KEYS = (
+  "total_steps",
+  "total_epochs",
+  "eval_every",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "data.data_dir",
+  "profile.start_step",
+  "profile.num_steps",
+)
 LOCK_FILE = ".lock"
 # Keys added to the trainer after runs were started: absent in an old config.json means this.
 ADDED_DEFAULTS = {"grad_accum_steps": 1, "profile.start_step": 1, "profile.num_steps": 0}
@@ -78,8 +88,10 @@ def lock(workdir: str):
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.read(fd, 4096).decode(errors="replace").strip() or "an unknown process"
-      raise WorkdirError(f"workdir {workdir} is in use by {holder}; wait for that run, stop "
-                         f"it, or choose another --workdir") from None
+      raise WorkdirError(
+        f"workdir {workdir} is in use by {holder}; wait for that run, stop "
+        f"it, or choose another --workdir"
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
     yield
@@ -110,9 +122,10 @@ def prepare(workdir: str, config, *, restart: bool = False) -> dict:
     return {}
   changes = ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in refused.items())
   raise WorkdirError(
-      f"the config differs from the one this run's checkpoints were written with ({path}) in "
-      f"{changes}; only {', '.join(RESUMABLE_KEYS)} may change on resume. Use a new --workdir, "
-      f"or pass --restart to move this run aside and start afresh here")
+    f"the config differs from the one this run's checkpoints were written with ({path}) in "
+    f"{changes}; only {', '.join(RESUMABLE_KEYS)} may change on resume. Use a new --workdir, "
+    f"or pass --restart to move this run aside and start afresh here"
+  )
 
 
 def record_start(workdir: str, config, step: int, resumed: dict) -> str:
@@ -127,10 +140,19 @@ def record_start(workdir: str, config, step: int, resumed: dict) -> str:
   n = sum(1 for name in os.listdir(history) if name.endswith(".json"))
   copy = os.path.join(history, f"{n:03d}-{_now()}-step{step}.json")
   with open(copy, "w") as f:
-    json.dump({"config": resolved, "start_step": step,
-               "amended": {k: {"old": o, "new": v} for k, (o, v) in resumed.items()}},
-              f, indent=2, sort_keys=True)
+    json.dump(
+      {
+        "config": resolved,
+        "start_step": step,
+        "amended": {k: {"old": o, "new": v} for k, (o, v) in resumed.items()},
+      },
+      f,
+      indent=2,
+      sort_keys=True,
+    )
   if resumed:
-    print("resuming with amended " + ", ".join(f"{k}: {o!r} -> {v!r}"
-                                              for k, (o, v) in resumed.items()), flush=True)
+    print(
+      "resuming with amended " + ", ".join(f"{k}: {o!r} -> {v!r}" for k, (o, v) in resumed.items()),
+      flush=True,
+    )
   return copy

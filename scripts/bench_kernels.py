@@ -24,6 +24,7 @@ LayerNorm that were tried while tuning ``normjax/kernels/fused.py``.
 On a 2-core CPU the default run takes a few minutes (peak memory about 4.5 GB,
 for 32768x4096); big shapes get fewer repeats. Results: benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,17 @@ from normjax import kernels
 
 # Datasheet HBM bandwidth, bytes/s, by substring of jax Device.device_kind.
 PEAK_BANDWIDTH = {
-    "H200": 4.8e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12, "A100": 1.555e12,
-    "L4": 0.3e12, "V100": 0.9e12, "TPU v4": 1.2e12, "TPU v5 lite": 0.82e12,
-    "TPU v5p": 2.76e12, "TPU v5": 2.76e12, "TPU v6": 1.64e12,
+  "H200": 4.8e12,
+  "H100": 3.35e12,
+  "A100-SXM4-80GB": 2.04e12,
+  "A100": 1.555e12,
+  "L4": 0.3e12,
+  "V100": 0.9e12,
+  "TPU v4": 1.2e12,
+  "TPU v5 lite": 0.82e12,
+  "TPU v5p": 2.76e12,
+  "TPU v5": 2.76e12,
+  "TPU v6": 1.64e12,
 }
 
 
@@ -53,12 +62,12 @@ def parse_shape(text: str) -> tuple[int, ...]:
     shape = ()
   if len(shape) != 2 or min(shape) < 1:
     raise argparse.ArgumentTypeError(
-        f"--shapes entry {text!r}: expected ROWSxFEATURES, e.g. 8192x768")
+      f"--shapes entry {text!r}: expected ROWSxFEATURES, e.g. 8192x768"
+    )
   return shape
 
 
-def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int, rounds: int = 3
-                     ) -> dict:
+def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int, rounds: int = 3) -> dict:
   """Per ``fns[k](*args[k])``: (median wall s, min wall s, median process CPU s,
   mean minor page faults per call).
 
@@ -76,7 +85,7 @@ def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int, rounds
   faults = {name: [] for name in fns}
   names = list(fns)
   for r in range(rounds):
-    for name in names[r % len(names):] + names[:r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       fn = fns[name]
       for _ in range(warmup):
         jax.block_until_ready(fn(*args[name]))
@@ -87,8 +96,15 @@ def time_interleaved(fns: dict, args: dict, *, warmup: int, repeats: int, rounds
         wall[name].append(time.perf_counter() - start)
         cpu[name].append(time.process_time() - cpu_start)
         faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start)
-  return {name: (statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name]),
-                 statistics.mean(faults[name])) for name in fns}
+  return {
+    name: (
+      statistics.median(wall[name]),
+      min(wall[name]),
+      statistics.median(cpu[name]),
+      statistics.mean(faults[name]),
+    )
+    for name in fns
+  }
 
 
 def forward_and_backward(f):
@@ -96,6 +112,7 @@ def forward_and_backward(f):
     *params, dy = params_and_dy
     y, vjp = jax.vjp(f, x, *params)
     return y, vjp(dy)
+
   return run
 
 
@@ -103,8 +120,9 @@ def candidates(norm: str, epsilon: float, implementation: str | None):
   """(normjax fn, flax fn), both ``f(x, scale[, bias])``."""
   if norm == "layer_norm":
     module = nn.LayerNorm(epsilon=epsilon)
-    ours = lambda x, s, b: kernels.layer_norm(x, s, b, epsilon=epsilon,
-                                              implementation=implementation)
+    ours = lambda x, s, b: kernels.layer_norm(
+      x, s, b, epsilon=epsilon, implementation=implementation
+    )
     theirs = lambda x, s, b: module.apply({"params": {"scale": s, "bias": b}}, x)
   else:
     module = nn.RMSNorm(epsilon=epsilon)
@@ -131,24 +149,39 @@ def bench_shape(shape, norm, dtype, args):
   params = (scale, 0.1 * jax.random.normal(keys[3], (d,))) if norm == "layer_norm" else (scale,)
   ours, theirs = candidates(norm, args.epsilon, args.implementation)
   fns = {
-      "normjax fwd": jax.jit(ours), "flax fwd": jax.jit(theirs),
-      "normjax fwd+bwd": jax.jit(forward_and_backward(ours)),
-      "flax fwd+bwd": jax.jit(forward_and_backward(theirs)),
+    "normjax fwd": jax.jit(ours),
+    "flax fwd": jax.jit(theirs),
+    "normjax fwd+bwd": jax.jit(forward_and_backward(ours)),
+    "flax fwd+bwd": jax.jit(forward_and_backward(theirs)),
   }
   inputs = {k: (x, *params) if k.endswith("fwd") else (x, *params, dy) for k in fns}
   # Big shapes (32768x4096: 512 MiB per array, seconds per flax fwd+bwd on 2 cores)
   # get fewer calls: at least 4 timed calls in 2 rounds.
   shrink = max(1, n * d // (8192 * 768 * 4))
   timings = time_interleaved(
-      fns, inputs, warmup=max(1, args.warmup // shrink), repeats=max(4, args.repeats // shrink),
-      rounds=max(2, args.rounds // shrink) if shrink > 1 else args.rounds)
+    fns,
+    inputs,
+    warmup=max(1, args.warmup // shrink),
+    repeats=max(4, args.repeats // shrink),
+    rounds=max(2, args.rounds // shrink) if shrink > 1 else args.rounds,
+  )
   array_bytes = n * d * jnp.dtype(dtype).itemsize
   rows = []
   for name, (median, best, cpu, faults) in timings.items():
     traffic = (2 if name.endswith("fwd") else 5) * array_bytes
-    rows.append(dict(shape=f"{n}x{d}", norm=norm, dtype=jnp.dtype(dtype).name, what=name,
-                     median_ms=median * 1e3, min_ms=best * 1e3, cpu_ms=cpu * 1e3,
-                     faults=faults, gbps=traffic / median / 1e9))
+    rows.append(
+      dict(
+        shape=f"{n}x{d}",
+        norm=norm,
+        dtype=jnp.dtype(dtype).name,
+        what=name,
+        median_ms=median * 1e3,
+        min_ms=best * 1e3,
+        cpu_ms=cpu * 1e3,
+        faults=faults,
+        gbps=traffic / median / 1e9,
+      )
+    )
   return rows
 
 
@@ -193,8 +226,11 @@ def _formulations():
 
   def swap(forward=None, backward=None, base=None):
     base = base or fused.XLA_KERNELS
-    k = base._replace(name="study", layer_norm_forward=forward or base.layer_norm_forward,
-                      layer_norm_backward=backward or base.layer_norm_backward)
+    k = base._replace(
+      name="study",
+      layer_norm_forward=forward or base.layer_norm_forward,
+      layer_norm_backward=backward or base.layer_norm_backward,
+    )
     return lambda x, s, b: fused.layer_norm(x, s, b, kernels=k)
 
   k = 1024
@@ -204,17 +240,18 @@ def _formulations():
       label = "bwd unblocked" if values is None else f"bwd blocks {values // k}K values"
       study[label] = swap(base=fused.xla_kernels(values))
   unblocked = fused.xla_kernels(None)
-  study.update({
+  study.update(
+    {
       "fwd: fast variance E[x^2]-m^2": swap(forward=forward_fast),
       "fwd: centred keepdims + stats outputs": swap(forward=forward_centred),
       "bwd unblocked: coefficients by reduce": swap(backward=backward_reduce, base=unblocked),
-      "bwd unblocked: autodiff-style xhat": swap(backward=backward_autodiff_style,
-                                                base=unblocked),
-      "bwd unblocked: dx one fusion + reduces": swap(backward=backward_one_fusion,
-                                                    base=unblocked),
+      "bwd unblocked: autodiff-style xhat": swap(backward=backward_autodiff_style, base=unblocked),
+      "bwd unblocked: dx one fusion + reduces": swap(backward=backward_one_fusion, base=unblocked),
       "jnp reference (plain autodiff)": lambda x, s, b: kernels.layer_norm(
-          x, s, b, implementation="reference"),
-  })
+        x, s, b, implementation="reference"
+      ),
+    }
+  )
   return study
 
 
@@ -230,34 +267,57 @@ def bench_formulations(shape, args):
   for name, f in _formulations().items():
     fns[name] = jax.jit(forward_and_backward(f))
   inputs = {k: (x, s, b, dy) for k in fns}
-  timings = time_interleaved(fns, inputs, warmup=args.warmup, repeats=args.repeats,
-                             rounds=args.rounds)
+  timings = time_interleaved(
+    fns, inputs, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds
+  )
   base = timings["flax.linen.LayerNorm"]
-  print(f"\nLayerNorm forward+backward, {n}x{d} float32, formulations: wall median, "
-        "wall min, CPU median (ms); ratios to flax of wall median, wall min, CPU median")
+  print(
+    f"\nLayerNorm forward+backward, {n}x{d} float32, formulations: wall median, "
+    "wall min, CPU median (ms); ratios to flax of wall median, wall min, CPU median"
+  )
   for name, (median, best, cpu, _) in timings.items():
-    print(f"  {name:46s} {median * 1e3:7.2f} {best * 1e3:7.2f} {cpu * 1e3:7.2f}   "
-          f"{median / base[0]:5.2f}x {best / base[1]:5.2f}x {cpu / base[2]:5.2f}x")
+    print(
+      f"  {name:46s} {median * 1e3:7.2f} {best * 1e3:7.2f} {cpu * 1e3:7.2f}   "
+      f"{median / base[0]:5.2f}x {best / base[1]:5.2f}x {cpu / base[2]:5.2f}x"
+    )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shapes", type=parse_shape, nargs="+",
-                      default=[(8192, 768), (32768, 4096)], help="ROWSxFEATURES ...")
-  parser.add_argument("--norms", nargs="+", default=["layer_norm", "rms_norm"],
-                      choices=["layer_norm", "rms_norm"])
+  parser.add_argument(
+    "--shapes",
+    type=parse_shape,
+    nargs="+",
+    default=[(8192, 768), (32768, 4096)],
+    help="ROWSxFEATURES ...",
+  )
+  parser.add_argument(
+    "--norms", nargs="+", default=["layer_norm", "rms_norm"], choices=["layer_norm", "rms_norm"]
+  )
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--implementation", default=None, choices=kernels.IMPLEMENTATIONS,
-                      help="normjax path to time (default: what the dispatcher picks)")
+  parser.add_argument(
+    "--implementation",
+    default=None,
+    choices=kernels.IMPLEMENTATIONS,
+    help="normjax path to time (default: what the dispatcher picks)",
+  )
   parser.add_argument("--epsilon", type=float, default=1e-6)
   parser.add_argument("--warmup", type=int, default=2, help="untimed calls per round")
   parser.add_argument("--repeats", type=int, default=12, help="timed calls per candidate")
-  parser.add_argument("--rounds", type=int, default=4,
-                      help="rounds over the candidates (repeats are split between them)")
-  parser.add_argument("--peak-gbps", type=float, default=None,
-                      help="device peak memory bandwidth in GB/s (GPU/TPU)")
-  parser.add_argument("--formulations", action="store_true",
-                      help="also time the alternative CPU formulations (first shape only)")
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=4,
+    help="rounds over the candidates (repeats are split between them)",
+  )
+  parser.add_argument(
+    "--peak-gbps", type=float, default=None, help="device peak memory bandwidth in GB/s (GPU/TPU)"
+  )
+  parser.add_argument(
+    "--formulations",
+    action="store_true",
+    help="also time the alternative CPU formulations (first shape only)",
+  )
   parser.add_argument("--json", default=None, help="write all rows to this JSON file")
   args = parser.parse_args()
 
@@ -265,8 +325,10 @@ def main():
   x_probe = jnp.zeros((1, args.shapes[0][-1]))
   impl = kernels.resolve_implementation(x_probe, args.implementation)
   peak = peak_bandwidth(device, args.peak_gbps) if device.platform != "cpu" else None
-  print(f"backend={jax.default_backend()} device={device.device_kind} "
-        f"devices={jax.device_count()} jax={jax.__version__} normjax path={impl}")
+  print(
+    f"backend={jax.default_backend()} device={device.device_kind} "
+    f"devices={jax.device_count()} jax={jax.__version__} normjax path={impl}"
+  )
   if device.platform != "cpu" and peak is None:
     print("peak bandwidth unknown for this device: pass --peak-gbps")
   all_rows = []
@@ -275,17 +337,23 @@ def main():
       rows = bench_shape(shape, norm, jnp.dtype(args.dtype), args)
       all_rows += rows
       by = {r["what"]: r for r in rows}
-      print(f"\n{norm} {rows[0]['shape']} {args.dtype}:  wall median ms (min ms)  "
-            "CPU ms  GB/s (at the median)" + ("  %peak" if peak else "") + "  page faults/call")
+      print(
+        f"\n{norm} {rows[0]['shape']} {args.dtype}:  wall median ms (min ms)  "
+        "CPU ms  GB/s (at the median)" + ("  %peak" if peak else "") + "  page faults/call"
+      )
       for r in rows:
         extra = f"  {r['gbps'] * 1e9 / peak:6.1%}" if peak else ""
-        print(f"  {r['what']:16s} {r['median_ms']:9.2f} ({r['min_ms']:8.2f}) "
-              f"{r['cpu_ms']:9.2f} {r['gbps']:7.1f}{extra} {r['faults']:9.0f}")
+        print(
+          f"  {r['what']:16s} {r['median_ms']:9.2f} ({r['min_ms']:8.2f}) "
+          f"{r['cpu_ms']:9.2f} {r['gbps']:7.1f}{extra} {r['faults']:9.0f}"
+        )
       for what in ("fwd", "fwd+bwd"):
         ours, theirs = by[f"normjax {what}"], by[f"flax {what}"]
-        print(f"  normjax/flax {what}: {ours['median_ms'] / theirs['median_ms']:.2f}x "
-              f"(min {ours['min_ms'] / theirs['min_ms']:.2f}x, "
-              f"CPU {ours['cpu_ms'] / theirs['cpu_ms']:.2f}x)")
+        print(
+          f"  normjax/flax {what}: {ours['median_ms'] / theirs['median_ms']:.2f}x "
+          f"(min {ours['min_ms'] / theirs['min_ms']:.2f}x, "
+          f"CPU {ours['cpu_ms'] / theirs['cpu_ms']:.2f}x)"
+        )
   if args.formulations:
     bench_formulations(args.shapes[0], args)
   if args.json:

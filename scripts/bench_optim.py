@@ -21,6 +21,7 @@ nothing is constant-folded): the plain step in every round, the refresh step onc
 end beside an adamw timing, and they are amortised over one period T:
 ``((T - 1) t_plain + t_refresh) / T``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,24 +38,36 @@ from normjax.optim import adamp, conda, labels, normalize_and_project, sgdp
 
 def gpt2_params(width=768, depth=12, vocab=50257, context=1024, seed=0):
   rng = np.random.default_rng(seed)
-  dense = lambda i, o: {"kernel": rng.standard_normal((i, o), np.float32) * 0.02,
-                        "bias": np.zeros((o,), np.float32)}
+  dense = lambda i, o: {
+    "kernel": rng.standard_normal((i, o), np.float32) * 0.02,
+    "bias": np.zeros((o,), np.float32),
+  }
   norm = lambda: {"scale": np.ones((width,), np.float32), "bias": np.zeros((width,), np.float32)}
-  blocks = {str(i): {"ln_1": norm(),
-                     "attn": {"c_attn": dense(width, 3 * width), "c_proj": dense(width, width)},
-                     "ln_2": norm(),
-                     "mlp": {"c_fc": dense(width, 4 * width), "c_proj": dense(4 * width, width)}}
-            for i in range(depth)}
-  return {"wte": {"embedding": rng.standard_normal((vocab, width), np.float32) * 0.02},
-          "wpe": {"embedding": rng.standard_normal((context, width), np.float32) * 0.01},
-          "h": blocks, "ln_f": norm()}
+  blocks = {
+    str(i): {
+      "ln_1": norm(),
+      "attn": {"c_attn": dense(width, 3 * width), "c_proj": dense(width, width)},
+      "ln_2": norm(),
+      "mlp": {"c_fc": dense(width, 4 * width), "c_proj": dense(4 * width, width)},
+    }
+    for i in range(depth)
+  }
+  return {
+    "wte": {"embedding": rng.standard_normal((vocab, width), np.float32) * 0.02},
+    "wpe": {"embedding": rng.standard_normal((context, width), np.float32) * 0.01},
+    "h": blocks,
+    "ln_f": norm(),
+  }
 
 
 def with_count(state, count):
   """Every optimizer-state NamedTuple's ``count`` set to ``count`` (traced)."""
   has_count = lambda x: hasattr(x, "_fields") and "count" in x._fields
-  return jax.tree.map(lambda x: x._replace(count=jnp.asarray(count, x.count.dtype))
-                      if has_count(x) else x, state, is_leaf=has_count)
+  return jax.tree.map(
+    lambda x: x._replace(count=jnp.asarray(count, x.count.dtype)) if has_count(x) else x,
+    state,
+    is_leaf=has_count,
+  )
 
 
 class Timed:
@@ -66,6 +79,7 @@ class Timed:
         state = with_count(state, count)
       updates, state = tx.update(grads, state, params)
       return optax.apply_updates(params, updates), state
+
     self.tx, self.step = tx, jax.jit(step, donate_argnums=(0, 1))
 
   def seconds_per_step(self, host_params, grads, count, steps, warmup=True):
@@ -84,22 +98,34 @@ class Timed:
 def candidates(gap):
   mask = labels.decay_mask
   return {
-      "adamw": optax.adamw(1e-3, weight_decay=0.1, mask=mask),
-      "adamp": adamp(1e-3, weight_decay=0.1, weight_decay_mask=mask),
-      "sgd": optax.sgd(1e-3, momentum=0.9, nesterov=True),
-      "sgdp": sgdp(1e-3, momentum=0.9, nesterov=True, weight_decay=0.1, weight_decay_mask=mask),
-      # without Nesterov: the projected direction is written into the buffer (official)
-      "sgdp_plain": sgdp(1e-3, momentum=0.9, weight_decay=0.1, weight_decay_mask=mask),
-      "sgdp_copy": sgdp(1e-3, momentum=0.9, weight_decay=0.1, weight_decay_mask=mask,
-                        project_momentum=False),
-      "nap_adamw": optax.chain(optax.adamw(1e-3, weight_decay=0.1, mask=mask),
-                               normalize_and_project()),
-      "conda": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask, update_proj_gap=gap,
-                     conda_mask="attention_mlp_kernels"),
-      "conda_rotated": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask, update_proj_gap=gap,
-                             conda_mask="attention_mlp_kernels", rotated_momentum=True),
-      "conda_all_2d": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask,
-                            update_proj_gap=gap),
+    "adamw": optax.adamw(1e-3, weight_decay=0.1, mask=mask),
+    "adamp": adamp(1e-3, weight_decay=0.1, weight_decay_mask=mask),
+    "sgd": optax.sgd(1e-3, momentum=0.9, nesterov=True),
+    "sgdp": sgdp(1e-3, momentum=0.9, nesterov=True, weight_decay=0.1, weight_decay_mask=mask),
+    # without Nesterov: the projected direction is written into the buffer (official)
+    "sgdp_plain": sgdp(1e-3, momentum=0.9, weight_decay=0.1, weight_decay_mask=mask),
+    "sgdp_copy": sgdp(
+      1e-3, momentum=0.9, weight_decay=0.1, weight_decay_mask=mask, project_momentum=False
+    ),
+    "nap_adamw": optax.chain(
+      optax.adamw(1e-3, weight_decay=0.1, mask=mask), normalize_and_project()
+    ),
+    "conda": conda(
+      1e-3,
+      weight_decay=0.1,
+      weight_decay_mask=mask,
+      update_proj_gap=gap,
+      conda_mask="attention_mlp_kernels",
+    ),
+    "conda_rotated": conda(
+      1e-3,
+      weight_decay=0.1,
+      weight_decay_mask=mask,
+      update_proj_gap=gap,
+      conda_mask="attention_mlp_kernels",
+      rotated_momentum=True,
+    ),
+    "conda_all_2d": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask, update_proj_gap=gap),
   }
 
 
@@ -109,12 +135,15 @@ def main():
   parser.add_argument("--steps", type=int, default=3, help="steps per timing (Conda: 1)")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--update_proj_gap", type=int, default=200)
-  parser.add_argument("--only", default="adamp,sgd,sgdp,nap_adamw,conda",
-                      help="comma-separated optimizers to compare with adamw (also: "
-                           "sgdp_plain, SGDP without Nesterov, projected buffer; "
-                           "sgdp_copy, the same with project_momentum=False; "
-                           "conda_rotated, momentum kept rotated; conda_all_2d, Conda on "
-                           "every 2-D leaf)")
+  parser.add_argument(
+    "--only",
+    default="adamp,sgd,sgdp,nap_adamw,conda",
+    help="comma-separated optimizers to compare with adamw (also: "
+    "sgdp_plain, SGDP without Nesterov, projected buffer; "
+    "sgdp_copy, the same with project_momentum=False; "
+    "conda_rotated, momentum kept rotated; conda_all_2d, Conda on "
+    "every 2-D leaf)",
+  )
   args = parser.parse_args()
 
   host_params = gpt2_params(width=args.width)
@@ -126,8 +155,11 @@ def main():
   if unknown:
     raise ValueError(f"--only: unknown {unknown}; known: {sorted(all_tx)}")
   timed = {k: Timed(all_tx[k], set_count=k.startswith("conda")) for k in ["adamw"] + names}
-  print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}); GPT-2 tree width "
-        f"{args.width}: {n / 1e6:.1f}M parameters; {args.rounds} interleaved rounds", flush=True)
+  print(
+    f"{jax.devices()[0].device_kind} ({jax.default_backend()}); GPT-2 tree width "
+    f"{args.width}: {n / 1e6:.1f}M parameters; {args.rounds} interleaved rounds",
+    flush=True,
+  )
 
   times = {k: [] for k in timed}
   ratios = {k: [] for k in names}
@@ -150,9 +182,11 @@ def main():
       refresh = timed[name].seconds_per_step(host_params, grads, 0, 1, warmup=False)
       plain_ratio = med(ratios[name])
       amortised = ((gap - 1) * plain_ratio + refresh / base) / gap
-      line = (f"{name:>13}: {med(times[name]) * 1e3:9.1f} ms/step plain, {refresh * 1e3:.0f} "
-              f"ms/step refresh; amortised over T={gap}: {amortised:5.2f}x adamw "
-              f"(plain {plain_ratio:.2f}x, refresh {refresh / base:.0f}x)")
+      line = (
+        f"{name:>13}: {med(times[name]) * 1e3:9.1f} ms/step plain, {refresh * 1e3:.0f} "
+        f"ms/step refresh; amortised over T={gap}: {amortised:5.2f}x adamw "
+        f"(plain {plain_ratio:.2f}x, refresh {refresh / base:.0f}x)"
+      )
     print(line, flush=True)
 
 

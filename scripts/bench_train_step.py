@@ -10,6 +10,7 @@ donated, and timed alternately in one process (median over repeats of the mean t
 normjax's step adds its pure-dict state, metrics (accuracy, grad norm, learning rate) and
 the model-state carry. Target: ratio <= 1.05.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,18 @@ def baseline_step_fn(graphdef, tx, task):
   def step(params, rest, opt_state, batch):
     def loss_fn(params):
       model = nnx.merge(graphdef, params, rest)
-      x, y = (batch["image"], batch["label"]) if task == "classification" else (
-          batch["inputs"], batch["targets"])
+      x, y = (
+        (batch["image"], batch["label"])
+        if task == "classification"
+        else (batch["inputs"], batch["targets"])
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
       return loss, nnx.split(model, nnx.Param, ...)[2]
+
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), rest, opt_state, loss
+
   return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
@@ -54,12 +60,14 @@ def time_steps(fn, steps):
 def bench(name, repeats, steps):
   setup = run.build(sibling_config(str(CONFIGS / "x.py"), name))
   config, info, tx, make = setup.config, setup.info, setup.tx, setup.make
-  batch = jax.device_put(next(nj_data.train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=0)))
+  batch = jax.device_put(
+    next(nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=0))
+  )
 
   # normjax: the trainer's own step.
   train_step = jax.jit(setup.train_step, donate_argnums=(0,))
   state = {"s": jax.jit(setup.init_state)(jax.random.key(0))}
+
   def run_normjax():
     state["s"], metrics = train_step(state["s"], batch)
     return metrics["loss"]
@@ -70,6 +78,7 @@ def bench(name, repeats, steps):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   base = {"p": params, "r": rest, "o": tx.init(params)}
   step = baseline_step_fn(graphdef, tx, info.task)
+
   def run_baseline():
     base["p"], base["r"], base["o"], loss = step(base["p"], base["r"], base["o"], batch)
     return loss
@@ -77,16 +86,19 @@ def bench(name, repeats, steps):
   times = {"normjax": [], "baseline": []}
   runs = [("baseline", run_baseline), ("normjax", run_normjax)]
   for i in range(repeats):  # alternate the order so neither always runs first
-    for key, fn in (runs if i % 2 == 0 else runs[::-1]):
+    for key, fn in runs if i % 2 == 0 else runs[::-1]:
       times[key].append(time_steps(fn, steps))
   med = {k: statistics.median(v) for k, v in times.items()}
   # The work XLA compiled for each step, independent of machine noise.
   cost_nj = train_step.lower(state["s"], batch).compile().cost_analysis()
   cost_base = step.lower(base["p"], base["r"], base["o"], batch).compile().cost_analysis()
-  print(f"{name:16s} batch {config.batch_size:4d}  baseline {med['baseline'] * 1e3:8.2f} ms  "
-        f"normjax {med['normjax'] * 1e3:8.2f} ms  ratio {med['normjax'] / med['baseline']:.3f}  "
-        f"(compiled flops ratio {cost_nj['flops'] / cost_base['flops']:.4f}, bytes ratio "
-        f"{cost_nj['bytes accessed'] / cost_base['bytes accessed']:.4f})", flush=True)
+  print(
+    f"{name:16s} batch {config.batch_size:4d}  baseline {med['baseline'] * 1e3:8.2f} ms  "
+    f"normjax {med['normjax'] * 1e3:8.2f} ms  ratio {med['normjax'] / med['baseline']:.3f}  "
+    f"(compiled flops ratio {cost_nj['flops'] / cost_base['flops']:.4f}, bytes ratio "
+    f"{cost_nj['bytes accessed'] / cost_base['bytes accessed']:.4f})",
+    flush=True,
+  )
   return med["normjax"] / med["baseline"]
 
 

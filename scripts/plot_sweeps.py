@@ -6,6 +6,7 @@ Each ``LABEL=DIR`` names a sweep workdir holding ``summary.json``; the x axis is
 axis of each sweep (e.g. ``optimizer.learning_rate``), the y axis its metric, seed spread
 as error bars, the best point circled.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,23 @@ def main():
       summary = json.load(f)
     x_key = summary["axes"][0]
     rows = sorted((r for r in summary["rows"] if r["mean"] is not None), key=lambda r: r[x_key])
-    line = ax.errorbar([r[x_key] for r in rows], [r["mean"] for r in rows],
-                       yerr=[r["std"] or 0.0 for r in rows], marker="o", capsize=3, label=label)
+    line = ax.errorbar(
+      [r[x_key] for r in rows],
+      [r["mean"] for r in rows],
+      yerr=[r["std"] or 0.0 for r in rows],
+      marker="o",
+      capsize=3,
+      label=label,
+    )
     if summary["best"]:
-      ax.plot(summary["best"][x_key], summary["best"]["mean"], "o", markersize=12,
-              markerfacecolor="none", color=line[0].get_color())
+      ax.plot(
+        summary["best"][x_key],
+        summary["best"]["mean"],
+        "o",
+        markersize=12,
+        markerfacecolor="none",
+        color=line[0].get_color(),
+      )
   ax.set_xscale("log")
   ax.set_xlabel(x_key)
   ax.set_ylabel(summary["metric"])

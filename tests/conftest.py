@@ -1,4 +1,5 @@
 """Test set-up: CPU only, 8 virtual devices for sharding tests, float64 available on request."""
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -1,9 +1,11 @@
 """Shared helpers for the convolutional-norm tests: data, float64 references, sharding check."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 RNG = np.random.default_rng(0)
 
@@ -42,8 +44,11 @@ def conv2d_ref(x, w, *, stride=1, padding=(0, 0), dilation=1):
   out = np.zeros((x.shape[0], out_h, out_w, w.shape[-1]))
   for i in range(kh):
     for j in range(kw):
-      patch = x[:, i * dilation:i * dilation + stride * (out_h - 1) + 1:stride,
-                j * dilation:j * dilation + stride * (out_w - 1) + 1:stride]
+      patch = x[
+        :,
+        i * dilation : i * dilation + stride * (out_h - 1) + 1 : stride,
+        j * dilation : j * dilation + stride * (out_w - 1) + 1 : stride,
+      ]
       out += np.einsum("bhwc,co->bhwo", patch, w[i, j])
   return out
 

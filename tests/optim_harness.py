@@ -3,6 +3,7 @@
 Each ``check_*`` function raises ``AssertionError`` on failure; the per-optimizer test
 files parametrize them. The optimizers under test need ``params`` in ``update``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,13 +33,19 @@ def matrix_parabola(dtype):
 def mixed_target(dtype):
   init = (jnp.zeros((3,), dtype), jnp.zeros((2, 2), dtype))
   final = (jnp.array([1.0, -1.0, 2.0], dtype), jnp.array([[1.0, 0.0], [-1.0, 1.0]], dtype))
+
   def loss(p):
     return jnp.sum(jnp.square(p[0] - final[0])) + jnp.sum(jnp.square(p[1] - final[1]))
+
   return init, final, loss
 
 
-TARGETS = {"parabola": parabola, "rosenbrock": rosenbrock,
-           "matrix_parabola": matrix_parabola, "mixed": mixed_target}
+TARGETS = {
+  "parabola": parabola,
+  "rosenbrock": rosenbrock,
+  "matrix_parabola": matrix_parabola,
+  "mixed": mixed_target,
+}
 
 
 def check_extra_args_and_no_recompile(opt):
@@ -93,15 +100,19 @@ def check_inject_hyperparams(factory, kwargs, params, grads, static_args=(), ste
 
 def dtype_params(dtype):
   """A 1-D and a 2-D leaf (2-D leaves take the projection / rotation paths)."""
-  return {"w": jnp.array([[1.0, 2.0, -0.5], [0.3, -1.2, 2.0]], dtype),
-          "b": jnp.array([1.0, 2.0], dtype)}
+  return {
+    "w": jnp.array([[1.0, 2.0, -0.5], [0.3, -1.2, 2.0]], dtype),
+    "b": jnp.array([1.0, 2.0], dtype),
+  }
 
 
 def check_preserve_dtype(opt, dtype):
   """Updates have the params' dtype; every state leaf keeps its dtype across steps."""
   params = dtype_params(dtype)
-  loss = lambda p: jnp.sum(jnp.square(p["w"].astype(jnp.float32))) + jnp.sum(
-      jnp.square(p["b"].astype(jnp.float32)) * 3.0)
+  loss = lambda p: (
+    jnp.sum(jnp.square(p["w"].astype(jnp.float32)))
+    + jnp.sum(jnp.square(p["b"].astype(jnp.float32)) * 3.0)
+  )
   state = opt.init(params)
   dtypes = [x.dtype for x in jax.tree.leaves(state)]
 

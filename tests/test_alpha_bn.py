@@ -1,4 +1,5 @@
 """alpha-BN: the two endpoints, the mix, training = BatchNorm; corruptions; the eval command."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 from flax import nnx
 
 from normjax import train
+from normjax.norms import alpha_bn, make_norm
 from normjax.tools import alpha_bn_eval
-from normjax.norms import alpha_bn, basic, make_norm
 from tests import conv_norm_utils as u
 from tests import trainer_utils as tu
 
@@ -17,8 +18,12 @@ EPS = 1e-5
 def _pair(channels=6, **kwargs):
   """An AlphaBatchNorm and a BatchNorm with the same random scale/bias and running stats."""
   rng = np.random.default_rng(5)
-  values = {"scale": rng.standard_normal(channels), "bias": rng.standard_normal(channels),
-            "mean": rng.standard_normal(channels), "var": 0.5 + rng.random(channels)}
+  values = {
+    "scale": rng.standard_normal(channels),
+    "bias": rng.standard_normal(channels),
+    "mean": rng.standard_normal(channels),
+    "var": 0.5 + rng.random(channels),
+  }
   pair = []
   for name, kw in (("alpha_bn", kwargs), ("batchnorm", {})):
     norm = make_norm(name, channels, momentum=0.9, rngs=nnx.Rngs(0), **kw)
@@ -62,8 +67,9 @@ def test_training_mode_is_batchnorm_and_masks_count_only_real_rows():
   assert set(nnx.state(norm)) == set(nnx.state(bn))  # a BatchNorm checkpoint loads as is
   mask = np.ones((4, 3), bool)
   mask[3] = False
-  y, _ = alpha_bn.alpha_batch_norm(x, {}, {"mean": jnp.zeros(6), "var": jnp.ones(6)}, alpha=1.0,
-                                   mask=jnp.asarray(mask))
+  y, _ = alpha_bn.alpha_batch_norm(
+    x, {}, {"mean": jnp.zeros(6), "var": jnp.ones(6)}, alpha=1.0, mask=jnp.asarray(mask)
+  )
   rows = u.f64(x)[mask]
   expected = (u.f64(x) - rows.mean(0)) / np.sqrt(rows.var(0, ddof=1) + EPS)
   np.testing.assert_allclose(np.asarray(y)[mask], expected[mask], rtol=2e-5, atol=2e-5)
@@ -131,12 +137,14 @@ def test_eval_gradient_treats_the_test_statistics_as_constants():
   var = (1 - alpha) * state["var"] + alpha * rows.var(0, ddof=1)
   s = np.sqrt(var + EPS)
   official = g * params["scale"] / s  # the official mixed statistics are constants
-  np.testing.assert_allclose(_jax_input_grad(x, g, params, state, alpha), official,
-                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(
+    _jax_input_grad(x, g, params, state, alpha), official, rtol=1e-12, atol=1e-12
+  )
   # gradient_through_statistics: d/dx of the mix, in closed form, per channel
   gr, xc = g.reshape(-1, 4), rows - mean
-  through = (gr - alpha * gr.mean(0)) / s - (gr * xc).sum(0) / s ** 3 * alpha * (
-      rows - rows.mean(0)) / (n - 1)
+  through = (gr - alpha * gr.mean(0)) / s - (gr * xc).sum(0) / s**3 * alpha * (
+    rows - rows.mean(0)
+  ) / (n - 1)
   through = (through * params["scale"]).reshape(x.shape)
   got = _jax_input_grad(x, g, params, state, alpha, gradient_through_statistics=True)
   np.testing.assert_allclose(got, through, rtol=1e-11, atol=1e-12)
@@ -154,16 +162,28 @@ def test_eval_gradient_against_torch_official_alpha_bn():
   aux(xt)
   mixed_mean = (1 - alpha) * torch.tensor(state["mean"]) + alpha * aux.running_mean
   mixed_var = (1 - alpha) * torch.tensor(state["var"]) + alpha * aux.running_var
-  y = torch.nn.functional.batch_norm(xt, mixed_mean, mixed_var, torch.tensor(params["scale"]),
-                                     torch.tensor(params["bias"]), False, 0.0, EPS)
+  y = torch.nn.functional.batch_norm(
+    xt,
+    mixed_mean,
+    mixed_var,
+    torch.tensor(params["scale"]),
+    torch.tensor(params["bias"]),
+    False,
+    0.0,
+    EPS,
+  )
   y.backward(torch.tensor(g).permute(0, 3, 1, 2))
   expected = xt.grad.permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(_jax_input_grad(x, g, params, state, alpha), expected,
-                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(
+    _jax_input_grad(x, g, params, state, alpha), expected, rtol=1e-12, atol=1e-12
+  )
   with jax.enable_x64(True):
-    y_jax, _ = alpha_bn.alpha_batch_norm(jnp.asarray(x), jax.tree.map(jnp.asarray, params),
-                                         jax.tree.map(jnp.asarray, state), alpha=alpha)
-  np.testing.assert_allclose(y_jax, y.permute(0, 2, 3, 1).detach().numpy(), rtol=1e-12,
-                             atol=1e-12)
+    y_jax, _ = alpha_bn.alpha_batch_norm(
+      jnp.asarray(x),
+      jax.tree.map(jnp.asarray, params),
+      jax.tree.map(jnp.asarray, state),
+      alpha=alpha,
+    )
+  np.testing.assert_allclose(y_jax, y.permute(0, 2, 3, 1).detach().numpy(), rtol=1e-12, atol=1e-12)
   module = make_norm("alpha_bn", 4, rngs=nnx.Rngs(0))
   assert module.gradient_through_statistics is False  # the official behaviour is the default

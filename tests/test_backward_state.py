@@ -1,15 +1,16 @@
 """The shared mechanism for state updated in the backward pass (PowerNorm/UN-style)."""
+
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from normjax.norms.backward_state import GradStat, backward_state_op
-from normjax.state import value_and_grad_with_backward_state
-from normjax.state import ModelDef, split
+from normjax.state import ModelDef, split, value_and_grad_with_backward_state
 
 MOMENTUM = 0.75
 
@@ -53,8 +54,10 @@ def _step(model_def, params, model_state, x):
   def loss_fn(params, model_state):
     model = model_def.merge(params, model_state, train=True)
     return jnp.mean(model(x) ** 2), (split(model)[1], None)
+
   (loss, _), grads, new_state = value_and_grad_with_backward_state(
-      loss_fn, params, model_state, model_def.grad_stat_mask)
+    loss_fn, params, model_state, model_def.grad_stat_mask
+  )
   return grads, new_state
 
 
@@ -96,4 +99,3 @@ def test_sharded_equals_unsharded():
     got = step(params, model_state, xs)
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-

@@ -1,5 +1,6 @@
 """Every key of every config refuses a wrong type and an out-of-range value with one line that
 names the key (normjax.config_schema), before anything compiles."""
+
 import copy
 from pathlib import Path
 
@@ -13,8 +14,14 @@ from tests import trainer_utils as tu
 
 CONFIGS = sorted(p.stem for p in (tu.ROOT / "configs").glob("*.py"))
 # the data options, checked by normjax.data (set each to a wrong type)
-DATA_BAD = {"seq_len": [0, "x"], "eval_windows": [0, 1.5], "hole_size": [0, "x"],
-            "name": [3, ""], "path": [], "data_dir": []}
+DATA_BAD = {
+  "seq_len": [0, "x"],
+  "eval_windows": [0, 1.5],
+  "hole_size": [0, "x"],
+  "name": [3, ""],
+  "path": [],
+  "data_dir": [],
+}
 
 
 def with_value(tree: dict, key: str, value) -> ml_collections.ConfigDict:
@@ -40,8 +47,10 @@ def test_every_key_refuses_a_wrong_type_and_range(name, monkeypatch):
   tree = config.to_dict()
   for key, value in flatten(tree).items():
     rule = rule_for(key)
-    assert rule is not None, (f"configs/{name}.py: config key {key} has no rule in "
-                              f"normjax.config_schema (add one, or list it in FREE with why)")
+    assert rule is not None, (
+      f"configs/{name}.py: config key {key} has no rule in "
+      f"normjax.config_schema (add one, or list it in FREE with why)"
+    )
     if isinstance(rule, Rule):
       assert rule.ok(value), f"{name}: its own {key}={value!r} breaks its rule"
       bad_values = rule.bad_values()
@@ -51,7 +60,8 @@ def test_every_key_refuses_a_wrong_type_and_range(name, monkeypatch):
       message = refusal(with_value(tree, key, bad))
       assert "\n" not in message, message
       assert f"config key {key}=" in message or f"config key {key.rsplit('.', 1)[0]}=" in (
-          message), f"{name}: {key}={bad!r} -> {message}"
+        message
+      ), f"{name}: {key}={bad!r} -> {message}"
 
 
 def test_schema_rules_refuse_what_they_say():

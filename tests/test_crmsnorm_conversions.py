@@ -3,6 +3,7 @@
 The float64 checks run an independent numpy forward of GPT-2 / ViT written from the formulas;
 the float32 checks run the normjax models; training equivalence runs the trainer's step.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,25 +13,33 @@ from flax import nnx
 
 from normjax import norms, run
 from normjax.models import make_model
-from normjax.surgery.conversions import build, convert
 from normjax.norms.crmsnorm import CRMSNorm, compress, crms_norm, decompress
+from normjax.surgery.conversions import build, convert
 
 EPS = 1e-6
 GPT2 = dict(vocab_size=29, max_len=8, width=16, depth=2, num_heads=4)
-VIT = dict(num_classes=5, image_size=4, in_channels=2, patch_size=2, width=16, depth=2,
-           num_heads=4, mlp_dim=32)
+VIT = dict(
+  num_classes=5,
+  image_size=4,
+  in_channels=2,
+  patch_size=2,
+  width=16,
+  depth=2,
+  num_heads=4,
+  mlp_dim=32,
+)
 
 
 # ----------------------------------------------------------------- numpy float64 reference
 def np_norm(h, q, kind):
   if kind == "layernorm":
     c = h - h.mean(-1, keepdims=True)
-    y = c / np.sqrt((c ** 2).mean(-1, keepdims=True) + EPS)
+    y = c / np.sqrt((c**2).mean(-1, keepdims=True) + EPS)
   elif kind == "rmsnorm":
-    y = h / np.sqrt((h ** 2).mean(-1, keepdims=True) + EPS)
+    y = h / np.sqrt((h**2).mean(-1, keepdims=True) + EPS)
   else:  # crmsnorm on d-1 stored coordinates
     d = h.shape[-1] + 1
-    y = h / np.sqrt(((h ** 2).sum(-1, keepdims=True) + h.sum(-1, keepdims=True) ** 2) / d + EPS)
+    y = h / np.sqrt(((h**2).sum(-1, keepdims=True) + h.sum(-1, keepdims=True) ** 2) / d + EPS)
   return y * q.get("scale", 1.0) + q.get("bias", 0.0)
 
 
@@ -52,13 +61,15 @@ def np_attention(h, q, heads, causal):
 
 
 def np_gelu(u):
-  return 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+  return 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u**3)))
 
 
 def np_forward(name, p, kind, inputs):
   if name == "gpt2":
-    h = p["token_embedding"]["embedding"][inputs] + p["position_embedding"]["embedding"][
-        :inputs.shape[1]]
+    h = (
+      p["token_embedding"]["embedding"][inputs]
+      + p["position_embedding"]["embedding"][: inputs.shape[1]]
+    )
   else:
     size = VIT["patch_size"]
     b, hh, ww, c = inputs.shape
@@ -71,11 +82,16 @@ def np_forward(name, p, kind, inputs):
   blocks = p["transformer"]["blocks"]
   for i in sorted(blocks):
     blk = blocks[i]
-    h = h + np_attention(np_norm(h, blk.get("attn_norm", {}), kind), blk["attn"],
-                         GPT2["num_heads"], causal=name == "gpt2")
+    h = h + np_attention(
+      np_norm(h, blk.get("attn_norm", {}), kind),
+      blk["attn"],
+      GPT2["num_heads"],
+      causal=name == "gpt2",
+    )
     mlp = blk["mlp"]
-    h = h + np_linear(np_gelu(np_linear(np_norm(h, blk.get("mlp_norm", {}), kind), mlp["fc1"])),
-                      mlp["fc2"])
+    h = h + np_linear(
+      np_gelu(np_linear(np_norm(h, blk.get("mlp_norm", {}), kind), mlp["fc1"])), mlp["fc2"]
+    )
   h = np_norm(h, p["transformer"].get("final_norm", {}), kind)
   if name == "vit":
     h = h[:, 0]
@@ -89,6 +105,7 @@ def random_params(name, kwargs, seed=0):
   """float64 parameters, all non-trivial: LN affine, head, biases, off-centre embeddings."""
   abstract = nnx.eval_shape(lambda: make_model(name, rngs=nnx.Rngs(0), **kwargs))
   rng = np.random.default_rng(seed)
+
   def draw(path, x):
     names = [str(getattr(k, "key", k)) for k in path]
     value = 0.3 * rng.standard_normal(x.shape)
@@ -97,6 +114,7 @@ def random_params(name, kwargs, seed=0):
     elif names[-1] == "kernel" and len(x.shape) >= 2:
       value *= 3.0 / np.sqrt(np.prod(x.shape[:-1]))
     return value + (0.5 if "embedding" in names[0] else 0.0)
+
   return jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
 
 
@@ -157,8 +175,13 @@ def test_conversions_are_exact(name, kwargs):
     converted = np_forward(name, new_params, to, inputs)
     np.testing.assert_allclose(converted, reference, rtol=0, atol=1e-10, err_msg=to)
     # float32: the normjax model of the converted architecture
-    np.testing.assert_allclose(forward(build(name, new_kwargs, new_params), inputs), original,
-                               rtol=1e-5, atol=2e-5, err_msg=to)
+    np.testing.assert_allclose(
+      forward(build(name, new_kwargs, new_params), inputs),
+      original,
+      rtol=1e-5,
+      atol=2e-5,
+      err_msg=to,
+    )
   assert np.abs(reference).max() > 0.1  # not a trivially small output
 
 
@@ -173,10 +196,15 @@ def test_zero_mean_reparameterisation_trains_like_pre_ln():
   results = {}
   for tag, kwargs in {"ln": ln, "rms_zero_mean": dict(rms, zero_mean_writers=True)}.items():
     make = lambda rngs, kwargs=kwargs: make_model("gpt2", rngs=rngs, **kwargs)
-    step = jax.jit(run.from_model(make, tx, task="lm", schedule=optax.constant_schedule(0.5))
-                   .train_step)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": {},
-             "opt_state": tx.init(params)}
+    step = jax.jit(
+      run.from_model(make, tx, task="lm", schedule=optax.constant_schedule(0.5)).train_step
+    )
+    state = {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "model_state": {},
+      "opt_state": tx.init(params),
+    }
     losses = []
     for batch in batches:  # the second loss is the loss after one training step
       state, metrics = step(state, batch)
@@ -194,9 +222,11 @@ def test_zero_mean_reparameterisation_trains_like_pre_ln():
 
 
 def test_conversion_rejects_non_pre_ln_models():
-  for kwargs, match in [(dict(GPT2, placement="post"), "placement"),
-                        (dict(GPT2, norm="rmsnorm"), "norm='rmsnorm'"),
-                        (dict(GPT2, embedding_norm=True), "embedding_norm")]:
+  for kwargs, match in [
+    (dict(GPT2, placement="post"), "placement"),
+    (dict(GPT2, norm="rmsnorm"), "norm='rmsnorm'"),
+    (dict(GPT2, embedding_norm=True), "embedding_norm"),
+  ]:
     with pytest.raises(ValueError, match=match):
       convert("gpt2", kwargs, {}, "rmsnorm")
   with pytest.raises(ValueError, match="to='layernorm'"):

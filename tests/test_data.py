@@ -1,4 +1,5 @@
 """Tests for normjax.data: builders, splits, batches, determinism, sharding, state."""
+
 import hashlib
 import os
 import pathlib
@@ -24,6 +25,7 @@ def config(**kwargs):
 
 class FakeSmallImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """20 train / 7 test random 16x16 RGB images, 3 classes."""
+
   name = "fake_small_images"
   code_path = None
   VERSION = tfds.core.Version("1.0.0")
@@ -31,9 +33,16 @@ class FakeSmallImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SIZES = {"train": 20, "test": 7}
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=self.SHAPE),
-        "label": tfds.features.ClassLabel(num_classes=3)}), supervised_keys=("image", "label"))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=self.SHAPE),
+          "label": tfds.features.ClassLabel(num_classes=3),
+        }
+      ),
+      supervised_keys=("image", "label"),
+    )
 
   def _split_generators(self, dl_manager):
     return {s: self._generate_examples(s) for s in self.SIZES}
@@ -45,6 +54,7 @@ class FakeSmallImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class FakeLargeImages(FakeSmallImages):
   """Variable-size RGB images (70..100 px), 2 classes."""
+
   name = "fake_large_images"
   SHAPE = (None, None, 3)
   SIZES = {"train": 6, "validation": 3}
@@ -64,7 +74,8 @@ def data_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp("tfds")
   for cls in (FakeSmallImages, FakeLargeImages):
     cls(data_dir=os.fspath(directory), file_format="array_record").download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
   return directory
 
 
@@ -77,32 +88,43 @@ def take(it, n, key):
 
 def test_digits_split_matches_sklearn(data_dir):
   from sklearn.datasets import load_digits
+
   digits = load_digits()
   builder = builders.prepared_builder("digits", data_dir)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 1438, "test": 359}
   for split, keep in (("train", lambda i: i % 5 != 4), ("test", lambda i: i % 5 == 4)):
     source = builder.as_data_source(split=split)
     got = {(r["image"].tobytes(), int(r["label"])) for r in source}
-    want = {(digits.images[i].astype(np.uint8)[..., None].tobytes(), int(digits.target[i]))
-            for i in range(len(digits.target)) if keep(i)}
+    want = {
+      (digits.images[i].astype(np.uint8)[..., None].tobytes(), int(digits.target[i]))
+      for i in range(len(digits.target))
+      if keep(i)
+    }
     assert got == want
   info = data.get_info(config(name="digits", data_dir=os.fspath(data_dir)))
   assert (info.num_train, info.num_eval, info.num_classes, info.image_shape) == (
-      1438, 359, 10, (8, 8, 1))
+    1438,
+    359,
+    10,
+    (8, 8, 1),
+  )
 
 
 def test_pystdlib_split_by_file(data_dir):
   builder = builders.prepared_builder("pystdlib", data_dir)
-  paths = {s: [r["path"].decode() for r in builder.as_data_source(split=s)]
-           for s in ("train", "validation")}
+  paths = {
+    s: [r["path"].decode() for r in builder.as_data_source(split=s)]
+    for s in ("train", "validation")
+  }
   train, val = set(paths["train"]), set(paths["validation"])
   assert not train & val and len(val) > 10 and len(train) > 8 * len(val)
   root = pathlib.Path(builders.sysconfig.get_paths()["stdlib"])
   expected = set()
   for p in root.rglob("*.py"):
     parts = p.relative_to(root).parts
-    if not {"site-packages", "dist-packages", "test", "tests", "idle_test",
-            "pydoc_data"} & set(parts[:-1]):
+    if not {"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data"} & set(
+      parts[:-1]
+    ):
       expected.add(p.relative_to(root).as_posix())
   assert train | val == expected
   for p in val:
@@ -124,7 +146,8 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
   assert data.data_dir(config(name="digits")) == tmp_path / "xdg/normjax/tensorflow_datasets"
   monkeypatch.delenv("XDG_CACHE_HOME")
   assert data.data_dir(config(name="digits")) == (
-      pathlib.Path.home() / ".cache/normjax/tensorflow_datasets")
+    pathlib.Path.home() / ".cache/normjax/tensorflow_datasets"
+  )
   monkeypatch.setenv("NORMJAX_DATA_DIR", os.fspath(tmp_path / "env"))
   assert data.data_dir(config(name="digits")) == tmp_path / "env"
   assert data.data_dir(config(name="digits", data_dir=os.fspath(tmp_path / "c"))) == tmp_path / "c"
@@ -135,6 +158,7 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
 
 def test_digits_batches_are_standardized_pixels(data_dir):
   from sklearn.datasets import load_digits
+
   digits = load_digits()
   x = digits.images.astype(np.float64) / 16
   is_test = np.arange(len(x)) % 5 == 4
@@ -184,8 +208,9 @@ def test_tokens_windows_entropy_and_cap(tmp_path):
   p = (np.bincount(train, minlength=512) + 1.0) / (len(train) + 512)
   want = -np.mean(np.log(p[val[1:1001].astype(np.int64)]))
   assert info.unigram_entropy == pytest.approx(want, rel=1e-12)
-  capped = config(name="tokens", path=os.fspath(tmp_path), seq_len=10, vocab_size=512,
-                  eval_windows=7)
+  capped = config(
+    name="tokens", path=os.fspath(tmp_path), seq_len=10, vocab_size=512, eval_windows=7
+  )
   assert data.get_info(capped).num_eval == 7
   starts = tokens.eval_window_starts(len(val), 10, 7)
   assert len(set(starts)) == 7 and starts.max() <= 990 and np.all(starts % 10 == 0)
@@ -197,14 +222,20 @@ def test_small_tfds_images(data_dir):
   cfg = config(name="fake_small_images", data_dir=os.fspath(data_dir))
   info = data.get_info(cfg)
   assert (info.num_train, info.num_eval, info.num_classes, info.image_shape, info.eval_split) == (
-      20, 7, 3, (16, 16, 3), "test")
+    20,
+    7,
+    3,
+    (16, 16, 3),
+    "test",
+  )
   raw, labels = fake_images(FakeSmallImages, "test")
   batch = next(data.eval_iterator(cfg, global_batch_size=8))
   mean, std = np.array(augment.IMAGENET_MEAN), np.array(augment.IMAGENET_STD)
   want = (np.stack(raw) / 255 - mean) / std
   # Records come in TFDS's storage order: find each served image among the originals.
-  match = [[j for j in range(7) if np.allclose(image, want[j], atol=1e-5)]
-           for image in batch["image"][:7]]
+  match = [
+    [j for j in range(7) if np.allclose(image, want[j], atol=1e-5)] for image in batch["image"][:7]
+  ]
   assert sorted(sum(match, [])) == list(range(7))
   assert [labels[m[0]] for m in match] == list(batch["label"][:7])
   assert list(batch["mask"]) == [1] * 7 + [0] and (batch["image"][7] == 0).all()
@@ -219,9 +250,12 @@ def test_small_tfds_images(data_dir):
 
 def test_small_images_read_from_disk_equal_in_memory(data_dir, monkeypatch):
   cfg = config(name="fake_small_images", data_dir=os.fspath(data_dir))
+
   def batches():
-    return (take(data.train_iterator(cfg, global_batch_size=10, seed=4), 3, "image")
-            + [b["image"] for b in data.eval_iterator(cfg, global_batch_size=4)])
+    return take(data.train_iterator(cfg, global_batch_size=10, seed=4), 3, "image") + [
+      b["image"] for b in data.eval_iterator(cfg, global_batch_size=4)
+    ]
+
   in_memory = batches()
   assert isinstance(data._load(cfg)[0].train_batches.read, sources.ArrayImages)
   monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
@@ -240,7 +274,7 @@ def _is_crop_of(image, original, zero_value, pad=4):
   for view in (padded, padded[:, ::-1]):
     for top in range(2 * pad + 1):
       for left in range(2 * pad + 1):
-        if np.allclose(view[top:top + h, left:left + w], image, atol=1e-5):
+        if np.allclose(view[top : top + h, left : left + w], image, atol=1e-5):
           return True
   return False
 
@@ -263,7 +297,7 @@ def test_pad_crop_flip_matches_loop():
   for image, row, out in zip(images, u, got):
     padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
     top, left = int(row[0] * 5), int(row[1] * 5)
-    crop = padded[top:top + 5, left:left + 7]
+    crop = padded[top : top + 5, left : left + 7]
     np.testing.assert_array_equal(out, crop[:, ::-1] if row[2] < 0.5 else crop)
 
 
@@ -314,8 +348,14 @@ def test_same_seed_same_batches_different_seed_different(data_dir):
 def test_processes_split_the_same_global_batch(data_dir, name):
   cfg = config(name=name, data_dir=os.fspath(data_dir))
   whole = take(data.train_iterator(cfg, global_batch_size=8, seed=3), 4, "image")
-  halves = [take(data.train_iterator(cfg, global_batch_size=8, seed=3, process_index=p,
-                                     process_count=2), 4, "image") for p in range(2)]
+  halves = [
+    take(
+      data.train_iterator(cfg, global_batch_size=8, seed=3, process_index=p, process_count=2),
+      4,
+      "image",
+    )
+    for p in range(2)
+  ]
   for step in range(4):
     assert halves[0][step].shape[0] == 4
     np.testing.assert_array_equal(np.concatenate([h[step] for h in halves]), whole[step])
@@ -326,8 +366,9 @@ def test_processes_split_the_same_global_batch(data_dir, name):
 def test_eval_is_exact_across_processes():
   seen, masks = [], 0
   for p in range(3):
-    for batch in pipeline.eval_iterator(identity_batch, 10, global_batch_size=6,
-                                        process_index=p, process_count=3):
+    for batch in pipeline.eval_iterator(
+      identity_batch, 10, global_batch_size=6, process_index=p, process_count=3
+    ):
       seen += list(batch["index"][batch["mask"] == 1])
       masks += batch["mask"].sum()
       assert (batch["index"][batch["mask"] == 0] == 0).all()
@@ -355,16 +396,18 @@ def test_orbax_checkpoint_round_trip(data_dir, tmp_path):
   want = take(it, 4, "image")
   resumed = data.train_iterator(cfg, global_batch_size=6, seed=2)
   manager = ocp.CheckpointManager(tmp_path / "ckpt")
-  manager.restore(manager.latest_step(),
-                  args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  manager.restore(
+    manager.latest_step(), args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed))
+  )
   assert all((x == y).all() for x, y in zip(want, take(resumed, 4, "image")))
 
 
 def test_worker_processes_give_the_same_batches(data_dir):
   cfg = config(name="digits", data_dir=os.fspath(data_dir))
   want = take(data.train_iterator(cfg, global_batch_size=16, seed=0), 3, "label")
-  it = data.train_iterator(config(name="digits", data_dir=os.fspath(data_dir), num_workers=1),
-                           global_batch_size=16, seed=0)
+  it = data.train_iterator(
+    config(name="digits", data_dir=os.fspath(data_dir), num_workers=1), global_batch_size=16, seed=0
+  )
   try:
     assert all((x == y).all() for x, y in zip(want, take(it, 3, "label")))
   finally:
@@ -398,5 +441,9 @@ def test_config_errors(data_dir):
   with pytest.raises(ValueError, match="data.eval_split='dev'.*available: test, train"):
     data.get_info(config(name="digits", data_dir=d, eval_split="dev"))
   # None means unset; a fixed property stated correctly is accepted.
-  assert data.get_info(config(name="pystdlib", data_dir=d, vocab_size=256, image_size=None,
-                              seq_len=16)).vocab_size == 256
+  assert (
+    data.get_info(
+      config(name="pystdlib", data_dir=d, vocab_size=256, image_size=None, seq_len=16)
+    ).vocab_size
+    == 256
+  )

@@ -1,4 +1,5 @@
 """EvoNorm B0/S0/B1/S1 against float64 references written from the formulas."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,7 @@ def ref_b0(x, gamma, beta, v, var, eps=EPS):
 
 def ref_b1(x, gamma, beta, var, eps=EPS):
   left = np.sqrt(var + eps)
-  right = (x + 1) * np.sqrt((x ** 2).mean(axis=(1, 2), keepdims=True) + eps)
+  right = (x + 1) * np.sqrt((x**2).mean(axis=(1, 2), keepdims=True) + eps)
   return x / np.maximum(left, right) * gamma + beta
 
 
@@ -55,8 +56,8 @@ def _params(norm):
 
 def test_group_count_search_follows_tensorflow():
   assert evonorm.evonorm_groups(64, 32) == 32
-  assert evonorm.evonorm_groups(20, 8) == 5      # 8, 7, 6 do not divide 20
-  assert evonorm.evonorm_groups(12, 32) == 12    # more groups than channels
+  assert evonorm.evonorm_groups(20, 8) == 5  # 8, 7, 6 do not divide 20
+  assert evonorm.evonorm_groups(12, 32) == 12  # more groups than channels
   assert evonorm.evonorm_groups(7, 4) == 1
   assert make_norm("evonorm_s0", 20, num_groups=8, rngs=nnx.Rngs(0)).num_groups == 5
   with pytest.raises(ValueError, match="num_groups=0"):
@@ -70,10 +71,12 @@ def test_sample_based_variants_match_reference(channels, groups):
     norm = _module(name, channels, num_groups=groups)
     gamma, beta = _params(norm)
     g = evonorm.evonorm_groups(channels, groups)
-    expected = (ref_s0(u.f64(x), gamma, beta, u.f64(norm.v[...]), g) if name == "evonorm_s0"
-                else ref_s1(u.f64(x), gamma, beta, g))
-    np.testing.assert_allclose(norm(jnp.asarray(x)), expected, rtol=2e-5, atol=2e-5,
-                               err_msg=name)
+    expected = (
+      ref_s0(u.f64(x), gamma, beta, u.f64(norm.v[...]), g)
+      if name == "evonorm_s0"
+      else ref_s1(u.f64(x), gamma, beta, g)
+    )
+    np.testing.assert_allclose(norm(jnp.asarray(x)), expected, rtol=2e-5, atol=2e-5, err_msg=name)
     # per-sample: one example's output does not depend on the others
     np.testing.assert_allclose(norm(jnp.asarray(x[1:2])), expected[1:2], rtol=2e-5, atol=2e-5)
 
@@ -85,11 +88,13 @@ def test_batch_variants_train_update_and_eval(name):
   old = 0.5 + u.RNG.random(6)
   norm.var[...] = jnp.asarray(old, jnp.float32)
   gamma, beta = _params(norm)
-  ref = (lambda x, var: ref_b0(x, gamma, beta, u.f64(norm.v[...]), var)) if name == "evonorm_b0" \
-      else (lambda x, var: ref_b1(x, gamma, beta, var))
+  ref = (
+    (lambda x, var: ref_b0(x, gamma, beta, u.f64(norm.v[...]), var))
+    if name == "evonorm_b0"
+    else (lambda x, var: ref_b1(x, gamma, beta, var))
+  )
   _, batch_var = u.batch_stats(x)
-  np.testing.assert_allclose(norm(jnp.asarray(x)), ref(u.f64(x), batch_var), rtol=2e-5,
-                             atol=2e-5)
+  np.testing.assert_allclose(norm(jnp.asarray(x)), ref(u.f64(x), batch_var), rtol=2e-5, atol=2e-5)
   # running variance: r <- 0.9 r + 0.1 var_bhw (TF decay 0.9, population variance)
   np.testing.assert_allclose(norm.var[...], 0.9 * old + 0.1 * batch_var.reshape(-1), rtol=1e-5)
   running = u.f64(norm.var[...])
@@ -105,8 +110,9 @@ def test_no_nonlinearity_form_is_affine_only_as_tensorflow():
   for name in ("evonorm_b0", "evonorm_s0", "evonorm_b1", "evonorm_s1"):
     norm = _module(name, 8, apply_act=False)
     gamma, beta = _params(norm)
-    np.testing.assert_allclose(norm(jnp.asarray(x)), u.f64(x) * gamma + beta, rtol=1e-6,
-                               atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(
+      norm(jnp.asarray(x)), u.f64(x) * gamma + beta, rtol=1e-6, atol=1e-6, err_msg=name
+    )
     assert set(nnx.state(norm, nnx.Param)) == {"scale", "bias"}
     assert not jax.tree.leaves(nnx.state(norm, nnx.BatchStat))
 
@@ -125,8 +131,9 @@ def test_defaults_and_resnet_unit():
   # in a ResNet: one layer replaces norm + ReLU; the last norm starts with gamma = 0
   unit = NormAct(8, norm="evonorm_s0", norm_kwargs={}, rngs=nnx.Rngs(0))
   assert not unit.apply_relu and unit.norm.apply_act
-  last = NormAct(8, norm="evonorm_b0", norm_kwargs={}, apply_act=False, zero_init_scale=True,
-                 rngs=nnx.Rngs(0))
+  last = NormAct(
+    8, norm="evonorm_b0", norm_kwargs={}, apply_act=False, zero_init_scale=True, rngs=nnx.Rngs(0)
+  )
   assert not last.norm.apply_act
   np.testing.assert_array_equal(last(jnp.ones((2, 3, 3, 8))), 0.0)
 
@@ -137,8 +144,9 @@ def test_gradients_are_finite_and_bfloat16_stays_bfloat16():
     norm = make_norm(name, 16, rngs=nnx.Rngs(0))
     function = getattr(evonorm, name)
     state = {"var": jnp.ones(16)} if name.startswith("evonorm_b") else None
-    grad = jax.jit(jax.grad(
-        lambda x: jnp.sum(function(x, norm.params(), state, train=True)[0] ** 2)))(x)
+    grad = jax.jit(
+      jax.grad(lambda x: jnp.sum(function(x, norm.params(), state, train=True)[0] ** 2))
+    )(x)
     assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0, name
     assert norm(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
@@ -162,7 +170,8 @@ def test_group_statistics_with_a_mask_use_real_positions_only():
   gamma, beta, v = *_params(norm), u.f64(norm.v[...])
   for b in range(2):
     real = u.f64(x[b][mask[b]])  # (positions, C)
-    std = np.repeat(np.sqrt(real.reshape(-1, 4, 2).transpose(1, 0, 2).reshape(4, -1).var(1)
-                            + EPS), 2)
+    std = np.repeat(
+      np.sqrt(real.reshape(-1, 4, 2).transpose(1, 0, 2).reshape(4, -1).var(1) + EPS), 2
+    )
     expected = real * sigmoid(v * real) / std * gamma + beta
     np.testing.assert_allclose(y[b][mask[b]], expected, rtol=2e-5, atol=2e-5)

@@ -1,4 +1,5 @@
 """Folding eval-affine norms (UnifiedNorm, PowerNorm, BatchNorm) into adjacent linear layers."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,23 +7,38 @@ import pytest
 from flax import nnx
 
 from normjax.models import make_model
-from normjax.surgery.conversions import build
 from normjax.norms.basic import Identity
-from normjax.surgery.folding import (ChannelAffine, EvalMap, fold_into_next, fold_into_previous,
-                                   fold_norms)
 from normjax.norms.powernorm import GroupScaling
+from normjax.surgery.conversions import build
+from normjax.surgery.folding import (
+  ChannelAffine,
+  EvalMap,
+  fold_into_next,
+  fold_into_previous,
+  fold_norms,
+)
 
 GPT2 = dict(vocab_size=29, max_len=8, width=16, depth=2, num_heads=4)
-VIT = dict(num_classes=5, image_size=4, in_channels=2, patch_size=2, width=16, depth=2,
-           num_heads=4, mlp_dim=32)
+VIT = dict(
+  num_classes=5,
+  image_size=4,
+  in_channels=2,
+  patch_size=2,
+  width=16,
+  depth=2,
+  num_heads=4,
+  mlp_dim=32,
+)
 
 
 def random_model(name, kwargs, seed=0):
   """A model with random parameters and random (positive) running statistics, in eval mode."""
   abstract = nnx.eval_shape(lambda: make_model(name, rngs=nnx.Rngs(0), **kwargs))
   rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda x: 0.3 * rng.standard_normal(x.shape) + 0.2,
-                        nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+  params = jax.tree.map(
+    lambda x: 0.3 * rng.standard_normal(x.shape) + 0.2,
+    nnx.to_pure_dict(nnx.state(abstract, nnx.Param)),
+  )
   model = build(name, kwargs, params)
   for _, node in nnx.iter_graph(model):
     if isinstance(node, nnx.BatchStat) and jnp.issubdtype(node[...].dtype, jnp.floating):
@@ -59,15 +75,19 @@ def test_fold_formulas_match_applying_the_map():
     np.testing.assert_allclose(h @ np.asarray(w) + b, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,norm,norm_kwargs,placement", [
+@pytest.mark.parametrize(
+  "name,norm,norm_kwargs,placement",
+  [
     ("gpt2", "unifiednorm", {}, "pre"),
     ("gpt2", "powernorm", {"groups": 4}, "pre"),
     ("vit", "batchnorm", {}, "peri"),
     ("vit", "unifiednorm", {"window": 2}, "peri"),
-])
+  ],
+)
 def test_folded_model_gives_identical_outputs(name, norm, norm_kwargs, placement):
-  kwargs = dict(GPT2 if name == "gpt2" else VIT, norm=norm, norm_kwargs=norm_kwargs,
-                placement=placement)
+  kwargs = dict(
+    GPT2 if name == "gpt2" else VIT, norm=norm, norm_kwargs=norm_kwargs, placement=placement
+  )
   model = random_model(name, kwargs)
   x = inputs(name)
   expected = forward(model, x)
@@ -76,8 +96,11 @@ def test_folded_model_gives_identical_outputs(name, norm, norm_kwargs, placement
   for untie_head in variants:
     folded = fold_norms(model, untie_head=untie_head)
     np.testing.assert_allclose(forward(folded, x), expected, rtol=2e-5, atol=2e-5)
-    left = {"/".join(map(str, p)): type(n) for p, n in nnx.iter_graph(folded)
-            if p and "norm" in str(p[-1]) and isinstance(n, nnx.Module)}
+    left = {
+      "/".join(map(str, p)): type(n)
+      for p, n in nnx.iter_graph(folded)
+      if p and "norm" in str(p[-1]) and isinstance(n, nnx.Module)
+    }
     kept = GroupScaling if norm == "powernorm" else Identity
     # a tied GPT-2 head stays tied: its final norm becomes an elementwise affine map
     final = ChannelAffine if name == "gpt2" and not untie_head else kept
@@ -86,12 +109,15 @@ def test_folded_model_gives_identical_outputs(name, norm, norm_kwargs, placement
   np.testing.assert_array_equal(forward(model, x), expected)  # the original is untouched
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(norm="layernorm"), "LayerNorm normalizes each token"),
     (dict(norm="batchnorm", placement="post"), "post placement"),
     (dict(norm="powernorm", placement="peri"), "GroupScaling sits between"),
     (dict(norm="batchnorm", embedding_norm=True), "embedding_norm"),
-])
+  ],
+)
 def test_unfoldable_norms_are_refused(kwargs, match):
   model = nnx.eval_shape(lambda: make_model("gpt2", rngs=nnx.Rngs(0), **GPT2, **kwargs))
   with pytest.raises(ValueError, match=match):

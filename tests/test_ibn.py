@@ -1,4 +1,5 @@
 """IBN layer against a float64 reference; IBN-a / IBN-b ResNet structure."""
+
 import functools
 
 import jax.numpy as jnp
@@ -23,8 +24,9 @@ def ref_ibn(x, norm, mean=None, var=None):
     mean, var = u.batch_stats(b)
   b = (b - mean) / np.sqrt(var + EPS)
   p = {n: u.f64(getattr(norm, n)[...]) for n in AFFINE}
-  return np.concatenate([a * p["instance_scale"] + p["instance_bias"],
-                         b * p["batch_scale"] + p["batch_bias"]], -1)
+  return np.concatenate(
+    [a * p["instance_scale"] + p["instance_bias"], b * p["batch_scale"] + p["batch_bias"]], -1
+  )
 
 
 def test_split_is_int_of_ratio():
@@ -63,10 +65,17 @@ def _norm_kinds(model):
 
 
 def test_ibn_a_and_b_resnets_place_their_layers_as_the_official_code():
-  common = dict(num_classes=10, in_channels=1, stage_sizes=(2, 2, 2), width=8,
-                norm="batchnorm", norm_kwargs={"momentum": 0.8})
+  common = dict(
+    num_classes=10,
+    in_channels=1,
+    stage_sizes=(2, 2, 2),
+    width=8,
+    norm="batchnorm",
+    norm_kwargs={"momentum": 0.8},
+  )
   build = lambda **kw: nnx.eval_shape(
-      lambda: make_model("resnet", **{**common, **kw}, rngs=nnx.Rngs(0)))
+    lambda: make_model("resnet", **{**common, **kw}, rngs=nnx.Rngs(0))
+  )
   a = _norm_kinds(build(ibn="a"))
   ibn_paths = sorted(p for p, k in a.items() if k == "IBN")
   assert ibn_paths == [f"stages/{s}/{b}/norm_act1/norm" for s in (0, 1) for b in (0, 1)]
@@ -76,8 +85,11 @@ def test_ibn_a_and_b_resnets_place_their_layers_as_the_official_code():
 
   b = _norm_kinds(build(ibn="b"))
   instance_paths = sorted(p for p, k in b.items() if k == "InstanceNorm")
-  assert instance_paths == ["stages/0/1/post_add_norm/norm", "stages/1/1/post_add_norm/norm",
-                            "stem_norm_act/norm"]
+  assert instance_paths == [
+    "stages/0/1/post_add_norm/norm",
+    "stages/1/1/post_add_norm/norm",
+    "stem_norm_act/norm",
+  ]
   assert not any(k == "IBN" for k in b.values())
   plain = _norm_kinds(build())
   assert set(plain.values()) == {"BatchNorm"}
@@ -90,11 +102,16 @@ def test_ibn_a_and_b_resnets_place_their_layers_as_the_official_code():
 def test_ibn_b_instance_norm_after_the_residual_add():
   rngs = nnx.Rngs(0)
   block = resnet.BasicBlock(
-      8, 8, strides=1, conv=functools.partial(resnet.conv_layer, dtype=jnp.float32, rngs=rngs),
-      norm_act=functools.partial(resnet.NormAct, norm="batchnorm", norm_kwargs={}, rngs=rngs),
-      zero_init_residual=True, post_add_norm=functools.partial(
-          resnet.NormAct, norm="instancenorm", norm_kwargs={"epsilon": EPS}, apply_act=False,
-          rngs=rngs))
+    8,
+    8,
+    strides=1,
+    conv=functools.partial(resnet.conv_layer, dtype=jnp.float32, rngs=rngs),
+    norm_act=functools.partial(resnet.NormAct, norm="batchnorm", norm_kwargs={}, rngs=rngs),
+    zero_init_residual=True,
+    post_add_norm=functools.partial(
+      resnet.NormAct, norm="instancenorm", norm_kwargs={"epsilon": EPS}, apply_act=False, rngs=rngs
+    ),
+  )
   x = jnp.asarray(u.data((2, 4, 4, 8)))
   # zero-init residual: the branch is 0, so the block is relu(IN(x)) exactly
   z = u.f64(x)
@@ -107,6 +124,7 @@ def test_ibn_against_torch_official_layer():
   channels, BatchNorm2d (momentum 0.1 = 0.9 here) on the rest; float64, train then eval."""
   torch = pytest.importorskip("torch")
   import jax
+
   x = u.data((4, 5, 5, 6)).astype(np.float64)
   p = {n: u.RNG.standard_normal(3) for n in AFFINE}
   running = {"mean": u.RNG.standard_normal(3), "var": 0.5 + u.RNG.random(3)}
@@ -118,8 +136,10 @@ def test_ibn_against_torch_official_layer():
       module.bias.copy_(torch.tensor(p[f"{prefix}_bias"]))
     bnorm.running_mean.copy_(torch.tensor(running["mean"]))
     bnorm.running_var.copy_(torch.tensor(running["var"]))
-  params = {"instance": {"scale": p["instance_scale"], "bias": p["instance_bias"]},
-            "batch": {"scale": p["batch_scale"], "bias": p["batch_bias"]}}
+  params = {
+    "instance": {"scale": p["instance_scale"], "bias": p["instance_bias"]},
+    "batch": {"scale": p["batch_scale"], "bias": p["batch_bias"]},
+  }
   xt = torch.tensor(x).permute(0, 3, 1, 2)
   with jax.enable_x64(True):
     params, state = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, running)

@@ -5,6 +5,7 @@ forward, ``jax.vjp`` of ``normjax.kernels.reference`` (plain autodiff) for the
 gradients, and finite differences (``jax.test_util.check_grads``, float64) for the
 custom_vjp. Pallas kernels run with ``interpret=True`` on CPU.
 """
+
 import contextlib
 import io
 
@@ -33,7 +34,7 @@ def numpy_layer_norm(x, scale, bias, eps=EPS):
 
 def numpy_rms_norm(x, scale, eps=EPS):
   x = np.asarray(x, np.float64)
-  return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps) * np.asarray(scale, np.float64)
+  return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * np.asarray(scale, np.float64)
 
 
 def make_inputs(shape, dtype=jnp.float32, seed=0):
@@ -52,10 +53,10 @@ def _pallas(flavor, block_rows=8):
 
 
 PATHS = {
-    "reference": lambda norm, **kw: getattr(kernels, norm)(**kw, implementation="reference"),
-    "fused": lambda norm, **kw: getattr(kernels, norm)(**kw, implementation="fused"),
-    "pallas_blocked": lambda norm, **kw: getattr(pallas_norm, norm)(**kw, **_pallas("blocked")),
-    "pallas_masked": lambda norm, **kw: getattr(pallas_norm, norm)(**kw, **_pallas("masked")),
+  "reference": lambda norm, **kw: getattr(kernels, norm)(**kw, implementation="reference"),
+  "fused": lambda norm, **kw: getattr(kernels, norm)(**kw, implementation="fused"),
+  "pallas_blocked": lambda norm, **kw: getattr(pallas_norm, norm)(**kw, **_pallas("blocked")),
+  "pallas_masked": lambda norm, **kw: getattr(pallas_norm, norm)(**kw, **_pallas("masked")),
 }
 
 
@@ -76,16 +77,21 @@ def vjp_all(f, x, scale, bias, dy):
 CASES = [("layer_norm", True), ("layer_norm", False), ("rms_norm", False)]
 
 
-@pytest.mark.parametrize("norm,with_bias,dtype", [
-    ("layer_norm", True, jnp.float32), ("layer_norm", True, jnp.float64),
-    ("layer_norm", False, jnp.float64), ("rms_norm", False, jnp.float64)])
+@pytest.mark.parametrize(
+  "norm,with_bias,dtype",
+  [
+    ("layer_norm", True, jnp.float32),
+    ("layer_norm", True, jnp.float64),
+    ("layer_norm", False, jnp.float64),
+    ("rms_norm", False, jnp.float64),
+  ],
+)
 def test_reference_matches_numpy(norm, with_bias, dtype):
   with jax.enable_x64(dtype == jnp.float64):
     x, scale, bias, _ = make_inputs((5, 7, 24), dtype)
     bias = bias if with_bias else None
     y = run("reference", norm, x, scale, bias)
-    want = (numpy_layer_norm(x, scale, bias) if norm == "layer_norm"
-            else numpy_rms_norm(x, scale))
+    want = numpy_layer_norm(x, scale, bias) if norm == "layer_norm" else numpy_rms_norm(x, scale)
     assert y.dtype == dtype
     np.testing.assert_allclose(y, want, rtol=0, atol=3e-6 if dtype == jnp.float32 else 1e-12)
 
@@ -94,14 +100,15 @@ def test_reference_matches_numpy(norm, with_bias, dtype):
 # 3*5=15 rows; 96 and 40 features (not powers of two: the masked flavour pads).
 ALL_PATHS = ["fused", "pallas_blocked", "pallas_masked"]
 FORWARD_AND_GRADIENT_CASES = (
-    [("layer_norm", True, (37, 96), jnp.float32, p) for p in ALL_PATHS]
-    + [("layer_norm", False, (37, 96), jnp.float32, "fused")]
-    + [("rms_norm", False, (37, 96), jnp.float32, p) for p in ALL_PATHS]
-    + [("layer_norm", True, (37, 96), jnp.bfloat16, p) for p in ALL_PATHS]
-    + [("rms_norm", False, (37, 96), jnp.bfloat16, "pallas_blocked")]
-    + [("layer_norm", False, (3, 5, 40), jnp.float32, "pallas_masked")]
-    + [("rms_norm", False, (3, 5, 40), jnp.float32, "pallas_blocked")]
-    + [("rms_norm", False, (3, 5, 32), jnp.float32, "pallas_masked")])  # no column mask
+  [("layer_norm", True, (37, 96), jnp.float32, p) for p in ALL_PATHS]
+  + [("layer_norm", False, (37, 96), jnp.float32, "fused")]
+  + [("rms_norm", False, (37, 96), jnp.float32, p) for p in ALL_PATHS]
+  + [("layer_norm", True, (37, 96), jnp.bfloat16, p) for p in ALL_PATHS]
+  + [("rms_norm", False, (37, 96), jnp.bfloat16, "pallas_blocked")]
+  + [("layer_norm", False, (3, 5, 40), jnp.float32, "pallas_masked")]
+  + [("rms_norm", False, (3, 5, 40), jnp.float32, "pallas_blocked")]
+  + [("rms_norm", False, (3, 5, 32), jnp.float32, "pallas_masked")]
+)  # no column mask
 
 
 @pytest.mark.parametrize("norm,with_bias,shape,dtype,path", FORWARD_AND_GRADIENT_CASES)
@@ -114,16 +121,21 @@ def test_forward_and_gradients_match_reference(norm, with_bias, shape, dtype, pa
   want = jax.jit(lambda *a: vjp_all(g, *a))(x, scale, bias, dy)
   if path == "fused":  # its forward has a separate form for when no gradient is taken
     inference = jax.jit(f)(x, scale, bias)
-    np.testing.assert_allclose(np.asarray(inference, np.float32),
-                               np.asarray(got[0], np.float32),
-                               rtol=1e-5 if dtype == jnp.float32 else 1e-2,
-                               atol=1e-5 if dtype == jnp.float32 else 1e-2)
+    np.testing.assert_allclose(
+      np.asarray(inference, np.float32),
+      np.asarray(got[0], np.float32),
+      rtol=1e-5 if dtype == jnp.float32 else 1e-2,
+      atol=1e-5 if dtype == jnp.float32 else 1e-2,
+    )
   assert len(got) == len(want) == (4 if with_bias else 3)
   assert got[0].dtype == dtype and got[1].dtype == dtype
   assert got[2].dtype == scale.dtype
   # Forward against the float64 formula too (the reference is checked above).
-  formula = (numpy_layer_norm(x.astype(jnp.float32), scale, bias) if norm == "layer_norm"
-             else numpy_rms_norm(x.astype(jnp.float32), scale))
+  formula = (
+    numpy_layer_norm(x.astype(jnp.float32), scale, bias)
+    if norm == "layer_norm"
+    else numpy_rms_norm(x.astype(jnp.float32), scale)
+  )
   if dtype == jnp.float32:
     tol = dict(rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(got[0], formula, atol=5e-6, rtol=0)
@@ -137,10 +149,16 @@ def test_forward_and_gradients_match_reference(norm, with_bias, shape, dtype, pa
     np.testing.assert_allclose(a / scale_of, b / scale_of, **tol)
 
 
-@pytest.mark.parametrize("path,norm,with_bias", [
-    ("fused", "layer_norm", True), ("fused", "rms_norm", False),
-    ("pallas_blocked", "layer_norm", True), ("pallas_masked", "layer_norm", False),
-    ("pallas_masked", "rms_norm", False)])
+@pytest.mark.parametrize(
+  "path,norm,with_bias",
+  [
+    ("fused", "layer_norm", True),
+    ("fused", "rms_norm", False),
+    ("pallas_blocked", "layer_norm", True),
+    ("pallas_masked", "layer_norm", False),
+    ("pallas_masked", "rms_norm", False),
+  ],
+)
 def test_check_grads_float64(path, norm, with_bias):
   with jax.enable_x64(True):
     x, scale, bias, _ = make_inputs((11, 12), jnp.float64, seed=3)
@@ -164,8 +182,9 @@ def test_two_pass_variance_survives_a_large_mean():
     np.testing.assert_allclose(y, want, atol=3e-3)  # float32 input rounding at 3000
 
 
-@pytest.mark.parametrize("path,norm", [("fused", "layer_norm"), ("fused", "rms_norm"),
-                                       ("pallas_blocked", "layer_norm")])
+@pytest.mark.parametrize(
+  "path,norm", [("fused", "layer_norm"), ("fused", "rms_norm"), ("pallas_blocked", "layer_norm")]
+)
 def test_saved_residuals_are_x_scale_and_row_statistics(path, norm):
   x, scale, bias, _ = make_inputs((2, 8, 12))  # 16 rows of 12 features
   bias = bias if norm == "layer_norm" else None
@@ -206,9 +225,10 @@ def test_dispatcher_choices(monkeypatch):
 
 def test_dispatcher_runs_the_chosen_path():
   x, scale, bias, _ = make_inputs((4, 8))
+
   def jaxpr(name):
-    return str(jax.make_jaxpr(lambda x: kernels.layer_norm(x, scale, bias,
-                                                           implementation=name))(x))
+    return str(jax.make_jaxpr(lambda x: kernels.layer_norm(x, scale, bias, implementation=name))(x))
+
   assert "custom_vjp" not in jaxpr("reference")
   assert "custom_vjp" in jaxpr("fused") and "pallas_call" not in jaxpr("fused")
   assert "pallas_call" in jaxpr("pallas_interpret")
@@ -218,10 +238,16 @@ def test_dispatcher_runs_the_chosen_path():
 def test_scale_none_means_no_scale(name):
   x, _, bias, dy = make_inputs((6, 16))
   ones = jnp.ones(16)
-  for f, g in [(lambda x: kernels.layer_norm(x, None, bias, implementation=name),
-                lambda x: kernels.layer_norm(x, ones, bias, implementation="reference")),
-               (lambda x: kernels.rms_norm(x, None, implementation=name),
-                lambda x: kernels.rms_norm(x, ones, implementation="reference"))]:
+  for f, g in [
+    (
+      lambda x: kernels.layer_norm(x, None, bias, implementation=name),
+      lambda x: kernels.layer_norm(x, ones, bias, implementation="reference"),
+    ),
+    (
+      lambda x: kernels.rms_norm(x, None, implementation=name),
+      lambda x: kernels.rms_norm(x, ones, implementation="reference"),
+    ),
+  ]:
     both = jax.jit(lambda x, dy: [(y, vjp(dy)[0]) for y, vjp in (jax.vjp(f, x), jax.vjp(g, x))])
     (y, dx), (y_want, dx_want) = both(x, dy)
     np.testing.assert_allclose(y, y_want, rtol=1e-5, atol=1e-5)
@@ -244,8 +270,10 @@ def test_bad_arguments_name_the_argument():
 def test_vmap_with_batched_scale(name):
   x, _, _, dy = make_inputs((3, 10, 16))
   scales = 1.0 + 0.1 * jax.random.normal(jax.random.key(5), (3, 16))
+
   def loss(f, x, s):
     return jnp.sum(jax.vmap(f)(x, s) * dy)
+
   f = lambda x, s: kernels.rms_norm(x, s, implementation=name)
   g = lambda x, s: kernels.rms_norm(x, s, implementation="reference")
   got = jax.jit(jax.value_and_grad(lambda x, s: loss(f, x, s), argnums=(0, 1)))(x, scales)
@@ -263,12 +291,18 @@ def _mesh(axis_type):
 def _loss_and_grads(name, x, scale, bias, dy):
   def loss(x, scale, bias):
     return jnp.sum(kernels.layer_norm(x, scale, bias, implementation=name) * dy)
+
   return jax.value_and_grad(loss, argnums=(0, 1, 2))(x, scale, bias)
 
 
-@pytest.mark.parametrize("name,axis_type", [
-    ("fused", jax.sharding.AxisType.Explicit), ("fused", jax.sharding.AxisType.Auto),
-    ("pallas_interpret", jax.sharding.AxisType.Explicit)])
+@pytest.mark.parametrize(
+  "name,axis_type",
+  [
+    ("fused", jax.sharding.AxisType.Explicit),
+    ("fused", jax.sharding.AxisType.Auto),
+    ("pallas_interpret", jax.sharding.AxisType.Explicit),
+  ],
+)
 def test_sharded_jit_equals_unsharded(name, axis_type):
   mesh = _mesh(axis_type)
   x, scale, bias, dy = make_inputs((16, 5, 24))
@@ -309,8 +343,10 @@ def test_fused_row_blocks_under_sharded_jit_without_mesh():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   x, scale, bias, dy = make_inputs((16, 16, 24))
   blocked = fused.xla_kernels(8 * 24)
+
   def loss(x, s, b, dy):
     return jnp.sum(fused.layer_norm(x, s, b, kernels=blocked) * dy)
+
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   rows = NamedSharding(mesh, P("data"))
   got = grads(jax.device_put(x, rows), scale, bias, jax.device_put(dy, rows))
@@ -326,10 +362,12 @@ def test_pallas_kernels_lower_for_gpu_and_tpu(platform, flavor):
   # (compiling and running them still needs the device).
   x = jax.ShapeDtypeStruct((37, 96), jnp.bfloat16)
   s = jax.ShapeDtypeStruct((96,), jnp.float32)
+
   def both(x, s, dy):
     ln = jax.vjp(lambda x, s: pallas_norm.layer_norm(x, s, s, flavor=flavor), x, s)
     rms = jax.vjp(lambda x, s: pallas_norm.rms_norm(x, s, flavor=flavor), x, s)
     return ln[1](dy), rms[1](dy)
+
   text = jax.jit(both).trace(x, s, x).lower(lowering_platforms=(platform,)).as_text()
   assert "custom_call" in text
 
@@ -339,9 +377,12 @@ def test_fused_row_blocks_on_a_one_device_explicit_mesh():
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
   x, scale, bias, dy = make_inputs((4, 64, 24))
   blocked = fused.xla_kernels(8 * 24)
+
   def loss(x, s, b):
-    return jnp.sum((fused.layer_norm(x, s, b, kernels=blocked)
-                    + fused.rms_norm(x, s, kernels=blocked)) * dy)
+    return jnp.sum(
+      (fused.layer_norm(x, s, b, kernels=blocked) + fused.rms_norm(x, s, kernels=blocked)) * dy
+    )
+
   want = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
   with jax.set_mesh(mesh):
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))

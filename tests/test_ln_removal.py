@@ -1,4 +1,5 @@
 """LayerNorm removal: FakeLN, the staged schedule, the aux loss, and the trainer fine-tune."""
+
 import json
 
 import jax
@@ -8,12 +9,12 @@ import pytest
 from flax import nnx
 
 from normjax import norms, train
-from normjax.tools import ln_removal
 from normjax.models.transformer import NormSite
 from normjax.norms.basic import layer_norm
 from normjax.norms.fakeln import FakeLN, removal_schedule, residual_std_loss
-from normjax.surgery.folding import fold_norms
 from normjax.state import AuxLoss, ModelDef, split
+from normjax.surgery.folding import fold_norms
+from normjax.tools import ln_removal
 from tests import trainer_utils as tu
 
 EPS, C = 1e-6, 6
@@ -81,19 +82,26 @@ def test_aux_loss_is_the_residual_std_mse():
 @pytest.fixture(scope="module")
 def scheduled_gpt2():
   """A depth-2 FakeLN GPT-2 (schedule from step 1, gaps 1) after 8 training calls."""
-  kwargs = dict(GPT2, norm_kwargs=dict(removal_start=1, gap_mlp=1, gap_qk=1, gap_v=1,
-                                       epsilon=EPS, aux_loss_weight=0.1))
+  kwargs = dict(
+    GPT2,
+    norm_kwargs=dict(
+      removal_start=1, gap_mlp=1, gap_qk=1, gap_v=1, epsilon=EPS, aux_loss_weight=0.1
+    ),
+  )
   from normjax.models import make_model
+
   make = lambda rngs: make_model("gpt2", rngs=rngs, **kwargs)
   model_def = ModelDef.create(make)
   params, state = jax.jit(lambda: split(make(nnx.Rngs(0))))()
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 29, (4, 8)))
+
   @jax.jit
   def call(state):
     model = model_def.merge(params, state, train=True)
     model(tokens)
     nnx.pop(model, AuxLoss)
     return split(model)[1]
+
   states = [state]
   for _ in range(8):
     states.append(call(states[-1]))
@@ -112,8 +120,10 @@ def test_each_norm_and_path_freezes_on_its_step(scheduled_gpt2):
   assert int(final["final_norm"]["tracked"]) == 7
   assert all(int(blocks[i][n]["step"]) == 8 for i in (0, 1) for n in ("mlp_norm", "attn_norm"))
   # after freezing, the std does not move any more
-  np.testing.assert_array_equal(states[7]["transformer"]["blocks"][1]["attn_norm"]["value_std"],
-                                blocks[1]["attn_norm"]["value_std"])
+  np.testing.assert_array_equal(
+    states[7]["transformer"]["blocks"][1]["attn_norm"]["value_std"],
+    blocks[1]["attn_norm"]["value_std"],
+  )
 
 
 def test_finished_model_has_no_per_token_normalization(scheduled_gpt2):
@@ -130,8 +140,9 @@ def test_finished_model_has_no_per_token_normalization(scheduled_gpt2):
   # a frozen norm is affine in its input: N(a + b) - N(b) = N(a) - N(0)
   norm = model.transformer.blocks[0].mlp_norm
   a, b = (jnp.asarray(np.random.default_rng(s).normal(size=(2, 16)), jnp.float32) for s in (3, 4))
-  np.testing.assert_allclose(norm(a + b) - norm(b), norm(a) - norm(jnp.zeros_like(a)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    norm(a + b) - norm(b), norm(a) - norm(jnp.zeros_like(a)), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_finetune_from_layernorm_run_and_report(tmp_path):
@@ -193,16 +204,31 @@ def np_official_attention_norm(xs, w, b, q_freeze, v_freeze, momentum=0.9, eps=O
 
 def _normjax_attention_norm(xs, w, b, **kwargs):
   from normjax.norms.fakeln import fake_ln
+
   with jax.enable_x64(True):
     one, zero = jnp.ones((), jnp.float64), jnp.zeros((), jnp.int32)
-    state = {"average_std": one, "tracked": zero, "step": zero, "value_std": one,
-             "value_tracked": zero}
+    state = {
+      "average_std": one,
+      "tracked": zero,
+      "step": zero,
+      "value_std": one,
+      "value_tracked": zero,
+    }
     params = {"scale": jnp.asarray(w), "bias": jnp.asarray(b)}
     outputs = []
     for x in xs:
-      (y_qk, y_v), state = fake_ln(jnp.asarray(x), params, state, train=True,
-                                   freeze_step=Q_FREEZE, value_freeze_step=V_FREEZE,
-                                   paths="qk_v", epsilon=OFFICIAL_EPS, momentum=0.9, **kwargs)
+      (y_qk, y_v), state = fake_ln(
+        jnp.asarray(x),
+        params,
+        state,
+        train=True,
+        freeze_step=Q_FREEZE,
+        value_freeze_step=V_FREEZE,
+        paths="qk_v",
+        epsilon=OFFICIAL_EPS,
+        momentum=0.9,
+        **kwargs,
+      )
       outputs.append((np.asarray(y_qk), np.asarray(y_v)))
     return outputs, jax.tree.map(np.asarray, state)
 
@@ -213,8 +239,9 @@ def test_shared_attention_std_is_the_official_single_std():
   shared, state = _normjax_attention_norm(xs, w, b, shared_attention_std=True)
   for step, (got, want) in enumerate(zip(shared, expected)):
     for path in (0, 1):
-      np.testing.assert_allclose(got[path], want[path], rtol=1e-12, atol=1e-12,
-                                 err_msg=f"step {step} path {path}")
+      np.testing.assert_allclose(
+        got[path], want[path], rtol=1e-12, atol=1e-12, err_msg=f"step {step} path {path}"
+      )
   np.testing.assert_allclose(state["average_std"], buffer, rtol=1e-13)
   # normjax's default (two stds, one update each per step) differs while V is still live
   default, _ = _normjax_attention_norm(xs, w, b)
@@ -232,6 +259,7 @@ def test_shared_attention_std_against_torch_official_formula():
 
   class OfficialFakeLN:
     """FakeLayerNorm re-typed from its formula (EXP_RECOMPUTE_STD_ON_REAL=1)."""
+
     def __init__(self, init_std, momentum=0.9):
       self.real_average_std = self.average_std_buffer = init_std
       self.momentum, self.is_fake, self.attn_v_is_fake = momentum, False, False
@@ -239,8 +267,7 @@ def test_shared_attention_std_against_torch_official_formula():
     def __call__(self, x, attn_v=False):
       with torch.no_grad():
         batch = (x.var(dim=-1, unbiased=False) + 1e-5).sqrt().mean()
-        self.real_average_std = (self.momentum * self.real_average_std
-                                 + (1 - self.momentum) * batch)
+        self.real_average_std = self.momentum * self.real_average_std + (1 - self.momentum) * batch
       if self.attn_v_is_fake if attn_v else self.is_fake:
         return (x - x.mean(-1, keepdim=True)) / self.average_std_buffer * wt + bt
       self.average_std_buffer = self.real_average_std  # sync_std
@@ -277,21 +304,39 @@ def test_module_with_shared_attention_std_has_one_std():
 @pytest.mark.parametrize("live_at_freeze", [False, True])
 def test_eval_exactly_at_a_freeze_step(live_at_freeze):
   from normjax.norms.fakeln import fake_ln
+
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, C)) * 3 + 1, jnp.float32)
   params = {"scale": jnp.full((C,), 1.5), "bias": jnp.full((C,), 0.2)}
-  state = {"average_std": jnp.asarray(0.7, jnp.float32), "tracked": jnp.asarray(4),
-           "step": jnp.asarray(4)}
+  state = {
+    "average_std": jnp.asarray(0.7, jnp.float32),
+    "tracked": jnp.asarray(4),
+    "step": jnp.asarray(4),
+  }
   layer = layer_norm(x, params, epsilon=EPS)[0]
   frozen = (x - x.mean(-1, keepdims=True)) / 0.7 * 1.5 + 0.2
   for step, official in ((4, layer), (5, frozen)):  # freeze step 4; evaluation after `step`
-    y, same = fake_ln(x, params, {**state, "step": jnp.asarray(step)}, train=False,
-                      freeze_step=4, eval_live_at_freeze_step=live_at_freeze, epsilon=EPS)
+    y, same = fake_ln(
+      x,
+      params,
+      {**state, "step": jnp.asarray(step)},
+      train=False,
+      freeze_step=4,
+      eval_live_at_freeze_step=live_at_freeze,
+      epsilon=EPS,
+    )
     want = official if live_at_freeze else frozen
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
     assert int(same["step"]) == step
   # training at step 4 is frozen either way (the official flag flips at the step's start)
-  y, _ = fake_ln(x, params, state, train=True, freeze_step=4,
-                 eval_live_at_freeze_step=live_at_freeze, epsilon=EPS)
+  y, _ = fake_ln(
+    x,
+    params,
+    state,
+    train=True,
+    freeze_step=4,
+    eval_live_at_freeze_step=live_at_freeze,
+    epsilon=EPS,
+  )
   np.testing.assert_allclose(y, frozen, rtol=1e-5, atol=1e-5)
   norm = FakeLN(C, freeze_step=0, eval_live_at_freeze_step=live_at_freeze)
   norm.eval()
@@ -317,13 +362,13 @@ def _aux_case(seed=4):
 def test_aux_loss_target_leaves_out_eot_tokens():
   h, tokens = _aux_case()
   with jax.enable_x64(True):
-    got = residual_std_loss(jnp.asarray(h), epsilon=1e-5,
-                            target_mask=jnp.asarray(tokens != 50256))
+    got = residual_std_loss(jnp.asarray(h), epsilon=1e-5, target_mask=jnp.asarray(tokens != 50256))
   np.testing.assert_allclose(got, np_official_aux_loss(h, tokens, 1.0), rtol=1e-12)
   without = residual_std_loss(jnp.asarray(h, jnp.float32), epsilon=1e-5)
   assert abs(float(without) - float(got)) > 1e-3  # EOT positions do move the target
-  final = FakeLN(C, epsilon=1e-5, aux_loss_weight=0.1, eot_token=50256,
-                 site=NormSite("final", None, 1))
+  final = FakeLN(
+    C, epsilon=1e-5, aux_loss_weight=0.1, eot_token=50256, site=NormSite("final", None, 1)
+  )
   assert final.needs_tokens and not FakeLN(C, eot_token=50256).needs_tokens
   final(jnp.asarray(h, jnp.float32), tokens=jnp.asarray(tokens))
   recorded = sum(jax.tree.leaves(nnx.pop(final, AuxLoss)))
@@ -342,13 +387,15 @@ def test_aux_loss_against_torch_official_formula():
   std = ((hidden - hidden.mean(-1, keepdim=True)) ** 2).mean(-1).add(1e-5).sqrt()
   expected = 0.1 * ((std - std[~special].mean().detach()) ** 2).mean()
   with jax.enable_x64(True):
-    got = 0.1 * residual_std_loss(jnp.asarray(h), epsilon=1e-5,
-                                  target_mask=jnp.asarray(tokens != 50256))
+    got = 0.1 * residual_std_loss(
+      jnp.asarray(h), epsilon=1e-5, target_mask=jnp.asarray(tokens != 50256)
+    )
   np.testing.assert_allclose(got, expected.item(), rtol=1e-12)
 
 
 def test_gpt2_passes_its_tokens_to_an_eot_aware_final_norm():
   from normjax.models import make_model
+
   kwargs = dict(GPT2, norm_kwargs=dict(aux_loss_weight=0.1, eot_token=3, epsilon=1e-5))
   model = make_model("gpt2", rngs=nnx.Rngs(0), **kwargs)
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, 6, (2, 8)))

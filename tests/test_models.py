@@ -1,23 +1,35 @@
 """Models: parameter counts, shapes, train/eval, causality, init, placement, sharding, errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from normjax.models import MODELS, make_model
 from normjax.models.transformer import TransformerBlock, residual_branch
 
 # one width and MLP size everywhere, so that jit caches are shared between the models
 TINY_GPT2 = dict(vocab_size=37, max_len=16, width=32, depth=2, num_heads=4)
-TINY_VIT = dict(num_classes=5, image_size=8, in_channels=1, patch_size=2, width=32, depth=2,
-                num_heads=4, mlp_dim=128)
+TINY_VIT = dict(
+  num_classes=5,
+  image_size=8,
+  in_channels=1,
+  patch_size=2,
+  width=32,
+  depth=2,
+  num_heads=4,
+  mlp_dim=128,
+)
 TINY_RESNET = dict(num_classes=5, in_channels=1, stage_sizes=(1, 1), width=8)
 # the models that are really built (once per test module; tests work on clones)
-BUILT = {"gpt2": {**TINY_GPT2, "dropout": 0.5},
-         "vit": {**TINY_VIT, "norm": "batchnorm"},
-         "resnet": TINY_RESNET}
+BUILT = {
+  "gpt2": {**TINY_GPT2, "dropout": 0.5},
+  "vit": {**TINY_VIT, "norm": "batchnorm"},
+  "resnet": TINY_RESNET,
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +56,28 @@ def output_shape(model, x):
 
 # ----------------------------------------------------------------------- sizes
 def test_parameter_counts_of_reference_architectures():
-  gpt2_small = abstract("gpt2", vocab_size=50257, max_len=1024, width=768, depth=12,
-                        num_heads=12)
-  vit_b16 = abstract("vit", num_classes=1000, image_size=224, in_channels=3, patch_size=16,
-                     width=768, depth=12, num_heads=12, mlp_dim=3072, pool="cls")
-  resnet50 = abstract("resnet", num_classes=1000, in_channels=3, stage_sizes=(3, 4, 6, 3),
-                      block="bottleneck", width=64, stem="imagenet")
+  gpt2_small = abstract("gpt2", vocab_size=50257, max_len=1024, width=768, depth=12, num_heads=12)
+  vit_b16 = abstract(
+    "vit",
+    num_classes=1000,
+    image_size=224,
+    in_channels=3,
+    patch_size=16,
+    width=768,
+    depth=12,
+    num_heads=12,
+    mlp_dim=3072,
+    pool="cls",
+  )
+  resnet50 = abstract(
+    "resnet",
+    num_classes=1000,
+    in_channels=3,
+    stage_sizes=(3, 4, 6, 3),
+    block="bottleneck",
+    width=64,
+    stem="imagenet",
+  )
   assert num_params(gpt2_small) == 124_439_808
   assert num_params(vit_b16) == 86_567_656
   assert num_params(resnet50) == 25_557_032
@@ -58,8 +86,12 @@ def test_parameter_counts_of_reference_architectures():
 
 def test_output_shapes_and_dtypes_of_variants():
   images = jax.ShapeDtypeStruct((3, 8, 8, 1), jnp.float32)
-  for kwargs in [dict(pool="cls", placement="pre"), dict(pool="mean", placement="post"),
-                 dict(norm="batchnorm", dtype="bfloat16"), dict(norm="rmsnorm", dropout=0.1)]:
+  for kwargs in [
+    dict(pool="cls", placement="pre"),
+    dict(pool="mean", placement="post"),
+    dict(norm="batchnorm", dtype="bfloat16"),
+    dict(norm="rmsnorm", dropout=0.1),
+  ]:
     out = output_shape(abstract("vit", **{**TINY_VIT, **kwargs}), images)
     assert (out.shape, out.dtype) == ((3, 5), jnp.float32), kwargs
   tokens = jax.ShapeDtypeStruct((2, 16), jnp.int32)
@@ -69,8 +101,10 @@ def test_output_shapes_and_dtypes_of_variants():
   bf16 = abstract("gpt2", **TINY_GPT2, dtype="bfloat16")
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
   big_images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  for kwargs in [dict(block="bottleneck", stem="imagenet"), dict(norm="groupnorm",
-                                                                 norm_kwargs={"num_groups": 4})]:
+  for kwargs in [
+    dict(block="bottleneck", stem="imagenet"),
+    dict(norm="groupnorm", norm_kwargs={"num_groups": 4}),
+  ]:
     model = abstract("resnet", **{**TINY_RESNET, "in_channels": 3, **kwargs})
     assert output_shape(model, big_images).shape == (2, 5), kwargs
 
@@ -105,24 +139,38 @@ class _RecordingNorm:
 
 def test_residual_branch_orders_norms_and_passes_mask():
   x, mask = jnp.arange(4.0), jnp.array([True, True, False, True])
-  f = lambda h: h ** 2
+  f = lambda h: h**2
   norm = _RecordingNorm()
-  np.testing.assert_allclose(residual_branch(x, f, input_norm=norm, mask=mask),
-                             x + (2 * x + 1) ** 2)
-  np.testing.assert_allclose(residual_branch(x, f, residual_norm=norm, mask=mask),
-                             2 * (x + x ** 2) + 1)
-  np.testing.assert_allclose(residual_branch(x, f, input_norm=norm, output_norm=norm),
-                             x + 2 * (2 * x + 1) ** 2 + 1)
+  np.testing.assert_allclose(
+    residual_branch(x, f, input_norm=norm, mask=mask), x + (2 * x + 1) ** 2
+  )
+  np.testing.assert_allclose(
+    residual_branch(x, f, residual_norm=norm, mask=mask), 2 * (x + x**2) + 1
+  )
+  np.testing.assert_allclose(
+    residual_branch(x, f, input_norm=norm, output_norm=norm), x + 2 * (2 * x + 1) ** 2 + 1
+  )
   assert all(m is mask for m in norm.masks[:2])
 
 
 @pytest.mark.parametrize("placement", ["pre", "post"])
 def test_block_computes_its_placement(placement):
   from normjax.models.transformer import LinearInits
+
   init = nnx.initializers.normal(0.3)
-  block = TransformerBlock(32, 4, 128, norm="layernorm", norm_kwargs={}, placement=placement,
-                           causal=False, dropout=0.0, inits=LinearInits(init, init, init, init),
-                           dtype=jnp.float32, rngs=nnx.Rngs(1))
+  block = TransformerBlock(
+    32,
+    4,
+    128,
+    norm="layernorm",
+    norm_kwargs={},
+    placement=placement,
+    causal=False,
+    dropout=0.0,
+    inits=LinearInits(init, init, init, init),
+    dtype=jnp.float32,
+    rngs=nnx.Rngs(1),
+  )
   x = jax.random.normal(jax.random.key(0), (2, 5, 32))
 
   @nnx.jit
@@ -149,8 +197,12 @@ def test_gpt2_causal_tied_dropout_and_init(models):
   np.testing.assert_allclose(logits_changed[:, :10], logits[:, :10], rtol=1e-5, atol=1e-6)
   assert np.abs(logits_changed[:, 10:] - logits[:, 10:]).max() > 1e-4
   # weight tying: logits are the final hidden state times the token embedding
-  tied_by_hand = nnx.jit(lambda m, t: m.transformer(
-      m.token_embedding(t) + m.position_embedding(jnp.arange(16))) @ m.token_embedding.embedding.T)
+  tied_by_hand = nnx.jit(
+    lambda m, t: (
+      m.transformer(m.token_embedding(t) + m.position_embedding(jnp.arange(16)))
+      @ m.token_embedding.embedding.T
+    )
+  )
   np.testing.assert_allclose(logits, tied_by_hand(model, tokens), rtol=1e-4, atol=1e-5)
   model.train()
   assert np.abs(forward(model, tokens) - forward(model, tokens)).max() > 1e-3  # fresh masks
@@ -195,16 +247,16 @@ def test_resnet_batchnorm_train_vs_eval_and_zero_init_residual(models):
   stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
   train_logits = forward(model, images)
   stats_after = nnx.state(model, nnx.BatchStat)
-  assert not np.allclose(stats_before["stem_norm_act"]["norm"]["mean"],
-                         stats_after["stem_norm_act"]["norm"]["mean"])
+  assert not np.allclose(
+    stats_before["stem_norm_act"]["norm"]["mean"], stats_after["stem_norm_act"]["norm"]["mean"]
+  )
   # train mode: an example's logits depend on the rest of the batch
   other_batch = images.at[1:].multiply(3.0)
   assert np.abs(forward(model, other_batch)[0] - train_logits[0]).max() > 1e-5
   model.eval()
   stats_after = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
   eval_logits = forward(model, images)
-  np.testing.assert_allclose(forward(model, other_batch)[0], eval_logits[0], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(forward(model, other_batch)[0], eval_logits[0], rtol=1e-5, atol=1e-6)
   jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.BatchStat), stats_after)
 
 
@@ -215,8 +267,11 @@ def test_sharded_forward_equals_unsharded_for_every_model(models):
   images = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
   models["gpt2"].eval()  # dropout masks are not part of this comparison
   models["vit"].head.kernel[...] = jnp.ones(models["vit"].head.kernel.shape)
-  inputs = {"vit": images, "resnet": images,
-            "gpt2": jax.random.randint(jax.random.key(0), (8, 16), 0, 37)}
+  inputs = {
+    "vit": images,
+    "resnet": images,
+    "gpt2": jax.random.randint(jax.random.key(0), (8, 16), 0, 37),
+  }
   for name, x in inputs.items():
     graphdef, state = nnx.split(models[name])
 
@@ -228,14 +283,18 @@ def test_sharded_forward_equals_unsharded_for_every_model(models):
     logits, stats = forward(state, x)
     with jax.set_mesh(mesh):
       sharded_logits, sharded_stats = forward(
-          state, jax.device_put(x, NamedSharding(mesh, P("data"))))
+        state, jax.device_put(x, NamedSharding(mesh, P("data")))
+      )
     np.testing.assert_allclose(sharded_logits, logits, rtol=1e-5, atol=1e-5, err_msg=name)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 sharded_stats, stats)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), sharded_stats, stats
+    )
 
 
 # ----------------------------------------------------------------------- errors
-@pytest.mark.parametrize("name, kwargs, message", [
+@pytest.mark.parametrize(
+  "name, kwargs, message",
+  [
     ("vit", dict(TINY_VIT, placement="sandwich"), "placement='sandwich'.*'pre', 'post'"),
     ("vit", dict(TINY_VIT, pool="max"), "pool='max'.*'cls', 'mean'"),
     ("vit", dict(TINY_VIT, num_heads=5), "width=32 must be divisible by num_heads=5"),
@@ -246,7 +305,8 @@ def test_sharded_forward_equals_unsharded_for_every_model(models):
     ("resnet", dict(TINY_RESNET, stem="tiny"), "stem='tiny'.*'cifar', 'imagenet'"),
     ("resnet", dict(TINY_RESNET, width=0), "width=0"),
     ("resnet", dict(TINY_RESNET, depth=50), "unexpected keyword argument 'depth'.*stage_sizes"),
-])
+  ],
+)
 def test_bad_model_arguments_fail_early(name, kwargs, message):
   with pytest.raises(ValueError, match=message):
     abstract(name, **kwargs)
@@ -255,6 +315,8 @@ def test_bad_model_arguments_fail_early(name, kwargs, message):
 def test_unknown_names_list_the_known_ones():
   with pytest.raises(KeyError, match="model.name='bert': unknown model; known: ") as error:
     MODELS.get("bert")
-  assert {"gpt2", "resnet", "vit"} <= set(str(error.value).split("known: ")[1].strip("'\"").split(", "))
+  assert {"gpt2", "resnet", "vit"} <= set(
+    str(error.value).split("known: ")[1].strip("'\"").split(", ")
+  )
   with pytest.raises(KeyError, match="model.norm='fancynorm'.*batchnorm.*layernorm"):
     abstract("gpt2", **TINY_GPT2, norm="fancynorm")

@@ -1,25 +1,24 @@
 """Normalizer-free ResNet: activation gains, analytic beta, signal propagation at init."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from normjax.models import make_model
-from normjax.models import nf_resnet
+from normjax.models import make_model, nf_resnet
 from normjax.models.ws_conv import ScaledWSConv
 
 
 def test_activation_gains_give_unit_variance():
   z = np.random.default_rng(0).standard_normal(2_000_000).astype(np.float32)
   for name in nf_resnet.ACTIVATION_GAINS:
-    var = float(np.var(np.asarray(nf_resnet.scaled_activation(name)(jnp.asarray(z)),
-                                  np.float64)))
+    var = float(np.var(np.asarray(nf_resnet.scaled_activation(name)(jnp.asarray(z)), np.float64)))
     assert abs(var - 1.0) < 0.01, (name, var)
 
 
 def test_expected_std_bookkeeping():
-  a2 = 0.2 ** 2
+  a2 = 0.2**2
   stds = nf_resnet.expected_stds((2, 3), 0.2)
   expected = [[1.0, np.sqrt(1 + a2)], [np.sqrt(1 + 2 * a2), np.sqrt(1 + a2), np.sqrt(1 + 2 * a2)]]
   for got, want in zip(stds, expected):
@@ -43,7 +42,7 @@ def test_activation_variance_stays_near_one_through_depth_at_init(skip_gain_init
   stds = [s for stage in nf_resnet.expected_stds((2, 2, 2), 0.2) for s in stage]
   for index, var in enumerate(variances[1:]):
     if skip_gain_init:  # the output of block i is the input of block i + 1
-      analytic = (stds[index + 1] ** 2 if index + 1 < len(stds) else stds[-1] ** 2 + 0.04)
+      analytic = stds[index + 1] ** 2 if index + 1 < len(stds) else stds[-1] ** 2 + 0.04
     else:
       analytic = 1.0
     assert 0.65 < var / analytic < 1.25, (index, var, analytic)

@@ -1,4 +1,5 @@
 """AdamP / SGDP against a float64 numpy re-implementation of clovaai/AdamP (torch layout)."""
+
 import importlib
 
 import jax
@@ -7,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from tests import optim_harness as harness
 from normjax.optim import adamp, scale_by_adamp, sgdp
+from tests import optim_harness as harness
 
 # ----------------------------------------------------------------- the oracle
 # A literal loop over parameters, in torch layout ((out, in) / (out, in, kh, kw)), of
@@ -79,8 +80,18 @@ class SGDPReference:
   """``project_momentum``: the official ``d_p = buf`` is the buffer itself, projected in
   place, so without Nesterov the projected direction is the next step's buffer."""
 
-  def __init__(self, lr, momentum, dampening, weight_decay, nesterov, eps, delta, wd_ratio,
-               project_momentum=True):
+  def __init__(
+    self,
+    lr,
+    momentum,
+    dampening,
+    weight_decay,
+    nesterov,
+    eps,
+    delta,
+    wd_ratio,
+    project_momentum=True,
+  ):
     self.__dict__.update(locals())
     self.state = {}
 
@@ -105,11 +116,11 @@ class SGDPReference:
 def make_params(seed=0):
   rng = np.random.default_rng(seed)
   return {
-      "channel_si": rng.normal(size=(5, 4)),       # grads orthogonal per output channel
-      "layer_si": rng.normal(size=(6, 3)),         # grads orthogonal to the whole leaf only
-      "conv_si": rng.normal(size=(2, 2, 3, 4)),    # conv kernel, per-channel orthogonal
-      "plain": rng.normal(size=(3, 4)),            # grads with a radial part
-      "bias": rng.normal(size=(4,)),
+    "channel_si": rng.normal(size=(5, 4)),  # grads orthogonal per output channel
+    "layer_si": rng.normal(size=(6, 3)),  # grads orthogonal to the whole leaf only
+    "conv_si": rng.normal(size=(2, 2, 3, 4)),  # conv kernel, per-channel orthogonal
+    "plain": rng.normal(size=(3, 4)),  # grads with a radial part
+    "bias": rng.normal(size=(4,)),
   }
 
 
@@ -125,8 +136,7 @@ def gradient(name, p, r):
   return r
 
 
-EXPECTED_RATIO = {"channel_si": 0.1, "layer_si": 0.1, "conv_si": 0.1, "plain": 1.0,
-                  "bias": 1.0}
+EXPECTED_RATIO = {"channel_si": 0.1, "layer_si": 0.1, "conv_si": 0.1, "plain": 1.0, "bias": 1.0}
 
 
 def run_against_reference(tx, reference, steps=6, seed=0):
@@ -139,8 +149,9 @@ def run_against_reference(tx, reference, steps=6, seed=0):
   for _ in range(steps):
     draws = {k: rng.normal(size=v.shape) for k, v in params.items()}
     grads = {k: gradient(k, np.asarray(jax_params[k], np.float64), draws[k]) for k in params}
-    updates, state = update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), grads),
-                            state, jax_params)
+    updates, state = update(
+      jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), grads), state, jax_params
+    )
     jax_params = optax.apply_updates(jax_params, updates)
     for k in params:
       p = from_torch(ref_params[k], params[k].ndim)
@@ -148,23 +159,39 @@ def run_against_reference(tx, reference, steps=6, seed=0):
       ref_params[k], ratio = reference.step(k, ref_params[k], g)
       assert ratio == EXPECTED_RATIO[k], (k, ratio)
   for k in params:
-    np.testing.assert_allclose(np.asarray(jax_params[k]), from_torch(ref_params[k], params[k].ndim),
-                               rtol=1e-5, atol=1e-5, err_msg=k)
+    np.testing.assert_allclose(
+      np.asarray(jax_params[k]),
+      from_torch(ref_params[k], params[k].ndim),
+      rtol=1e-5,
+      atol=1e-5,
+      err_msg=k,
+    )
 
 
 @pytest.mark.parametrize("nesterov,eps", [(False, 1e-8), (True, 1e-3)])
 def test_adamp_matches_official_algorithm(nesterov, eps):
-  kw = dict(b1=0.9, b2=0.999, eps=eps, weight_decay=0.05, delta=0.1, wd_ratio=0.1,
-            nesterov=nesterov)
+  kw = dict(
+    b1=0.9, b2=0.999, eps=eps, weight_decay=0.05, delta=0.1, wd_ratio=0.1, nesterov=nesterov
+  )
   run_against_reference(adamp(0.05, **kw), AdamPReference(lr=0.05, **kw))
 
 
 @pytest.mark.parametrize("project_momentum", [True, False])
-@pytest.mark.parametrize("nesterov,momentum,dampening", [(False, 0.9, 0.0), (True, 0.9, 0.0),
-                                                         (False, 0.0, 0.0), (False, 0.8, 0.3)])
+@pytest.mark.parametrize(
+  "nesterov,momentum,dampening",
+  [(False, 0.9, 0.0), (True, 0.9, 0.0), (False, 0.0, 0.0), (False, 0.8, 0.3)],
+)
 def test_sgdp_matches_official_algorithm(nesterov, momentum, dampening, project_momentum):
-  kw = dict(momentum=momentum, dampening=dampening, weight_decay=0.02, nesterov=nesterov,
-            eps=1e-8, delta=0.1, wd_ratio=0.1, project_momentum=project_momentum)
+  kw = dict(
+    momentum=momentum,
+    dampening=dampening,
+    weight_decay=0.02,
+    nesterov=nesterov,
+    eps=1e-8,
+    delta=0.1,
+    wd_ratio=0.1,
+    project_momentum=project_momentum,
+  )
   run_against_reference(sgdp(0.05, **kw), SGDPReference(lr=0.05, **kw))
 
 
@@ -213,7 +240,9 @@ def test_norm_growth_smaller_than_adam():
         w, state = carry
         updates, state = tx.update(jax.grad(loss)(w), state, w)
         return (optax.apply_updates(w, updates), state), None
+
       return jax.lax.scan(body, (w, tx.init(w)), length=300)[0][0]
+
     return float(jnp.linalg.norm(run(w0)) / jnp.linalg.norm(w0))
 
   adam_growth, adamp_growth = growth(optax.adam(0.05)), growth(adamp(0.05))
@@ -225,13 +254,20 @@ def test_equals_adamw_and_sgd_off_scale_invariant_leaves():
   """Where the test fails (radial gradients) AdamP is optax.adamw and SGDP is SGD with
   momentum plus decoupled decay wd / (1 - momentum) applied before the step."""
   rng = np.random.default_rng(5)
-  params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
-            "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+  params = {
+    "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+  }
   pairs = [
-      (adamp(0.01, weight_decay=0.1), optax.adamw(0.01, weight_decay=0.1)),
-      (sgdp(0.01, momentum=0.9, nesterov=True, weight_decay=0.1), optax.chain(
-          optax.trace(decay=0.9, nesterov=True), optax.add_decayed_weights(0.1 / (1 - 0.9)),
-          optax.scale_by_learning_rate(0.01))),
+    (adamp(0.01, weight_decay=0.1), optax.adamw(0.01, weight_decay=0.1)),
+    (
+      sgdp(0.01, momentum=0.9, nesterov=True, weight_decay=0.1),
+      optax.chain(
+        optax.trace(decay=0.9, nesterov=True),
+        optax.add_decayed_weights(0.1 / (1 - 0.9)),
+        optax.scale_by_learning_rate(0.01),
+      ),
+    ),
   ]
   for tx, ref in pairs:
     p_tx, p_ref = params, params
@@ -248,8 +284,10 @@ def test_sgdp_equals_sgd_momentum_nesterov():
   rng = np.random.default_rng(6)
   params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
   for nesterov in (False, True):
-    tx, ref = sgdp(0.01, momentum=0.9, nesterov=nesterov), optax.sgd(
-        0.01, momentum=0.9, nesterov=nesterov)
+    tx, ref = (
+      sgdp(0.01, momentum=0.9, nesterov=nesterov),
+      optax.sgd(0.01, momentum=0.9, nesterov=nesterov),
+    )
     p_tx, p_ref, s_tx, s_ref = params, params, tx.init(params), ref.init(params)
     for _ in range(5):
       u, s_tx = tx.update(jax.tree.map(lambda p: p + 0.1, p_tx), s_tx, p_tx)
@@ -274,9 +312,9 @@ def test_bad_arguments():
 
 # ------------------------------------------------------------ the optax harness
 OPTIMIZERS = {
-    "adamp": (adamp, dict(learning_rate=1e-2)),
-    "adamp_wd": (adamp, dict(learning_rate=1e-2, weight_decay=1e-4, nesterov=True)),
-    "sgdp": (sgdp, dict(learning_rate=1e-3, momentum=0.9, nesterov=True)),
+  "adamp": (adamp, dict(learning_rate=1e-2)),
+  "adamp_wd": (adamp, dict(learning_rate=1e-2, weight_decay=1e-4, nesterov=True)),
+  "sgdp": (sgdp, dict(learning_rate=1e-3, momentum=0.9, nesterov=True)),
 }
 
 
@@ -296,11 +334,17 @@ def test_convergence(name, target):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_inject_hyperparams(name):
   factory, kw = OPTIMIZERS[name]
-  params = {"w": -jnp.ones((2, 3)) + jnp.arange(6.0).reshape(2, 3) * 0.1,
-            "k": jnp.ones((2, 5, 2)), "b": jnp.ones((3,))}
+  params = {
+    "w": -jnp.ones((2, 3)) + jnp.arange(6.0).reshape(2, 3) * 0.1,
+    "k": jnp.ones((2, 5, 2)),
+    "b": jnp.ones((3,)),
+  }
   # a tangential gradient on "w" so that the traced test passes there
-  grads = {"w": jnp.asarray([[1.0, 0.0, -1.0], [-1.0, 0.0, 1.0]]) @ jnp.eye(3),
-           "k": -jnp.ones((2, 5, 2)), "b": jnp.ones((3,))}
+  grads = {
+    "w": jnp.asarray([[1.0, 0.0, -1.0], [-1.0, 0.0, 1.0]]) @ jnp.eye(3),
+    "k": -jnp.ones((2, 5, 2)),
+    "b": jnp.ones((3,)),
+  }
   harness.check_inject_hyperparams(factory, kw, params, grads)
 
 
@@ -313,8 +357,9 @@ def test_dtypes_multisteps_and_cond(name, dtype):
   harness.check_state_stable_under_cond(factory(**kw), dtype)
 
 
-@pytest.mark.parametrize("tx", [adamp(1e-2, mu_dtype="bfloat16"),
-                                sgdp(1e-2, momentum=0.9, momentum_dtype="bfloat16")])
+@pytest.mark.parametrize(
+  "tx", [adamp(1e-2, mu_dtype="bfloat16"), sgdp(1e-2, momentum=0.9, momentum_dtype="bfloat16")]
+)
 def test_bfloat16_momentum_with_float32_params(tx):
   harness.check_preserve_dtype(tx, "float32")
   assert jax.tree.leaves(tx.init(harness.dtype_params("float32"))[0])[1].dtype == jnp.bfloat16
@@ -323,6 +368,7 @@ def test_bfloat16_momentum_with_float32_params(tx):
 def test_registered_and_importable():
   from normjax import optim
   from normjax.optim import OPTIMIZERS as registry
+
   module = importlib.import_module("normjax.optim")  # the public names
   assert registry.get("adamp") is module.adamp and registry.get("sgdp") is module.sgdp
   tx = registry.get("adamp")(1e-3, weight_decay=0.1, weight_decay_mask=lambda p: {"w": True})

@@ -1,25 +1,32 @@
 """The trainer's optimizer builder: schedules, per-label groups, frozen leaves, clipping."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from normjax.config_args import trainer_defaults
 from normjax.optim.build import make_optimizer, make_schedule
 
-PARAMS = {"blocks": {0: {"attn": {"qkv": {"kernel": jnp.ones((4, 12)), "bias": jnp.ones(12)}},
-                         "mlp_norm": {"scale": jnp.ones(4)}}},
-          "head": {"kernel": jnp.ones((4, 3))}}
+PARAMS = {
+  "blocks": {
+    0: {
+      "attn": {"qkv": {"kernel": jnp.ones((4, 12)), "bias": jnp.ones(12)}},
+      "mlp_norm": {"scale": jnp.ones(4)},
+    }
+  },
+  "head": {"kernel": jnp.ones((4, 3))},
+}
 GRADS = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), PARAMS)
 
 
 def config(**optimizer):
   c = trainer_defaults(total_steps=10, grad_clip_norm=None)
   c.schedule.update(warmup_steps=0, decay="constant")
-  c.optimizer = ml_collections.ConfigDict({"name": "sgd", "learning_rate": 0.1,
-                                           "weight_decay": 0.0, **optimizer})
+  c.optimizer = ml_collections.ConfigDict(
+    {"name": "sgd", "learning_rate": 0.1, "weight_decay": 0.0, **optimizer}
+  )
   return c
 
 
@@ -31,13 +38,15 @@ def updates(c):
 def test_schedule_warmup_then_cosine_to_final_fraction():
   cfg = ml_collections.ConfigDict({"warmup_steps": 10, "decay": "cosine", "final_fraction": 0.1})
   s = make_schedule(1.0, cfg, 110)
-  np.testing.assert_allclose([s(0), s(5), s(10), s(60), s(110)],
-                             [0.0, 0.5, 1.0, 0.1 + 0.9 * 0.5, 0.1], rtol=1e-5)
+  np.testing.assert_allclose(
+    [s(0), s(5), s(10), s(60), s(110)], [0.0, 0.5, 1.0, 0.1 + 0.9 * 0.5, 0.1], rtol=1e-5
+  )
 
 
 def test_groups_route_leaves_and_inherit_learning_rate():
-  c = config(labels="conda_groups",
-             groups={"conda": {"learning_rate": 1.0}, "adamw": {"name": "sgd"}})
+  c = config(
+    labels="conda_groups", groups={"conda": {"learning_rate": 1.0}, "adamw": {"name": "sgd"}}
+  )
   u = updates(c)
   np.testing.assert_allclose(u["blocks"][0]["attn"]["qkv"]["kernel"], -0.5)  # lr 1.0
   np.testing.assert_allclose(u["head"]["kernel"], -0.05)  # inherited lr 0.1

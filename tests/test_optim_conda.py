@@ -1,4 +1,5 @@
 """Conda against a float64 numpy re-implementation of jie040109/Conda (torch layout)."""
+
 import importlib
 
 import jax
@@ -8,8 +9,7 @@ import optax
 import pytest
 
 from normjax.optim import labels
-from normjax.optim._conda import (ScaleByCondaState, conda, resolve_conda_leaves,
-                                 scale_by_conda)
+from normjax.optim._conda import ScaleByCondaState, conda, resolve_conda_leaves, scale_by_conda
 from normjax.optim.labels import MatrixAxes
 from tests import optim_harness as harness
 
@@ -23,8 +23,7 @@ class CondaReference:
     self.state = {}
 
   def step(self, name, p, grad):
-    st = self.state.setdefault(name, dict(step=0, m=np.zeros_like(p), v=np.zeros_like(p),
-                                          q=None))
+    st = self.state.setdefault(name, dict(step=0, m=np.zeros_like(p), v=np.zeros_like(p), q=None))
     t, lr = st["step"], self.lr_fn(st["step"])
     st["m"] = self.b1 * st["m"] + (1 - self.b1) * grad
     m, g = st["m"], grad
@@ -48,11 +47,24 @@ class CondaReference:
     return p
 
 
-SHAPES = {"tall": (4, 6), "wide": (6, 4), "square": (5, 5), "qkv3d": (4, 2, 3),
-          "out3d": (2, 3, 4), "embed": (7, 3), "bias": (6,)}
-SPECS = {"tall": MatrixAxes(0, 1), "wide": True, "square": MatrixAxes(0, 1),
-         "qkv3d": MatrixAxes(0, (1, 2)), "out3d": MatrixAxes((0, 1), 2), "embed": None,
-         "bias": False}
+SHAPES = {
+  "tall": (4, 6),
+  "wide": (6, 4),
+  "square": (5, 5),
+  "qkv3d": (4, 2, 3),
+  "out3d": (2, 3, 4),
+  "embed": (7, 3),
+  "bias": (6,),
+}
+SPECS = {
+  "tall": MatrixAxes(0, 1),
+  "wide": True,
+  "square": MatrixAxes(0, 1),
+  "qkv3d": MatrixAxes(0, (1, 2)),
+  "out3d": MatrixAxes((0, 1), 2),
+  "embed": None,
+  "bias": False,
+}
 
 
 def as_matrix(name, x):
@@ -67,22 +79,23 @@ def test_conda_matches_official_algorithm(rotated_momentum):
   schedule = optax.linear_schedule(0.02, 0.01, 10)
   kw = dict(b1=0.9, b2=0.99, eps=1e-3, weight_decay=0.1, scale=0.25, update_proj_gap=3)
   tx = conda(schedule, conda_mask=SPECS, rotated_momentum=rotated_momentum, **kw)
-  reference = CondaReference(lambda t: float(schedule(t)),
-                             conda_names={k for k, v in SPECS.items() if v}, **kw)
+  reference = CondaReference(
+    lambda t: float(schedule(t)), conda_names={k for k, v in SPECS.items() if v}, **kw
+  )
   jax_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
   ref = {k: (as_matrix(k, v).T if v.ndim >= 2 else v) for k, v in params.items()}
   state, update = tx.init(jax_params), jax.jit(tx.update)
   for _ in range(8):  # refreshes at counts 0, 3, 6
     grads = {k: rng.normal(size=s) for k, s in SHAPES.items()}
-    updates, state = update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), grads), state,
-                            jax_params)
+    updates, state = update(
+      jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), grads), state, jax_params
+    )
     jax_params = optax.apply_updates(jax_params, updates)
     for k, g in grads.items():
       ref[k] = reference.step(k, ref[k], as_matrix(k, g).T if g.ndim >= 2 else g)
   for k, s in SHAPES.items():
     want = ref[k].T.reshape(s) if len(s) >= 2 else ref[k]
-    np.testing.assert_allclose(np.asarray(jax_params[k]), want, rtol=1e-5, atol=2e-6,
-                               err_msg=k)
+    np.testing.assert_allclose(np.asarray(jax_params[k]), want, rtol=1e-5, atol=2e-6, err_msg=k)
 
 
 def _dot_counts(jaxpr) -> tuple[int, list[int]]:
@@ -109,9 +122,11 @@ def test_rotated_momentum_saves_one_matmul_per_plain_step():
 
 def test_basis_is_square_orthogonal_and_refreshed_every_t_steps():
   rng = np.random.default_rng(1)
-  params = {"a": jnp.asarray(rng.normal(size=(3, 8)), jnp.float32),
-            "b": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
-            "c": jnp.zeros((4,))}
+  params = {
+    "a": jnp.asarray(rng.normal(size=(3, 8)), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+    "c": jnp.zeros((4,)),
+  }
   tx = scale_by_conda(update_proj_gap=4)
   state, update = tx.init(params), jax.jit(tx.update)
   bases = []
@@ -139,22 +154,25 @@ def test_identity_basis_reduces_to_adamw_path():
   count = jnp.asarray(5, jnp.int32)  # not a refresh step with update_proj_gap=100
   rotated = scale_by_conda(update_proj_gap=100)
   plain = scale_by_conda(update_proj_gap=100, conda_mask={"w": False})
-  u_rot, s_rot = rotated.update(grads, ScaleByCondaState(count, mu, nu, {"w": jnp.eye(4)}),
-                                params)
-  u_plain, s_plain = plain.update(grads, ScaleByCondaState(count, mu, nu, {"w": jnp.zeros((0, 0))}),
-                                  params)
+  u_rot, s_rot = rotated.update(grads, ScaleByCondaState(count, mu, nu, {"w": jnp.eye(4)}), params)
+  u_plain, s_plain = plain.update(
+    grads, ScaleByCondaState(count, mu, nu, {"w": jnp.zeros((0, 0))}), params
+  )
   np.testing.assert_allclose(u_rot["w"], u_plain["w"], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(s_rot.nu["w"], s_plain.nu["w"], rtol=1e-6)
   # and the AdamW path is HF AdamW: eps before the bias correction, written out here
   m = 0.9 * np.asarray(mu["w"], np.float64) + 0.1 * np.asarray(grads["w"], np.float64)
   v = 0.999 * np.asarray(nu["w"], np.float64) + 0.001 * np.asarray(grads["w"], np.float64) ** 2
-  want = np.sqrt(1 - 0.999 ** 6) / (1 - 0.9 ** 6) * m / (np.sqrt(v) + 1e-8)
+  want = np.sqrt(1 - 0.999**6) / (1 - 0.9**6) * m / (np.sqrt(v) + 1e-8)
   np.testing.assert_allclose(u_plain["w"], want, rtol=1e-5)
 
 
 def test_masks_and_errors():
-  params = {"attn": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))},
-            "embed": jnp.ones((9, 4)), "conv": jnp.ones((3, 3, 2, 4))}
+  params = {
+    "attn": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))},
+    "embed": jnp.ones((9, 4)),
+    "conv": jnp.ones((3, 3, 2, 4)),
+  }
   leaves = lambda mask: [m is not None for m in resolve_conda_leaves(mask, params)[0]]
   order = [labels.path_names(p)[-1] for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   assert order == ["bias", "kernel", "conv", "embed"]
@@ -163,8 +181,9 @@ def test_masks_and_errors():
   with pytest.raises(ValueError, match="MatrixAxes"):
     scale_by_conda(conda_mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)).init(params)
   with pytest.raises(ValueError, match="every axis"):
-    scale_by_conda(conda_mask={"attn": {"kernel": MatrixAxes(0, 0), "bias": None},
-                               "embed": None, "conv": None}).init(params)
+    scale_by_conda(
+      conda_mask={"attn": {"kernel": MatrixAxes(0, 0), "bias": None}, "embed": None, "conv": None}
+    ).init(params)
   with pytest.raises(ValueError, match="update_proj_gap"):
     conda(1e-3, update_proj_gap=0)
   with pytest.raises(KeyError, match="known"):
@@ -172,9 +191,8 @@ def test_masks_and_errors():
 
 
 OPTIMIZERS = {
-    "conda": (conda, dict(learning_rate=1e-2)),
-    "conda_wd": (conda, dict(learning_rate=1e-2, weight_decay=1e-4, scale=0.5,
-                             update_proj_gap=3)),
+  "conda": (conda, dict(learning_rate=1e-2)),
+  "conda_wd": (conda, dict(learning_rate=1e-2, weight_decay=1e-4, scale=0.5, update_proj_gap=3)),
 }
 
 
@@ -192,12 +210,19 @@ def test_convergence(target):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_inject_hyperparams(name):
   factory, kw = OPTIMIZERS[name]
-  params = {"w": jnp.arange(6.0).reshape(2, 3) * 0.3 - 1.0, "k": jnp.ones((2, 5, 2)),
-            "b": jnp.ones((3,))}
-  grads = {"w": jnp.asarray([[1.0, 0.5, -1.0], [-1.0, 2.0, 1.0]]),
-           "k": -jnp.ones((2, 5, 2)), "b": jnp.ones((3,))}
-  harness.check_inject_hyperparams(factory, kw, params, grads, steps=4,
-                                   static_args=("update_proj_gap", "conda_mask"))
+  params = {
+    "w": jnp.arange(6.0).reshape(2, 3) * 0.3 - 1.0,
+    "k": jnp.ones((2, 5, 2)),
+    "b": jnp.ones((3,)),
+  }
+  grads = {
+    "w": jnp.asarray([[1.0, 0.5, -1.0], [-1.0, 2.0, 1.0]]),
+    "k": -jnp.ones((2, 5, 2)),
+    "b": jnp.ones((3,)),
+  }
+  harness.check_inject_hyperparams(
+    factory, kw, params, grads, steps=4, static_args=("update_proj_gap", "conda_mask")
+  )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -216,10 +241,12 @@ def test_bfloat16_momentum_with_float32_params():
 
 def test_registered_and_importable():
   from normjax.optim import OPTIMIZERS as registry
+
   module = importlib.import_module("normjax.optim._conda")
   assert registry.get("conda") is module.conda
-  tx = registry.get("conda")(1e-3, weight_decay=0.1, weight_decay_mask=labels.decay_mask,
-                             conda_mask="attention_mlp_kernels")
+  tx = registry.get("conda")(
+    1e-3, weight_decay=0.1, weight_decay_mask=labels.decay_mask, conda_mask="attention_mlp_kernels"
+  )
   params = {"attn": {"kernel": jnp.ones((2, 3))}, "bias": jnp.ones((3,))}
   _, state = tx.update(params, tx.init(params), params)
   assert state[0].basis["attn"]["kernel"].shape == (2, 2)

@@ -1,6 +1,7 @@
 """Conda on rank-deficient momentum: float32 rounding noise in the rotated coordinates
 outside the momentum's range is amplified by the Adam normalisation (official behaviour);
 ``singular_value_rtol`` treats those coordinates as exact zeros."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,11 @@ def low_rank(rows, cols, rank, seed):
   return rng.normal(size=(rows, rank)) @ rng.normal(size=(rank, cols))
 
 
-GRADIENTS = {"rank1_ones": np.ones((2, 3)), "rank2_wide": low_rank(6, 8, 2, 0),
-             "rank3_tall": low_rank(10, 6, 3, 1)}
+GRADIENTS = {
+  "rank1_ones": np.ones((2, 3)),
+  "rank2_wide": low_rank(6, 8, 2, 0),
+  "rank3_tall": low_rank(10, 6, 3, 1),
+}
 
 
 def relative_error(tx, grad, steps=6, lr=1e-2):
@@ -49,8 +53,10 @@ def test_rank_deficient_momentum_amplifies_noise_and_the_threshold_removes_it(na
 
 def test_threshold_changes_nothing_on_full_rank_momentum():
   rng = np.random.default_rng(3)
-  params = {"a": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
-            "b": jnp.asarray(rng.normal(size=(7, 4)), jnp.float32)}
+  params = {
+    "a": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=(7, 4)), jnp.float32),
+  }
   txs = [conda(1e-2, **KW), conda(1e-2, singular_value_rtol=1e-5, **KW)]
   states = [tx.init(params) for tx in txs]
   for _ in range(5):

@@ -17,6 +17,7 @@ normalisation; ``tests/test_optim_conda_rank.py``), which is kept here as a stri
 NaP runs with AdamP as its base; the suite's matrix targets start from zeros, which NaP
 leaves unprojected (a zero target norm), so there it checks the base and the plumbing.
 """
+
 import pytest
 
 from normjax import optim
@@ -24,16 +25,22 @@ from normjax import optim
 common = pytest.importorskip("optax.contrib._common_test")
 
 OPTIMIZERS = {
-    "adamp": dict(learning_rate=1e-2),
-    "adamp_nesterov": dict(learning_rate=1e-2, weight_decay=1e-4, nesterov=True),
-    "sgdp": dict(learning_rate=1e-3, momentum=0.9),
-    "sgdp_nesterov": dict(learning_rate=1e-3, momentum=0.9, nesterov=True),
-    "conda": dict(learning_rate=1e-2, update_proj_gap=200, singular_value_rtol=1e-5),
-    "nap": dict(learning_rate=1e-2, base="adamp"),
+  "adamp": dict(learning_rate=1e-2),
+  "adamp_nesterov": dict(learning_rate=1e-2, weight_decay=1e-4, nesterov=True),
+  "sgdp": dict(learning_rate=1e-3, momentum=0.9),
+  "sgdp_nesterov": dict(learning_rate=1e-3, momentum=0.9, nesterov=True),
+  "conda": dict(learning_rate=1e-2, update_proj_gap=200, singular_value_rtol=1e-5),
+  "nap": dict(learning_rate=1e-2, base="adamp"),
 }
-FACTORIES = {"adamp": optim.adamp, "adamp_nesterov": optim.adamp, "sgdp": optim.sgdp,
-             "sgdp_nesterov": optim.sgdp, "conda": optim.conda,
-             "conda_official": optim.conda, "nap": optim.nap}
+FACTORIES = {
+  "adamp": optim.adamp,
+  "adamp_nesterov": optim.adamp,
+  "sgdp": optim.sgdp,
+  "sgdp_nesterov": optim.sgdp,
+  "conda": optim.conda,
+  "conda_official": optim.conda,
+  "nap": optim.nap,
+}
 
 
 @pytest.fixture
@@ -49,8 +56,14 @@ def original(name):
 
 
 def run(suite, name, opt_name, opt_kwargs, **kwargs):
-  original(name)(suite, opt_name=opt_name, opt_kwargs=opt_kwargs, wrapper_name=None,
-                 wrapper_kwargs=None, **kwargs)
+  original(name)(
+    suite,
+    opt_name=opt_name,
+    opt_kwargs=opt_kwargs,
+    wrapper_name=None,
+    wrapper_kwargs=None,
+    **kwargs,
+  )
 
 
 @pytest.mark.parametrize("opt_name", OPTIMIZERS)
@@ -58,25 +71,38 @@ def test_accept_extra_args(suite, opt_name):
   run(suite, "test_optimizers_accept_extra_args", opt_name, OPTIMIZERS[opt_name], wrap=False)
 
 
-@pytest.mark.parametrize("target", ["parabola", "rosenbrock", "matrix_parabola",
-                                    "mixed_tensor_target"])
+@pytest.mark.parametrize(
+  "target", ["parabola", "rosenbrock", "matrix_parabola", "mixed_tensor_target"]
+)
 @pytest.mark.parametrize("opt_name", OPTIMIZERS)
 def test_optimizers_converge(suite, opt_name, target):
-  run(suite, "test_optimizers", opt_name, OPTIMIZERS[opt_name],
-      target=getattr(common, f"_setup_{target}"), dtype="float32")
+  run(
+    suite,
+    "test_optimizers",
+    opt_name,
+    OPTIMIZERS[opt_name],
+    target=getattr(common, f"_setup_{target}"),
+    dtype="float32",
+  )
 
 
 @pytest.mark.parametrize("opt_name", OPTIMIZERS)
 def test_inject_hyperparams(suite, opt_name):
-  run(suite, "test_optimizers_can_be_wrapped_in_inject_hyperparams", opt_name,
-      OPTIMIZERS[opt_name])
+  run(suite, "test_optimizers_can_be_wrapped_in_inject_hyperparams", opt_name, OPTIMIZERS[opt_name])
 
 
-@pytest.mark.xfail(strict=True, reason="official Conda on a rank-1 gradient: rounding noise "
-                   "outside the momentum's range, amplified (test_optim_conda_rank.py)")
+@pytest.mark.xfail(
+  strict=True,
+  reason="official Conda on a rank-1 gradient: rounding noise "
+  "outside the momentum's range, amplified (test_optim_conda_rank.py)",
+)
 def test_inject_hyperparams_official_conda_rank_one(suite):
-  run(suite, "test_optimizers_can_be_wrapped_in_inject_hyperparams", "conda_official",
-      dict(learning_rate=1e-2))
+  run(
+    suite,
+    "test_optimizers_can_be_wrapped_in_inject_hyperparams",
+    "conda_official",
+    dict(learning_rate=1e-2),
+  )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -90,11 +116,21 @@ def test_preserve_dtype_and_gradient_accumulation(suite, opt_name, dtype):
 @pytest.mark.parametrize("opt_name", OPTIMIZERS)
 def test_state_shape_dtype_stability(suite, opt_name, dtype):
   import jax.numpy as jnp
-  run(suite, "test_state_shape_dtype_shard_stability", opt_name, OPTIMIZERS[opt_name],
-      dtype=getattr(jnp, dtype))
+
+  run(
+    suite,
+    "test_state_shape_dtype_shard_stability",
+    opt_name,
+    OPTIMIZERS[opt_name],
+    dtype=getattr(jnp, dtype),
+  )
 
 
 @pytest.mark.parametrize("opt_name", OPTIMIZERS)
 def test_learning_rate_schedule(suite, opt_name):
-  run(suite, "test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such",
-      opt_name, OPTIMIZERS[opt_name])
+  run(
+    suite,
+    "test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such",
+    opt_name,
+    OPTIMIZERS[opt_name],
+  )

@@ -3,6 +3,7 @@ runs match float64 NumPy re-statements of the official steps to 1e-12 (relative 
 largest entry) over 24+ steps, and half-precision leaves still get float32 statistics.
 SGDP's float64 tests are in ``test_optim_sgdp.py``. ``jax.enable_x64`` is scoped to each
 run, so other tests keep the default."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +13,7 @@ import pytest
 from normjax import optim
 from tests import test_optim_conda as conda_ref
 from tests.test_optim_adamp import AdamPReference, from_torch, to_torch
-from tests.test_optim_sgdp import (VIEWS, OfficialSGDP, assert_close, gradient,
-                                   make_params)
+from tests.test_optim_sgdp import VIEWS, OfficialSGDP, assert_close, gradient, make_params
 
 STEPS = 24
 
@@ -24,8 +24,9 @@ def float64_state(tree):
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_adamp_float64(nesterov):
-  kw = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, delta=0.1, wd_ratio=0.1,
-            nesterov=nesterov)
+  kw = dict(
+    b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, delta=0.1, wd_ratio=0.1, nesterov=nesterov
+  )
   params, reference = make_params(), AdamPReference(lr=0.02, **kw)
   ref = {k: to_torch(v) for k, v in params.items()}
   rng = np.random.default_rng(1)
@@ -56,8 +57,9 @@ def test_conda_float64(rotated_momentum):
   # keeps the learning rate float64, so that the comparison is the optimizer's alone
   schedule = lambda count: 0.02 - 0.0005 * jnp.minimum(count, 20).astype(jnp.float64)
   kw = dict(b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1, scale=0.25, update_proj_gap=5)
-  reference = conda_ref.CondaReference(lambda t: float(schedule(t)),
-                                       conda_names={k for k, v in specs.items() if v}, **kw)
+  reference = conda_ref.CondaReference(
+    lambda t: float(schedule(t)), conda_names={k for k, v in specs.items() if v}, **kw
+  )
   ref = {k: (conda_ref.as_matrix(k, v).T if v.ndim >= 2 else v) for k, v in params.items()}
   with jax.enable_x64(True):
     tx = optim.conda(schedule, conda_mask=specs, rotated_momentum=rotated_momentum, **kw)
@@ -93,8 +95,9 @@ def test_nap_on_sgdp_float64():
       updates, state = update(grads, state, p)
       p = optax.apply_updates(p, updates)
       for k in params:
-        reference.step(k, ref[k], to_torch(gradient(k, from_torch(ref[k], params[k].ndim),
-                                                    draws[k])))
+        reference.step(
+          k, ref[k], to_torch(gradient(k, from_torch(ref[k], params[k].ndim), draws[k]))
+        )
         if ref[k].ndim >= 2:
           ref[k] *= targets[k] / np.linalg.norm(ref[k])
     assert float64_state((p, state))
@@ -102,9 +105,11 @@ def test_nap_on_sgdp_float64():
   assert_close(got, {k: from_torch(v, params[k].ndim) for k, v in ref.items()}, 1e-12)
 
 
-FACTORIES = {"adamp": lambda: optim.adamp(1e-3, weight_decay=0.1),
-             "sgdp": lambda: optim.sgdp(1e-3, momentum=0.9, weight_decay=0.1),
-             "conda": lambda: optim.conda(1e-3)}
+FACTORIES = {
+  "adamp": lambda: optim.adamp(1e-3, weight_decay=0.1),
+  "sgdp": lambda: optim.sgdp(1e-3, momentum=0.9, weight_decay=0.1),
+  "conda": lambda: optim.conda(1e-3),
+}
 
 
 @pytest.mark.parametrize("name", FACTORIES)
@@ -115,7 +120,7 @@ def test_float16_leaves_get_float32_statistics(name):
   stored in the parameters' dtype, as optax's adam does)."""
   rng = np.random.default_rng(5)
   w = rng.normal(size=(6, 4)).astype(np.float16)
-  g = (1e-4 * gradient("dense_channel", w.astype(np.float64), rng.normal(size=(6, 4))))
+  g = 1e-4 * gradient("dense_channel", w.astype(np.float64), rng.normal(size=(6, 4)))
   g = g.astype(np.float16)
   updates = {}
   for dtype in (jnp.float16, jnp.float32):
@@ -125,5 +130,6 @@ def test_float16_leaves_get_float32_statistics(name):
     assert u["w"].dtype == dtype
     updates[dtype] = np.asarray(u["w"], np.float32)
   want = updates[jnp.float32]  # float16 rounding (Conda also stores its basis in float16)
-  np.testing.assert_allclose(updates[jnp.float16], want, rtol=1e-2,
-                             atol=1e-2 * np.max(np.abs(want)))
+  np.testing.assert_allclose(
+    updates[jnp.float16], want, rtol=1e-2, atol=1e-2 * np.max(np.abs(want))
+  )

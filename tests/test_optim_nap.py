@@ -1,4 +1,5 @@
 """Normalize-and-Project: chosen norms stay at their initial value; reference in float64."""
+
 import importlib
 
 import jax
@@ -7,25 +8,28 @@ import numpy as np
 import optax
 import pytest
 
-from normjax.optim import OPTIMIZERS
-from normjax.optim import nap, normalize_and_project
+from normjax.optim import OPTIMIZERS, nap, normalize_and_project
 from tests import optim_harness as harness
-
 
 
 def make_problem(seed=0):
   rng = np.random.default_rng(seed)
-  params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
-                      "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32)},
-            "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
-            "norm": {"scale": jnp.ones((5,), jnp.float32)}}
+  params = {
+    "dense": {
+      "kernel": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+      "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+    },
+    "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
+    "norm": {"scale": jnp.ones((5,), jnp.float32)},
+  }
   x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
   image = jnp.asarray(rng.normal(size=(32, 18)), jnp.float32)
 
   def loss(p):  # pulls every weight away from its initial norm
     y = x @ p["dense"]["kernel"] + p["dense"]["bias"]
     z = image @ p["conv"]["kernel"].reshape(18, 4)
-    return (jnp.mean(jnp.square(y * p["norm"]["scale"] - 3.0)) + jnp.mean(jnp.square(z - 5.0)))
+    return jnp.mean(jnp.square(y * p["norm"]["scale"] - 3.0)) + jnp.mean(jnp.square(z - 5.0))
+
   return params, loss
 
 
@@ -36,7 +40,9 @@ def train(tx, params, loss, steps=200):
       params, state = carry
       updates, state = tx.update(jax.grad(loss)(params), state, params)
       return (optax.apply_updates(params, updates), state), None
+
     return jax.lax.scan(body, (params, tx.init(params)), length=steps)[0][0]
+
   return run(params)
 
 
@@ -62,8 +68,9 @@ def test_norms_fixed_to_1e6(base):
 
 def test_per_channel_norms_fixed():
   params, loss = make_problem(1)
-  final = train(optax.chain(optax.adam(0.05), normalize_and_project(per_channel=True)),
-                params, loss)
+  final = train(
+    optax.chain(optax.adam(0.05), normalize_and_project(per_channel=True)), params, loss
+  )
   for name in ("dense", "conv"):
     assert rel_change(final[name]["kernel"], params[name]["kernel"], axes=0) < 1e-6, name
 
@@ -99,14 +106,20 @@ def test_mask_by_label_name_and_params_required():
   updates = jax.tree.map(lambda x: 0.1 * jnp.ones_like(x), params)
   out, _ = tx.update(updates, tx.init(params), params)
   np.testing.assert_array_equal(out["dense"]["kernel"], updates["dense"]["kernel"])
-  assert abs(float(jnp.linalg.norm(params["norm"]["scale"] + out["norm"]["scale"]))
-             - float(jnp.linalg.norm(params["norm"]["scale"]))) < 1e-5
+  assert (
+    abs(
+      float(jnp.linalg.norm(params["norm"]["scale"] + out["norm"]["scale"]))
+      - float(jnp.linalg.norm(params["norm"]["scale"]))
+    )
+    < 1e-5
+  )
   with pytest.raises(ValueError, match="needs params"):
     normalize_and_project(mask=None).update(updates, tx.init(params))
 
 
-@pytest.mark.parametrize("base,kwargs", [("adamw", dict(b1=0.8)), ("adamp", dict(delta=0.2)),
-                                         ("sgd", dict(momentum=0.9))])
+@pytest.mark.parametrize(
+  "base,kwargs", [("adamw", dict(b1=0.8)), ("adamp", dict(delta=0.2)), ("sgd", dict(momentum=0.9))]
+)
 def test_registered_nap_wraps_any_optimizer(base, kwargs):
   module = importlib.import_module("normjax.optim._nap")
   assert OPTIMIZERS.get("nap") is module.nap

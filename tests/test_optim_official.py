@@ -2,6 +2,7 @@
 clovaai/AdamP v0.3.0) in float64 (torch double): the same parameters to 1e-10 relative
 after 40 steps on scale-invariant (channel- and layer-wise), plain, conv and bias leaves,
 weight decay on. Skipped when ``adamp`` or torch is not installed."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,10 @@ STEPS = 40
 def run(torch_optimizer, tx, seed=0):
   params = make_params(seed)
   names = sorted(params)
-  weights = {k: torch.tensor(to_torch(params[k]).copy(), dtype=torch.float64,
-                             requires_grad=True) for k in names}
+  weights = {
+    k: torch.tensor(to_torch(params[k]).copy(), dtype=torch.float64, requires_grad=True)
+    for k in names
+  }
   opt = torch_optimizer([weights[k] for k in names])
   rng = np.random.default_rng(seed + 1)
   with jax.enable_x64(True):
@@ -35,8 +38,9 @@ def run(torch_optimizer, tx, seed=0):
       p = optax.apply_updates(p, updates)
       for k in names:
         current = from_torch(weights[k].detach().numpy(), params[k].ndim)
-        weights[k].grad = torch.tensor(to_torch(gradient(k, current, draws[k])).copy(),
-                                       dtype=torch.float64)
+        weights[k].grad = torch.tensor(
+          to_torch(gradient(k, current, draws[k])).copy(), dtype=torch.float64
+        )
       opt.step()
     got = {k: np.asarray(v) for k, v in p.items()}
   want = {k: from_torch(weights[k].detach().numpy(), params[k].ndim) for k in names}
@@ -52,13 +56,14 @@ def test_sgdp_matches_the_official_package(nesterov):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_adamp_matches_the_official_package(nesterov):
   kw = dict(weight_decay=0.05, nesterov=nesterov)
-  run(lambda ps: official.AdamP(ps, lr=0.02, betas=(0.9, 0.999), **kw),
-      optim.adamp(0.02, b1=0.9, b2=0.999, **kw))
+  run(
+    lambda ps: official.AdamP(ps, lr=0.02, betas=(0.9, 0.999), **kw),
+    optim.adamp(0.02, b1=0.9, b2=0.999, **kw),
+  )
 
 
 def test_legacy_sgdp_is_not_the_official_package():
   """``project_momentum=False`` (normjax's earlier SGDP) diverges from the official one."""
   kw = dict(momentum=0.9, weight_decay=0.02)
   with pytest.raises(AssertionError):
-    run(lambda ps: official.SGDP(ps, lr=0.05, **kw),
-        optim.sgdp(0.05, project_momentum=False, **kw))
+    run(lambda ps: official.SGDP(ps, lr=0.05, **kw), optim.sgdp(0.05, project_momentum=False, **kw))

@@ -3,6 +3,7 @@ that keeps the official step's aliasing: without Nesterov ``d_p`` is the momentu
 itself and the projection subtracts in place, so the projected direction is carried in
 the buffer (``project_momentum=True``, the default); ``project_momentum=False`` projects
 a copy."""
+
 import math
 
 import jax
@@ -19,20 +20,33 @@ class OfficialSGDP:
   """``SGDP.step`` for one parameter at a time, torch layout, float64, in-place as in the
   official code (``copy_direction=True``: ``d_p = buf.copy()``, the legacy behaviour)."""
 
-  def __init__(self, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-               eps=1e-8, delta=0.1, wd_ratio=0.1, copy_direction=False):
+  def __init__(
+    self,
+    lr,
+    momentum=0.0,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    eps=1e-8,
+    delta=0.1,
+    wd_ratio=0.1,
+    copy_direction=False,
+  ):
     self.__dict__.update(locals())
     self.buffers, self.views = {}, {}
 
   def _projection(self, p, grad, perturb):
     expand = [-1] + [1] * (p.ndim - 1)
-    views = {"channel": lambda x: x.reshape(x.shape[0], -1),
-             "layer": lambda x: x.reshape(1, -1)}
+    views = {"channel": lambda x: x.reshape(x.shape[0], -1), "layer": lambda x: x.reshape(1, -1)}
     for name, view in views.items():
       x, y = view(grad), view(p)
-      cosine = np.abs(np.sum(x * y, axis=1) / (
+      cosine = np.abs(
+        np.sum(x * y, axis=1)
+        / (
           np.maximum(np.linalg.norm(x, axis=1), self.eps)
-          * np.maximum(np.linalg.norm(y, axis=1), self.eps)))
+          * np.maximum(np.linalg.norm(y, axis=1), self.eps)
+        )
+      )
       if cosine.max() < self.delta / math.sqrt(view(p).shape[1]):
         p_n = p / (np.linalg.norm(view(p), axis=1).reshape(expand) + self.eps)
         perturb -= p_n * np.sum(view(p_n * perturb), axis=1).reshape(expand)  # in place
@@ -59,14 +73,26 @@ class OfficialSGDP:
 
 def make_params(seed=0):
   rng = np.random.default_rng(seed)
-  return {"dense_channel": rng.normal(size=(5, 4)), "dense_layer": rng.normal(size=(6, 3)),
-          "dense_plain": rng.normal(size=(3, 4)), "conv_channel": rng.normal(size=(2, 2, 3, 4)),
-          "conv_layer": rng.normal(size=(2, 2, 3, 6)), "conv_plain": rng.normal(size=(2, 2, 2, 3)),
-          "bias": rng.normal(size=(4,))}
+  return {
+    "dense_channel": rng.normal(size=(5, 4)),
+    "dense_layer": rng.normal(size=(6, 3)),
+    "dense_plain": rng.normal(size=(3, 4)),
+    "conv_channel": rng.normal(size=(2, 2, 3, 4)),
+    "conv_layer": rng.normal(size=(2, 2, 3, 6)),
+    "conv_plain": rng.normal(size=(2, 2, 2, 3)),
+    "bias": rng.normal(size=(4,)),
+  }
 
 
-VIEWS = {"dense_channel": "channel", "conv_channel": "channel", "dense_layer": "layer",
-         "conv_layer": "layer", "dense_plain": None, "conv_plain": None, "bias": None}
+VIEWS = {
+  "dense_channel": "channel",
+  "conv_channel": "channel",
+  "dense_layer": "layer",
+  "conv_layer": "layer",
+  "dense_plain": None,
+  "conv_plain": None,
+  "bias": None,
+}
 
 
 def gradient(name, p, r):
@@ -92,8 +118,9 @@ def run(kw, steps=40, project_momentum=True, seed=0):
   ref = {k: to_torch(v).copy() for k, v in params.items()}
   rng = np.random.default_rng(seed + 1)
   with jax.enable_x64(True):
-    tx = sgdp(kw["lr"], project_momentum=project_momentum,
-              **{k: v for k, v in kw.items() if k != "lr"})
+    tx = sgdp(
+      kw["lr"], project_momentum=project_momentum, **{k: v for k, v in kw.items() if k != "lr"}
+    )
     p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
     state, update = tx.init(p), jax.jit(tx.update)
     for _ in range(steps):
@@ -116,10 +143,12 @@ def assert_close(got, want, rtol):
     assert err < rtol, (k, err)
 
 
-CASES = [dict(lr=0.05, momentum=0.9, weight_decay=0.02),
-         dict(lr=0.05, momentum=0.9, weight_decay=0.02, nesterov=True),
-         dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.1),
-         dict(lr=0.05, momentum=0.0, weight_decay=0.02)]
+CASES = [
+  dict(lr=0.05, momentum=0.9, weight_decay=0.02),
+  dict(lr=0.05, momentum=0.9, weight_decay=0.02, nesterov=True),
+  dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.1),
+  dict(lr=0.05, momentum=0.0, weight_decay=0.02),
+]
 
 
 @pytest.mark.parametrize("project_momentum", [True, False])

@@ -1,4 +1,5 @@
 """Planning and measuring a run: the dry run (normjax.plan), FLOPs/MFU and the profiler hook."""
+
 import json
 
 import jax
@@ -15,8 +16,9 @@ def tiny(**extra):
 
 def test_dry_run_reports_memory_flops_and_collectives_per_device():
   dp = plan.plan(tiny(batch_size=16))
-  fsdp = plan.plan(tiny(batch_size=16, **{"mesh.data": 1, "mesh.fsdp": 8, "sharding": "fsdp",
-                                          "model.width": 128}))
+  fsdp = plan.plan(
+    tiny(batch_size=16, **{"mesh.data": 1, "mesh.fsdp": 8, "sharding": "fsdp", "model.width": 128})
+  )
   wide_dp = plan.plan(tiny(batch_size=16, **{"model.width": 128}))
   assert dp["devices"] == 8 and dp["flops_per_step"] > 0
   n = dp["parameters"]
@@ -32,12 +34,16 @@ def test_dry_run_reports_memory_flops_and_collectives_per_device():
 
 
 def test_collectives_are_read_from_hlo_text():
-  hlo = ("%all-reduce.1 = f32[128,64]{1,0} all-reduce(f32[128,64]{1,0} %x), replica_groups={}\n"
-         "%ag = (bf16[8]{0}, f32[4]{0}) all-gather-start(bf16[1]{0} %y)\n"
-         "%ag.done = bf16[8]{0} all-gather-done(%ag)\n")
+  hlo = (
+    "%all-reduce.1 = f32[128,64]{1,0} all-reduce(f32[128,64]{1,0} %x), replica_groups={}\n"
+    "%ag = (bf16[8]{0}, f32[4]{0}) all-gather-start(bf16[1]{0} %y)\n"
+    "%ag.done = bf16[8]{0} all-gather-done(%ag)\n"
+  )
   found = hardware.collectives(hlo)
-  assert found == {"all-reduce": {"count": 1, "bytes": 128 * 64 * 4},
-                   "all-gather": {"count": 1, "bytes": 8 * 2 + 4 * 4}}
+  assert found == {
+    "all-reduce": {"count": 1, "bytes": 128 * 64 * 4},
+    "all-gather": {"count": 1, "bytes": 8 * 2 + 4 * 4},
+  }
 
 
 def test_mfu_is_null_without_a_known_peak_and_a_ratio_with_one():
@@ -46,6 +52,7 @@ def test_mfu_is_null_without_a_known_peak_and_a_ratio_with_one():
 
   class H100:
     device_kind = "NVIDIA H100 80GB HBM3"
+
   assert hardware.mfu(989e12 / 4, 2.0, device=H100()) == pytest.approx(0.5)
 
 

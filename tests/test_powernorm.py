@@ -1,5 +1,6 @@
 """PowerNorm: forward and approximate backward against a float64 numpy reference written from
 the official algorithm (sIncerass/powernorm mask_powernorm.py), over several steps."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,14 +19,14 @@ GS_EPS = 1e-5
 
 def ref_group_scaling(x):
   g = x.reshape(*x.shape[:-1], GROUPS, C // GROUPS)
-  r = np.sqrt(np.mean(g ** 2, -1, keepdims=True) + GS_EPS)
+  r = np.sqrt(np.mean(g**2, -1, keepdims=True) + GS_EPS)
   return (g / r).reshape(x.shape), g, r
 
 
 def ref_group_scaling_vjp(x, dh):
   _, g, r = ref_group_scaling(x)
   dg = dh.reshape(g.shape)
-  dx = dg / r - g * np.sum(dg * g, -1, keepdims=True) / (g.shape[-1] * r ** 3)
+  dx = dg / r - g * np.sum(dg * g, -1, keepdims=True) / (g.shape[-1] * r**3)
   return dx.reshape(x.shape)
 
 
@@ -49,16 +50,19 @@ def ref_step(x, mask, scale, bias, state, dy):
 
 
 def make_norm(rngs):
-  return PowerNorm(C, groups=GROUPS, epsilon=EPS, alpha_fwd=A_FWD, alpha_bkw=A_BKW,
-                   warmup_steps=WARMUP, rngs=rngs)
+  return PowerNorm(
+    C, groups=GROUPS, epsilon=EPS, alpha_fwd=A_FWD, alpha_bkw=A_BKW, warmup_steps=WARMUP, rngs=rngs
+  )
 
 
 @pytest.fixture(scope="module")
 def probe():
   model_def, params, state = tn.make_probe(make_norm, (B, T, C))
   rng = np.random.default_rng(0)
-  params["norm"] = {"scale": rng.uniform(0.5, 1.5, C).astype(np.float32),
-                    "bias": rng.normal(size=C).astype(np.float32)}
+  params["norm"] = {
+    "scale": rng.uniform(0.5, 1.5, C).astype(np.float32),
+    "bias": rng.normal(size=C).astype(np.float32),
+  }
   return model_def, params, state, tn.train_step(model_def)
 
 
@@ -113,13 +117,23 @@ def test_pure_function_equals_module():
   module.running_phi[...] = jnp.asarray(rng.uniform(0.5, 2, C), jnp.float32)
   module.step[...] = jnp.asarray(WARMUP, jnp.int32)  # next call uses the running statistic
   state = module.state_dict()
-  y, new_state = power_norm(x, module.params(), state, train=True, groups=GROUPS, epsilon=EPS,
-                            alpha_fwd=A_FWD, alpha_bkw=A_BKW, warmup_steps=WARMUP)
+  y, new_state = power_norm(
+    x,
+    module.params(),
+    state,
+    train=True,
+    groups=GROUPS,
+    epsilon=EPS,
+    alpha_fwd=A_FWD,
+    alpha_bkw=A_BKW,
+    warmup_steps=WARMUP,
+  )
   np.testing.assert_array_equal(module(x), y)
   np.testing.assert_array_equal(module.running_phi[...], new_state["running_phi"])
   module.eval()
-  y_eval, same = power_norm(x, module.params(), module.state_dict(), train=False, groups=GROUPS,
-                            epsilon=EPS)
+  y_eval, same = power_norm(
+    x, module.params(), module.state_dict(), train=False, groups=GROUPS, epsilon=EPS
+  )
   np.testing.assert_array_equal(module(x), y_eval)
   assert int(module.step[...]) == WARMUP + 1 and same["step"] == module.step[...]
 
@@ -145,16 +159,22 @@ def test_state_checkpoint_round_trip(probe, tmp_path):
   checkpointer.wait_until_finished()
   restored = checkpointer.restore(tmp_path / "state", state)
   x, dy, mask = inputs(rng, 3)
-  for a, b in zip(jax.tree.leaves(step(tn.with_x(params, x), state, dy, mask)),
-                  jax.tree.leaves(step(tn.with_x(params, x), restored, dy, mask))):
+  for a, b in zip(
+    jax.tree.leaves(step(tn.with_x(params, x), state, dy, mask)),
+    jax.tree.leaves(step(tn.with_x(params, x), restored, dy, mask)),
+  ):
     np.testing.assert_array_equal(a, b)
 
 
 def test_registry_export_and_errors():
   assert NORMS.get("powernorm") is PowerNorm is norms.PowerNorm
   assert norms.group_scaling is group_scaling
-  for kwargs, match in [({"groups": 3}, "groups=3"), ({"alpha_fwd": 1.5}, "alpha_fwd=1.5"),
-                        ({"warmup_steps": -1}, "warmup_steps=-1"), ({"epsilon": 0.0}, "epsilon")]:
+  for kwargs, match in [
+    ({"groups": 3}, "groups=3"),
+    ({"alpha_fwd": 1.5}, "alpha_fwd=1.5"),
+    ({"warmup_steps": -1}, "warmup_steps=-1"),
+    ({"epsilon": 0.0}, "epsilon"),
+  ]:
     with pytest.raises(ValueError, match=match):
       PowerNorm(C, **kwargs)
 
@@ -163,6 +183,7 @@ def test_vit_powernorm_config_trains(tmp_path):
   """The headline command's config, shrunk: runs, learns state, checkpoints it."""
   from normjax import train
   from tests import trainer_utils as tu
+
   config = tu.apply(tu.load_config("vit_powernorm"), tu.overrides("vit", 3))
   config.model.norm_kwargs.groups = 2  # the shrunk model has 2 heads
   assert np.isfinite(train.train_and_evaluate(config, str(tmp_path))["eval_loss"])

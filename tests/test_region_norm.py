@@ -1,5 +1,6 @@
 """Region Normalization (RN-B, RN-L) against a float64 port of the official procedure; the
 inpainting model, data and task."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,10 +9,10 @@ import pytest
 from flax import nnx
 
 from normjax import data as nj_data
-from normjax.tasks import inpainting
 from normjax.data import masked_digits
 from normjax.models import make_model
-from normjax.norms import basic, make_norm, region_norm
+from normjax.norms import basic, make_norm
+from normjax.tasks import inpainting
 from tests import conv_norm_utils as u
 
 EPS = 1e-5
@@ -38,8 +39,12 @@ def ref_region_norm(x, mask, eps=EPS):
 def ref_rn_b(x, mask, norm):
   p = {n: u.f64(getattr(norm, n)[...]) for n in RN_B_PARAMS}
   rn, m = ref_region_norm(x, mask), mask[..., None].astype(np.float64)
-  return (rn * m * (1 + p["foreground_scale"]) + p["foreground_bias"]
-          + rn * (1 - m) * (1 + p["background_scale"]) + p["background_bias"])
+  return (
+    rn * m * (1 + p["foreground_scale"])
+    + p["foreground_bias"]
+    + rn * (1 - m) * (1 + p["background_scale"])
+    + p["background_bias"]
+  )
 
 
 def _rn_b(channels):
@@ -54,27 +59,37 @@ def test_rn_b_matches_official_procedure():
   x = u.data((3, 6, 6, 5))
   mask = _random_mask((3, 6, 6))
   norm = _rn_b(5)
-  np.testing.assert_allclose(norm(jnp.asarray(x), mask=jnp.asarray(mask)), ref_rn_b(x, mask, norm),
-                             rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(
+    norm(jnp.asarray(x), mask=jnp.asarray(mask)), ref_rn_b(x, mask, norm), rtol=2e-5, atol=2e-5
+  )
   # (B, H, W, 1) float masks and (B, H, W) bool masks are the same thing
-  np.testing.assert_allclose(norm(jnp.asarray(x), mask=jnp.asarray(mask[..., None], jnp.float32)),
-                             ref_rn_b(x, mask, norm), rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(
+    norm(jnp.asarray(x), mask=jnp.asarray(mask[..., None], jnp.float32)),
+    ref_rn_b(x, mask, norm),
+    rtol=2e-5,
+    atol=2e-5,
+  )
 
 
 def test_mask_is_nearest_resized_to_the_feature_size():
   x = u.data((2, 4, 4, 3))
   mask = _random_mask((2, 8, 8))
   norm = _rn_b(3)
-  np.testing.assert_allclose(norm(jnp.asarray(x), mask=jnp.asarray(mask)),
-                             ref_rn_b(x, mask[:, ::2, ::2], norm), rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(
+    norm(jnp.asarray(x), mask=jnp.asarray(mask)),
+    ref_rn_b(x, mask[:, ::2, ::2], norm),
+    rtol=2e-5,
+    atol=2e-5,
+  )
 
 
 def test_all_ones_or_all_zeros_mask_is_plain_batch_normalization():
   x = u.data((4, 5, 5, 6))
   mean, var = u.batch_stats(x)
   expected = (u.f64(x) - mean) / np.sqrt(var + EPS)
-  bn, _ = basic.batch_norm(jnp.asarray(x), {}, {"mean": jnp.zeros(6), "var": jnp.ones(6)},
-                           train=True, epsilon=EPS)
+  bn, _ = basic.batch_norm(
+    jnp.asarray(x), {}, {"mean": jnp.zeros(6), "var": jnp.ones(6)}, train=True, epsilon=EPS
+  )
   norm = make_norm("region_norm_b", 6, rngs=nnx.Rngs(0))  # identity affine at init
   for fill in (True, False):
     y = norm(jnp.asarray(x), mask=jnp.full((4, 5, 5), fill))
@@ -115,9 +130,9 @@ def test_rn_l_matches_reference():
   mask = s[..., 0] >= 0.5
   assert 0 < mask.mean() < 1, "both regions should be non-empty"
   gamma = u.conv2d_ref(s, u.f64(norm.gamma_kernel[...]), padding=(3, 3)) + u.f64(
-      norm.gamma_bias[...])
-  beta = u.conv2d_ref(s, u.f64(norm.beta_kernel[...]), padding=(3, 3)) + u.f64(
-      norm.beta_bias[...])
+    norm.gamma_bias[...]
+  )
+  beta = u.conv2d_ref(s, u.f64(norm.beta_kernel[...]), padding=(3, 3)) + u.f64(norm.beta_bias[...])
   expected = ref_region_norm(x, mask) * (1 + gamma) + beta
   np.testing.assert_allclose(norm(jnp.asarray(x)), expected, rtol=5e-5, atol=5e-5)
   assert norm.attention_kernel.shape == (7, 7, 2, 1) and norm.threshold == 0.5
@@ -131,8 +146,9 @@ def test_rn_l_matches_reference():
 def test_region_norms_sharded_equal_unsharded():
   x = u.per_shard_differs((16, 4, 4, 3))
   u.assert_sharded_equals_unsharded(_rn_b(3), x, _random_mask((16, 4, 4)))
-  u.assert_sharded_equals_unsharded(make_norm("region_norm_l", 3, threshold=0.5,
-                                              rngs=nnx.Rngs(0)), x)
+  u.assert_sharded_equals_unsharded(
+    make_norm("region_norm_l", 3, threshold=0.5, rngs=nnx.Rngs(0)), x
+  )
 
 
 # ----------------------------------------------------------------------------- inpainting
@@ -144,8 +160,7 @@ def test_masked_digits_holes_are_deterministic_squares():
   cfg = ml_collections.ConfigDict({"name": "masked_digits", "hole_size": 3})
   info = nj_data.get_info(cfg)
   assert (info.task, info.image_shape, info.num_eval) == ("inpainting", (8, 8, 1), 359)
-  first = [next(iter(nj_data.eval_iterator(cfg, global_batch_size=16)))["hole"]
-           for _ in range(2)]
+  first = [next(iter(nj_data.eval_iterator(cfg, global_batch_size=16)))["hole"] for _ in range(2)]
   np.testing.assert_array_equal(*first)  # the same eval holes every time
   assert (first[0].sum((1, 2, 3)) == 9).all()
   train = next(nj_data.train_iterator(cfg, global_batch_size=16, seed=0))
@@ -159,16 +174,18 @@ def test_inpainting_task_loss_and_psnr():
   rng = np.random.default_rng(1)
   image, out = rng.random((3, 8, 8, 1)), rng.random((3, 8, 8, 1))
   hole = masked_digits.hole_masks(8, 4, rng.random((3, 2)))
-  loss, psnr = inpainting.per_example(jnp.asarray(out), {"image": jnp.asarray(image),
-                                                         "hole": jnp.asarray(hole)})
+  loss, psnr = inpainting.per_example(
+    jnp.asarray(out), {"image": jnp.asarray(image), "hole": jnp.asarray(hole)}
+  )
   np.testing.assert_allclose(loss, np.abs(out - image).mean((1, 2, 3)), rtol=1e-5)
   mse = ((out * hole + image * (1 - hole) - image) ** 2).mean((1, 2, 3))
   np.testing.assert_allclose(psnr, 10 * np.log10(1 / mse), rtol=1e-5)
 
 
 def test_inpaint_model_never_sees_the_missing_pixels():
-  model = make_model("inpaint", in_channels=1, width=8, num_blocks=1, threshold=0.5,
-                     rngs=nnx.Rngs(0))
+  model = make_model(
+    "inpaint", in_channels=1, width=8, num_blocks=1, threshold=0.5, rngs=nnx.Rngs(0)
+  )
   rng = np.random.default_rng(2)
   image = jnp.asarray(rng.random((4, 8, 8, 1)), jnp.float32)
   hole = jnp.asarray(masked_digits.hole_masks(8, 4, rng.random((4, 2))))

@@ -1,4 +1,5 @@
 """Model-state plumbing: pure-dict split/merge and auxiliary losses recorded by layers."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ class WithAux(nnx.Module):
 
   def __call__(self, x):
     y = self.lin(x)
-    self.penalty = AuxLoss(0.5 * jnp.mean(y ** 2))
+    self.penalty = AuxLoss(0.5 * jnp.mean(y**2))
     return y
 
 
@@ -30,7 +31,7 @@ def test_aux_loss_is_added_to_the_loss_and_kept_out_of_state():
   p = state["params"]["lin"]
   logits = batch["image"] @ p["kernel"] + p["bias"]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-  np.testing.assert_allclose(metrics["aux_loss"], 0.5 * np.mean(logits ** 2), rtol=1e-6)
+  np.testing.assert_allclose(metrics["aux_loss"], 0.5 * np.mean(logits**2), rtol=1e-6)
   np.testing.assert_allclose(metrics["loss"], ce, rtol=1e-6)
   assert new_state["model_state"] == {}
 
@@ -39,9 +40,11 @@ def test_split_merge_round_trip_keeps_rng_keys():
   class Drop(nnx.Module):
     def __init__(self, rngs):
       self.drop = nnx.Dropout(0.5, rngs=rngs)
+
   model = Drop(nnx.Rngs(0, dropout=3))
   params, rest = split(model)
   assert rest["drop"]["rngs"]["key"].dtype == jnp.uint32
   rebuilt = ModelDef.create(Drop).merge(params, rest, train=True)
-  np.testing.assert_array_equal(jax.random.key_data(rebuilt.drop.rngs.key.value),
-                                jax.random.key_data(model.drop.rngs.key.value))
+  np.testing.assert_array_equal(
+    jax.random.key_data(rebuilt.drop.rngs.key.value), jax.random.key_data(model.drop.rngs.key.value)
+  )

@@ -1,4 +1,5 @@
 """normjax.sweep: grid expansion, commands, statuses, the summary, and a real two-run sweep."""
+
 import json
 import subprocess
 import sys
@@ -11,18 +12,23 @@ from tests import trainer_utils as tu
 
 
 def sweep_config(**kwargs):
-  c = ml_collections.ConfigDict({"base": "../gpt2_adamw.py", "base_arg": "", "fixed": {},
-                                 "metric": "eval_loss", "goal": "min"})
+  c = ml_collections.ConfigDict(
+    {"base": "../gpt2_adamw.py", "base_arg": "", "fixed": {}, "metric": "eval_loss", "goal": "min"}
+  )
   c.update(kwargs)
   return c
 
 
 def test_expand_is_the_ordered_cartesian_product_of_nested_keys():
-  c = sweep_config(grid={"optimizer": {"learning_rate": [1e-3, 3e-3], "b2": [0.95]},
-                         "seed": [0, 1]})
+  c = sweep_config(
+    grid={"optimizer": {"learning_rate": [1e-3, 3e-3], "b2": [0.95]}, "seed": [0, 1]}
+  )
   runs = sweep.expand(c)
-  assert runs == [{"optimizer.learning_rate": lr, "optimizer.b2": 0.95, "seed": s}
-                  for lr in (1e-3, 3e-3) for s in (0, 1)]
+  assert runs == [
+    {"optimizer.learning_rate": lr, "optimizer.b2": 0.95, "seed": s}
+    for lr in (1e-3, 3e-3)
+    for s in (0, 1)
+  ]
   assert sweep.run_name(runs[1]) == "b2=0.95,learning_rate=0.001,seed=1"  # sorted keys
   clash = {"model.width": 8, "optimizer.groups.muon.width": 2}
   assert sweep.run_name(clash) == "model.width=8,optimizer.groups.muon.width=2"
@@ -31,17 +37,30 @@ def test_expand_is_the_ordered_cartesian_product_of_nested_keys():
 
 
 def test_command_formats_overrides_for_config_flags():
-  c = sweep_config(base_arg="data=pystdlib", fixed={"model": {"stage_sizes": (1, 2)}},
-                   grid={"optimizer": {"learning_rate": [0.5]}})
-  cmd = sweep.command(c, str(tu.ROOT / "configs" / "sweeps" / "x.py"),
-                      {"optimizer.learning_rate": 0.5, "data.name": "digits"}, "/w/r")
+  c = sweep_config(
+    base_arg="data=pystdlib",
+    fixed={"model": {"stage_sizes": (1, 2)}},
+    grid={"optimizer": {"learning_rate": [0.5]}},
+  )
+  cmd = sweep.command(
+    c,
+    str(tu.ROOT / "configs" / "sweeps" / "x.py"),
+    {"optimizer.learning_rate": 0.5, "data.name": "digits"},
+    "/w/r",
+  )
   assert cmd[1:4] == ["-m", "normjax.train", "--config"]
   assert cmd[4].endswith("configs/gpt2_adamw.py:data=pystdlib")
-  assert cmd[5:] == ["--workdir", "/w/r", "--config.model.stage_sizes=(1,2,)",
-                     "--config.optimizer.learning_rate=0.5", "--config.data.name='digits'"]
+  assert cmd[5:] == [
+    "--workdir",
+    "/w/r",
+    "--config.model.stage_sizes=(1,2,)",
+    "--config.optimizer.learning_rate=0.5",
+    "--config.data.name='digits'",
+  ]
   with pytest.raises(ValueError, match="no such file"):
-    sweep.command(sweep_config(base="../nope.py"), str(tu.ROOT / "configs" / "sweeps" / "x.py"),
-                  {}, "/w")
+    sweep.command(
+      sweep_config(base="../nope.py"), str(tu.ROOT / "configs" / "sweeps" / "x.py"), {}, "/w"
+    )
 
 
 def test_summary_averages_seeds_and_marks_the_best(tmp_path):
@@ -51,12 +70,14 @@ def test_summary_averages_seeds_and_marks_the_best(tmp_path):
   results = []
   for run in runs:
     v = values.get((run["optimizer.learning_rate"], run["seed"]))
-    results.append({"status": "done", "value": v} if v is not None
-                   else {"status": "diverged", "value": None})
+    results.append(
+      {"status": "done", "value": v} if v is not None else {"status": "diverged", "value": None}
+    )
   s = sweep.summarize(c, runs, results)
   rows = {r["optimizer.learning_rate"]: r for r in s["rows"]}
-  assert rows[1e-3]["mean"] == pytest.approx(2.1) and rows[1e-3]["std"] == pytest.approx(0.1414,
-                                                                                         abs=1e-4)
+  assert rows[1e-3]["mean"] == pytest.approx(2.1) and rows[1e-3]["std"] == pytest.approx(
+    0.1414, abs=1e-4
+  )
   # a setting with a diverged seed is never "best", even with the lowest mean
   assert rows[1e-2]["status"] == "diverged,done" and s["best"]["optimizer.learning_rate"] == 3e-3
   assert "**1.6000 ± 0.1414** (best)" in s["table"]
@@ -70,13 +91,16 @@ def test_read_result_statuses(tmp_path):
   (tmp_path / sweep.STATUS_FILE).write_text(json.dumps({"status": "diverged", "message": "m"}))
   assert sweep.read_result(str(tmp_path), "eval_loss")["status"] == "diverged"
   (tmp_path / "final.json").write_text(json.dumps({"step": 3, "eval_loss": 1.25}))
-  assert sweep.read_result(str(tmp_path), "eval_loss") == {"status": "done", "value": 1.25,
-                                                          "step": 3}
+  assert sweep.read_result(str(tmp_path), "eval_loss") == {
+    "status": "done",
+    "value": 1.25,
+    "step": 3,
+  }
   with pytest.raises(ValueError, match="eval_accuracy.*eval_loss"):
     sweep.read_result(str(tmp_path), "eval_accuracy")
 
 
-TINY_SWEEP = '''
+TINY_SWEEP = """
 import ml_collections
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
@@ -87,7 +111,7 @@ def get_config(arg=None):
   c.metric = "eval_loss"
   c.goal = "min"
   return c
-'''
+"""
 
 
 @pytest.mark.slow
@@ -102,11 +126,9 @@ def test_two_run_sweep_end_to_end(tmp_path):
       node = node.setdefault(p, {})
     node[leaf] = value
   config = tmp_path / "tiny_sweep.py"
-  config.write_text(TINY_SWEEP.format(base=str(tu.ROOT / "configs" / "gpt2_adamw.py"),
-                                      fixed=fixed))
+  config.write_text(TINY_SWEEP.format(base=str(tu.ROOT / "configs" / "gpt2_adamw.py"), fixed=fixed))
   workdir = tmp_path / "w"
-  args = [sys.executable, "-m", "normjax.sweep", "--config", str(config),
-          "--workdir", str(workdir)]
+  args = [sys.executable, "-m", "normjax.sweep", "--config", str(config), "--workdir", str(workdir)]
   out = subprocess.run(args, env=tu.env(), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "done: eval_loss=" in out.stdout and "diverged: normjax.train: non-finite" in out.stdout
@@ -119,8 +141,10 @@ def test_two_run_sweep_end_to_end(tmp_path):
 
   again = subprocess.run(args, env=tu.env(), capture_output=True, text=True, timeout=600)
   assert again.stdout.count("already") == 2, again.stdout
-  emitted = subprocess.run(args + ["--mode", "emit"], env=tu.env(), capture_output=True,
-                           text=True, timeout=600).stdout.splitlines()
-  assert len(emitted) == 2 and all(l.startswith("python -m normjax.train --config ")
-                                   for l in emitted)
+  emitted = subprocess.run(
+    args + ["--mode", "emit"], env=tu.env(), capture_output=True, text=True, timeout=600
+  ).stdout.splitlines()
+  assert len(emitted) == 2 and all(
+    l.startswith("python -m normjax.train --config ") for l in emitted
+  )
   assert emitted[1].endswith("--config.optimizer.learning_rate=1e+30")

@@ -1,4 +1,5 @@
 """End-to-end trainer tests: smoke runs, determinism, resume, failures, sharding."""
+
 import json
 import signal
 import subprocess
@@ -51,8 +52,14 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise(tmp_path):
 
   for sig in (signal.SIGTERM, signal.SIGKILL):
     wd = tmp_path / sig.name
-    proc = subprocess.Popen(args(wd), env=tu.env(), cwd=tu.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+      args(wd),
+      env=tu.env(),
+      cwd=tu.ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
     tu.wait_for_checkpoint(proc, wd)
     proc.send_signal(sig)
     out = proc.communicate(timeout=300)[0]
@@ -71,8 +78,9 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   # the resumed run changes its learning rate, which a restart normally refuses
   # (normjax.workdir): allow it here, this test is about the divergence
-  monkeypatch.setattr("normjax.workdir.RESUMABLE_KEYS",
-                      (*workdirs.RESUMABLE_KEYS, "optimizer.learning_rate"))
+  monkeypatch.setattr(
+    "normjax.workdir.RESUMABLE_KEYS", (*workdirs.RESUMABLE_KEYS, "optimizer.learning_rate")
+  )
   config = tiny_config("vit_layernorm", 4, checkpoint_every=2)
   train.train_and_evaluate(config, str(tmp_path))
   good = tu.leaves(tu.restore_state(tmp_path)["params"])
@@ -81,11 +89,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
   with pytest.raises(train.NonFiniteLoss, match="non-finite .* last good checkpoint is step 4"):
     train.train_and_evaluate(config, str(tmp_path))
   assert tu.checkpoint_steps(tmp_path) == [2, 4]  # nothing written after the divergence
-  assert all(np.array_equal(x, y) for x, y in
-             zip(good, tu.leaves(tu.restore_state(tmp_path)["params"])))
+  assert all(
+    np.array_equal(x, y) for x, y in zip(good, tu.leaves(tu.restore_state(tmp_path)["params"]))
+  )
 
 
-@pytest.mark.parametrize("key,value,message", [
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
     ("model.norm", "nope", r"model.norm='nope': unknown norm; known: .*layernorm"),
     ("model.name", "nope", r"model.name='nope': unknown model; known: .*vit"),
     ("optimizer.name", "nope", r"optimizer.name='nope': unknown optimizer; known: .*adamw"),
@@ -97,13 +108,16 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     ("model.widht", 3, r"model.widht=3: not an argument of model 'vit'; it accepts .*width"),
     ("optimizer.b3", 0.5, r"optimizer .*b3"),
     ("sharding", "tp", r"sharding='tp': valid choices are"),
-])
+  ],
+)
 def test_bad_config_fails_before_compilation(key, value, message, tmp_path, monkeypatch):
   config = tiny_config("vit_layernorm", 4)
   config.unlock()
   tu.apply(config, {key: value})
+
   def no_compile(*a, **k):
     raise AssertionError("compiled before the config was checked")
+
   monkeypatch.setattr(jax, "jit", no_compile)
   with pytest.raises((ValueError, KeyError), match=message):
     train.train_and_evaluate(config, str(tmp_path))
@@ -112,8 +126,10 @@ def test_bad_config_fails_before_compilation(key, value, message, tmp_path, monk
 def test_sharded_and_fsdp_match_single_device(tmp_path):
   """8-device data parallel and 2x4 FSDP equal a 1-device run (BatchNorm statistics too)."""
   values = tu.overrides("resnet", 3)
-  single = tu.run_cli(tu.cli_args("resnet_batchnorm", values) + ["--workdir", str(tmp_path / "one")],
-                      tu.env(devices=1))
+  single = tu.run_cli(
+    tu.cli_args("resnet_batchnorm", values) + ["--workdir", str(tmp_path / "one")],
+    tu.env(devices=1),
+  )
   assert single.returncode == 0, single.stderr[-3000:]
   expected = tu.restore_state(tmp_path / "one")
   for tag, extra in [("dp", {}), ("fsdp", {"mesh.data": 2, "mesh.fsdp": 4, "sharding": "fsdp"})]:
@@ -128,22 +144,32 @@ def test_sharded_and_fsdp_match_single_device(tmp_path):
 def test_two_processes_match_one(tmp_path):
   """Two processes on localhost (jax.distributed, gloo CPU collectives) = one process."""
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   values = tu.overrides("vit", 3)
   args = tu.cli_args("vit_layernorm", values) + ["--workdir", str(tmp_path / "multi")]
-  procs = [subprocess.Popen(
+  procs = [
+    subprocess.Popen(
       args + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=tu.env(devices=2), cwd=tu.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
+      env=tu.env(devices=2),
+      cwd=tu.ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), "\n\n".join(o[-3000:] for o in outs)
-  single = tu.run_cli(tu.cli_args("vit_layernorm", values) + ["--workdir", str(tmp_path / "one")],
-                      tu.env(devices=4))
+  single = tu.run_cli(
+    tu.cli_args("vit_layernorm", values) + ["--workdir", str(tmp_path / "one")], tu.env(devices=4)
+  )
   assert single.returncode == 0, single.stderr[-3000:]
-  for x, y in zip(tu.leaves(tu.restore_state(tmp_path / "one")),
-                  tu.leaves(tu.restore_state(tmp_path / "multi"))):
+  for x, y in zip(
+    tu.leaves(tu.restore_state(tmp_path / "one")), tu.leaves(tu.restore_state(tmp_path / "multi"))
+  ):
     np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)  # all-reduce order differs
 
 

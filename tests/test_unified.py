@@ -1,6 +1,7 @@
 """Unified Normalization: forward, custom backward and state (windows, warmup, gradient
 compensation, outlier skip) against a float64 numpy reference written from the official
 algorithm (hikvision-research/Unified-Normalization unified_normalization.py)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,32 +42,57 @@ def ref_step(x, mask, scale, bias, s, dy, *, warmup, filtration):
   mean_gz = gz if (t <= w_b or t < warmup or skip) else bgz.mean(0)
   ema = MOMENTUM * s["ema_gz"] + (1 - MOMENTUM) * mean_gz
   approx = g - (mean_gz if skip else ema) * z
-  grads = {"x": approx / np.sqrt(var + EPS), "scale": np.sum(dy * r * z, (0, 1)),
-           "bias": np.sum(dy, (0, 1))}
-  new = {"running_var": MOMENTUM * s["running_var"] + (1 - MOMENTUM) * var, "buffer_x2": buf,
-         "ema_gz": ema, "buffer_gz": bgz, "step": t,
-         "skip_counter": s["skip_counter"] + outlier}
+  grads = {
+    "x": approx / np.sqrt(var + EPS),
+    "scale": np.sum(dy * r * z, (0, 1)),
+    "bias": np.sum(dy, (0, 1)),
+  }
+  new = {
+    "running_var": MOMENTUM * s["running_var"] + (1 - MOMENTUM) * var,
+    "buffer_x2": buf,
+    "ema_gz": ema,
+    "buffer_gz": bgz,
+    "step": t,
+    "skip_counter": s["skip_counter"] + outlier,
+  }
   return y, grads, new, {"skip": skip, "r": r}
 
 
 def run_and_compare(window, warmup, filtration, batches, initial=None):
-  make = lambda rngs: UnifiedNorm(C, window=window, warmup_steps=warmup,
-                                  outlier_filtration=filtration, epsilon=EPS, momentum=MOMENTUM)
+  make = lambda rngs: UnifiedNorm(
+    C,
+    window=window,
+    warmup_steps=warmup,
+    outlier_filtration=filtration,
+    epsilon=EPS,
+    momentum=MOMENTUM,
+  )
   model_def, params, state = tn.make_probe(make, (B, T, C))
   rng = np.random.default_rng(0)
-  params["norm"] = {"scale": rng.uniform(0.5, 1.5, C).astype(np.float32),
-                    "bias": rng.normal(size=C).astype(np.float32)}
+  params["norm"] = {
+    "scale": rng.uniform(0.5, 1.5, C).astype(np.float32),
+    "bias": rng.normal(size=C).astype(np.float32),
+  }
   if initial:
-    state["norm"] = {**state["norm"], **{k: jnp.asarray(v, state["norm"][k].dtype)
-                                         for k, v in initial.items()}}
+    state["norm"] = {
+      **state["norm"],
+      **{k: jnp.asarray(v, state["norm"][k].dtype) for k, v in initial.items()},
+    }
   ref = {k: np.asarray(v) for k, v in state["norm"].items()}
   step = tn.train_step(model_def)
   info = []
   for i, (x, dy, mask) in enumerate(batches):
     y, grads, state = step(tn.with_x(params, x), state, dy, mask)
-    ref_y, ref_grads, ref, extra = ref_step(x, mask, np.float64(params["norm"]["scale"]),
-                                           np.float64(params["norm"]["bias"]), ref, dy,
-                                           warmup=warmup, filtration=filtration)
+    ref_y, ref_grads, ref, extra = ref_step(
+      x,
+      mask,
+      np.float64(params["norm"]["scale"]),
+      np.float64(params["norm"]["bias"]),
+      ref,
+      dy,
+      warmup=warmup,
+      filtration=filtration,
+    )
     info.append(extra)
     tn.assert_close(y, ref_y, msg=f"y at call {i + 1}")
     tn.assert_close(grads["x"], ref_grads["x"], msg=f"dx at call {i + 1}")
@@ -88,20 +114,27 @@ def batches(rng, n, scales=None):
 
 def test_warmup_then_windows_forward_and_backward():
   """Windows (2 forward, 3 backward), warmup 3: batch stats, then GM / window-mean + EMA."""
-  model_def, params, state, ref, _ = run_and_compare((2, 3), 3, False,
-                                                     batches(np.random.default_rng(1), 6))
+  model_def, params, state, ref, _ = run_and_compare(
+    (2, 3), 3, False, batches(np.random.default_rng(1), 6)
+  )
   x = np.random.default_rng(2).normal(size=(B, T, C))
   model = model_def.merge(tn.with_x(params, x), state, train=False)
-  expected = (np.float64(params["norm"]["scale"]) * x / np.sqrt(ref["running_var"] + EPS)
-              + params["norm"]["bias"])
+  expected = (
+    np.float64(params["norm"]["scale"]) * x / np.sqrt(ref["running_var"] + EPS)
+    + params["norm"]["bias"]
+  )
   tn.assert_close(model(None), expected)  # eval: per-channel affine with running_var
 
 
 def test_gradient_compensation_after_1000_steps_is_clipped():
   rng = np.random.default_rng(3)
-  initial = {"step": 1000, "buffer_x2": rng.uniform(0.5, 1.5, (4, C)),
-             "buffer_gz": rng.normal(size=(4, C)), "ema_gz": rng.normal(size=C),
-             "running_var": np.concatenate([np.full(C // 2, 100.0), np.full(C - C // 2, 0.01)])}
+  initial = {
+    "step": 1000,
+    "buffer_x2": rng.uniform(0.5, 1.5, (4, C)),
+    "buffer_gz": rng.normal(size=(4, C)),
+    "ema_gz": rng.normal(size=C),
+    "running_var": np.concatenate([np.full(C // 2, 100.0), np.full(C - C // 2, 0.01)]),
+  }
   *_, info = run_and_compare(4, 10, False, batches(rng, 3), initial)
   r = np.stack([i["r"] for i in info])
   assert np.isclose(r.min(), 0.2) and np.isclose(r.max(), 5.0)  # both clip bounds hit
@@ -110,8 +143,13 @@ def test_gradient_compensation_after_1000_steps_is_clipped():
 def test_outlier_batch_is_skipped():
   rng = np.random.default_rng(4)
   level = np.linspace(0.7, 1.4, C) ** 2
-  initial = {"step": 20, "buffer_x2": np.tile(level, (4, 1)), "running_var": level,
-             "buffer_gz": rng.normal(size=(4, C)) * 0.1, "ema_gz": rng.normal(size=C) * 0.1}
+  initial = {
+    "step": 20,
+    "buffer_x2": np.tile(level, (4, 1)),
+    "running_var": level,
+    "buffer_gz": rng.normal(size=(4, C)) * 0.1,
+    "ema_gz": rng.normal(size=C) * 0.1,
+  }
   _, _, state, _, info = run_and_compare(4, 5, True, batches(rng, 3, [1.0, 10.0, 1.0]), initial)
   assert [i["skip"] for i in info] == [False, True, False]
   assert int(state["norm"]["skip_counter"]) == 1
@@ -135,7 +173,8 @@ def test_pure_function_equals_module():
     np.testing.assert_array_equal(getattr(module, k)[...], new_state[k])
   module.eval()
   np.testing.assert_array_equal(
-      module(x), unified_norm(x, module.params(), module.state_dict(), train=False)[0])
+    module(x), unified_norm(x, module.params(), module.state_dict(), train=False)[0]
+  )
 
 
 def test_sharded_equals_unsharded():
@@ -154,7 +193,11 @@ def test_sharded_equals_unsharded():
 def test_registry_export_and_errors():
   assert norms.NORMS.get("unifiednorm") is UnifiedNorm is norms.UnifiedNorm
   assert UnifiedNorm(C, window=(3, 2)).buffer_gz[...].shape == (2, C)
-  for kwargs, match in [({"window": 0}, "window=0"), ({"window": (1, 2, 3)}, "window"),
-                        ({"momentum": 2.0}, "momentum=2.0"), ({"warmup_steps": 1.5}, "warmup")]:
+  for kwargs, match in [
+    ({"window": 0}, "window=0"),
+    ({"window": (1, 2, 3)}, "window"),
+    ({"momentum": 2.0}, "momentum=2.0"),
+    ({"warmup_steps": 1.5}, "warmup"),
+  ]:
     with pytest.raises(ValueError, match=match):
       UnifiedNorm(C, **kwargs)

@@ -1,5 +1,6 @@
 """A run's workdir survives mistakes: config drift, damaged or interrupted checkpoints, a
 second process, a failed write; every failure is one line (normjax.workdir, .checkpoint)."""
+
 import hashlib
 import json
 import os
@@ -23,8 +24,9 @@ def tiny(steps=STEPS, **extra):
 
 
 def cli(workdir, steps=STEPS, extra=(), **values):
-  args = tu.cli_args("gpt2_layernorm", tu.overrides("gpt2", steps, checkpoint_every=2,
-                                                    keep_checkpoints=3, **values))
+  args = tu.cli_args(
+    "gpt2_layernorm", tu.overrides("gpt2", steps, checkpoint_every=2, keep_checkpoints=3, **values)
+  )
   return args + ["--workdir", str(workdir), *extra]
 
 
@@ -41,8 +43,9 @@ def hashes(root) -> dict:
 def damage(workdir, step):
   """Truncates every data file of checkpoint ``step`` (a disk or copy error)."""
   root = os.path.join(workdir, "checkpoints", str(step), "state")
-  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-           if os.path.basename(d) == "d"]
+  files = [
+    os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if os.path.basename(d) == "d"
+  ]
   assert files
   for path in files:
     with open(path, "r+b") as f:
@@ -63,8 +66,11 @@ def test_config_drift_is_refused_before_anything_is_written(tmp_path):
   changed = tiny(3)
   changed.model.width = 48
   changed.optimizer.learning_rate = 1e-2
-  with pytest.raises(workdirs.WorkdirError, match=r"model.width: 32 -> 48.*optimizer."
-                     r"learning_rate: 0.003 -> 0.01.*new --workdir.*--restart"):
+  with pytest.raises(
+    workdirs.WorkdirError,
+    match=r"model.width: 32 -> 48.*optimizer."
+    r"learning_rate: 0.003 -> 0.01.*new --workdir.*--restart",
+  ):
     train.train_and_evaluate(changed, str(wd))
   assert hashes(wd) == before  # not one byte written
 
@@ -116,10 +122,14 @@ def test_damaged_latest_checkpoint_is_skipped_and_resume_is_bitwise(tmp_path):
   nothing = tu.run_cli(cli(wd), tu.env())
   assert_one_line(nothing, "normjax.train: no checkpoint in")
   assert sorted(p.name.split("-")[0] for p in (wd / "unreadable_checkpoints").iterdir()) == [
-      "2", "4", "6", "6"]
+    "2",
+    "4",
+    "6",
+    "6",
+  ]
 
 
-SLOW_FINALIZE = '''
+SLOW_FINALIZE = """
 import os, sys, time
 from orbax.checkpoint._src.path import atomicity
 original = atomicity.AtomicRenameTemporaryPath.finalize
@@ -131,7 +141,7 @@ async def finalize(self):
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
 from normjax import train
 train.main()
-'''
+"""
 
 
 def test_kill_during_an_inflight_save_resumes_bitwise(tmp_path):
@@ -142,8 +152,14 @@ def test_kill_during_an_inflight_save_resumes_bitwise(tmp_path):
   script = tmp_path / "slow_train.py"
   script.write_text(SLOW_FINALIZE)
   args = [sys.executable, str(script), *cli(wd)[3:]]
-  proc = subprocess.Popen(args, env=tu.env(SLOW_STEP="4", MARKER=str(marker)), cwd=tu.ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    args,
+    env=tu.env(SLOW_STEP="4", MARKER=str(marker)),
+    cwd=tu.ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   try:
     for _ in range(3000):
       if marker.exists() or proc.poll() is not None:
@@ -168,8 +184,9 @@ def test_one_process_per_workdir(tmp_path):
     with pytest.raises(workdirs.WorkdirError, match=rf"in use by pid {os.getpid()} on "):
       train.train_and_evaluate(tiny(2), str(wd))
   # a holder that died leaves no stale lock (the kernel drops a dead process's flock)
-  code = (f"import os, normjax.workdir as w; w.lock({str(wd)!r}).__enter__(); "
-          f"os.kill(os.getpid(), 9)")
+  code = (
+    f"import os, normjax.workdir as w; w.lock({str(wd)!r}).__enter__(); os.kill(os.getpid(), 9)"
+  )
   assert subprocess.run([sys.executable, "-c", code], env=tu.env()).returncode == -9
   assert "pid" in (wd / workdirs.LOCK_FILE).read_text()
   train.train_and_evaluate(tiny(2), str(wd))
@@ -178,6 +195,7 @@ def test_one_process_per_workdir(tmp_path):
 
 def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
   from orbax.checkpoint._src.path import atomicity
+
   original = atomicity.AtomicRenameTemporaryPath.finalize
 
   async def disk_full(self):
@@ -187,8 +205,10 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, m
 
   wd = tmp_path / "w"
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
-  with pytest.raises(checkpoint.CheckpointError,
-                     match=r"could not write a checkpoint .*No space left.*latest: step 2"):
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"could not write a checkpoint .*No space left.*latest: step 2",
+  ):
     train.train_and_evaluate(tiny(), str(wd))
   assert json.loads((wd / "status.json").read_text())["status"] == "failed"
   assert tu.checkpoint_steps(wd) == [2]
@@ -200,16 +220,33 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, m
   assert json.loads((wd / "status.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize("args,starts", [
-    (["-m", "normjax.train", "--config", "configs/vit_layernorm.py", "--config.model.width=0"],
-     "normjax.train: config key model.width=0: must be an integer >= 1"),
+@pytest.mark.parametrize(
+  "args,starts",
+  [
+    (
+      ["-m", "normjax.train", "--config", "configs/vit_layernorm.py", "--config.model.width=0"],
+      "normjax.train: config key model.width=0: must be an integer >= 1",
+    ),
     (["-m", "normjax.tools.ln_removal", "/nonexistent/run"], "normjax.tools.ln_removal: "),
-    (["-m", "normjax.tools.alpha_bn_eval", "--workdir", "/nonexistent/run"],
-     "normjax.tools.alpha_bn_eval: --workdir '/nonexistent/run': no config.json"),
-    (["-m", "normjax.sweep", "--config", "configs/sweeps/gpt2_lr.py", "--index", "99",
-      "--workdir", "/tmp/normjax-test-none"],
-     "normjax.tools.sweep: --index 99 out of range"),
-])
+    (
+      ["-m", "normjax.tools.alpha_bn_eval", "--workdir", "/nonexistent/run"],
+      "normjax.tools.alpha_bn_eval: --workdir '/nonexistent/run': no config.json",
+    ),
+    (
+      [
+        "-m",
+        "normjax.sweep",
+        "--config",
+        "configs/sweeps/gpt2_lr.py",
+        "--index",
+        "99",
+        "--workdir",
+        "/tmp/normjax-test-none",
+      ],
+      "normjax.tools.sweep: --index 99 out of range",
+    ),
+  ],
+)
 def test_commands_fail_with_one_line(args, starts, tmp_path):
   result = tu.run_cli([sys.executable, *args], tu.env())
   assert_one_line(result, starts)

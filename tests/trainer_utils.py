@@ -1,4 +1,5 @@
 """Helpers for trainer tests: load configs, shrink them, run the CLI, read checkpoints."""
+
 from __future__ import annotations
 
 import os
@@ -24,18 +25,41 @@ def load_config(name: str, arg: str | None = None):
 
 # Overrides that make each foundation config a seconds-long run (same code paths).
 TINY = {
-    "vit": {"model.width": 32, "model.depth": 1, "model.num_heads": 2, "model.mlp_dim": 32,
-            "batch_size": 32, "eval_batch_size": 64},
-    "resnet": {"model.width": 8, "model.stage_sizes": (1, 1), "batch_size": 32,
-               "eval_batch_size": 64},
-    "gpt2": {"model.width": 32, "model.depth": 1, "model.num_heads": 2, "batch_size": 8,
-             "eval_batch_size": 16, "data.seq_len": 32, "data.eval_windows": 32},
+  "vit": {
+    "model.width": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.mlp_dim": 32,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+  },
+  "resnet": {
+    "model.width": 8,
+    "model.stage_sizes": (1, 1),
+    "batch_size": 32,
+    "eval_batch_size": 64,
+  },
+  "gpt2": {
+    "model.width": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "batch_size": 8,
+    "eval_batch_size": 16,
+    "data.seq_len": 32,
+    "data.eval_windows": 32,
+  },
 }
 
 
 def overrides(model: str, steps: int, **extra) -> dict:
-  return {**TINY[model], "total_steps": steps, "schedule.warmup_steps": 1, "log_every": 1,
-          "checkpoint_every": steps, **extra}
+  return {
+    **TINY[model],
+    "total_steps": steps,
+    "schedule.warmup_steps": 1,
+    "log_every": 1,
+    "checkpoint_every": steps,
+    **extra,
+  }
 
 
 def apply(config, values: dict):
@@ -75,8 +99,9 @@ def cli_args(name: str, values: dict) -> list[str]:
 
 
 def env(devices: int = 1, **extra) -> dict:
-  e = dict(os.environ, JAX_PLATFORMS="cpu",
-           XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  e = dict(
+    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
+  )
   e.update(extra)
   return e
 
@@ -112,5 +137,6 @@ def leaves(tree) -> list[np.ndarray]:
 
 
 def run_cli(args, env_vars, timeout=600) -> subprocess.CompletedProcess:
-  return subprocess.run(args, env=env_vars, cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    args, env=env_vars, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+  )

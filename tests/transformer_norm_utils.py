@@ -1,6 +1,7 @@
 """A probe for norms with backward-updated state: the input is a parameter, so one train step
 (``value_and_grad_with_backward_state``, as the trainer's) returns dL/dx, the parameter
 gradients and the new state, for loss = sum(norm(x, mask) * w) (so dL/dy = w)."""
+
 from __future__ import annotations
 
 import functools
@@ -9,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from normjax.state import value_and_grad_with_backward_state
-from normjax.state import ModelDef, split
+from normjax.state import ModelDef, split, value_and_grad_with_backward_state
 
 
 class Probe(nnx.Module):
@@ -36,8 +37,10 @@ def _step(model_def, params, state, w, mask):
     model = model_def.merge(params, state, train=True)
     y = model(mask)
     return jnp.sum(y * w), (split(model)[1], y)
+
   (_, y), grads, new_state = value_and_grad_with_backward_state(
-      loss_fn, params, state, model_def.grad_stat_mask)
+    loss_fn, params, state, model_def.grad_stat_mask
+  )
   return y, grads, new_state
 
 
@@ -60,8 +63,9 @@ def run_sharded(step, params, state, w, mask, devices=8):
 
 
 def assert_close(actual, expected, rtol=2e-4, atol=2e-5, msg=""):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol,
-                             err_msg=msg)
+  np.testing.assert_allclose(
+    np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol, err_msg=msg
+  )
 
 
 def random_mask(rng, shape, keep=0.75):

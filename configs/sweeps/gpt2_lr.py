@@ -11,6 +11,7 @@ For Conda and Muon the top-level learning rate is the one both parameter groups 
 official recipes run embeddings/norms and the matrices at the same peak lr).
 Results: experiments/gpt2_optimizers/README.md.
 """
+
 import ml_collections
 
 from normjax.config_args import parse_arg

@@ -43,6 +43,7 @@ Example::
   batch = next(it)
   ckpt_args = grain.checkpoint.CheckpointSave(it)  # item of an orbax checkpoint
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,8 +56,15 @@ from normjax.data import masked_digits, pipeline, sources
 from normjax.data.sources import DataInfo, default_data_dir
 from normjax.registry import Registry
 
-__all__ = ["DataInfo", "DATASETS", "get_info", "train_iterator", "eval_iterator", "data_dir",
-           "default_data_dir"]
+__all__ = [
+  "DataInfo",
+  "DATASETS",
+  "get_info",
+  "train_iterator",
+  "eval_iterator",
+  "data_dir",
+  "default_data_dir",
+]
 
 # Loaders by name: fn(options: dict, data_dir: Path) -> sources.Loaded. Names not
 # registered here are read as TFDS image-classification datasets.
@@ -69,12 +77,11 @@ DATASETS.register("masked_digits", masked_digits.load_masked_digits)
 _COMMON_KEYS = ("name", "data_dir", "train_split", "eval_split", "num_workers")
 _LM_KEYS = ("seq_len", "eval_windows")
 KEYS = {
-    "digits": _COMMON_KEYS,
-    "pystdlib": _COMMON_KEYS + _LM_KEYS,
-    "tokens": ("name", "train_split", "eval_split", "num_workers", "path", "vocab_size")
-              + _LM_KEYS,
-    "tfds": _COMMON_KEYS + ("image_size", "augment"),
-    "masked_digits": _COMMON_KEYS + ("hole_size",),
+  "digits": _COMMON_KEYS,
+  "pystdlib": _COMMON_KEYS + _LM_KEYS,
+  "tokens": ("name", "train_split", "eval_split", "num_workers", "path", "vocab_size") + _LM_KEYS,
+  "tfds": _COMMON_KEYS + ("image_size", "augment"),
+  "masked_digits": _COMMON_KEYS + ("hole_size",),
 }
 ALL_KEYS = frozenset(k for keys in KEYS.values() for k in keys)
 # Keys a dataset accepts only with the value it has anyway.
@@ -87,12 +94,12 @@ def _positive_int(key, value, minimum=1):
 
 
 _CHECKS = {
-    "seq_len": _positive_int,
-    "eval_windows": _positive_int,
-    "image_size": _positive_int,
-    "hole_size": _positive_int,
-    "vocab_size": _positive_int,
-    "num_workers": lambda k, v: _positive_int(k, v, minimum=0),
+  "seq_len": _positive_int,
+  "eval_windows": _positive_int,
+  "image_size": _positive_int,
+  "hole_size": _positive_int,
+  "vocab_size": _positive_int,
+  "num_workers": lambda k, v: _positive_int(k, v, minimum=0),
 }
 
 
@@ -101,22 +108,28 @@ def _options(cfg) -> dict:
   raw = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
   name = raw.get("name")
   if not isinstance(name, str) or not name:
-    raise ValueError(f"config key data.name={name!r}: must name a dataset: "
-                     f"{', '.join(DATASETS.names())} or a TFDS image dataset (cifar10, ...)")
+    raise ValueError(
+      f"config key data.name={name!r}: must name a dataset: "
+      f"{', '.join(DATASETS.names())} or a TFDS image dataset (cifar10, ...)"
+    )
   kind = name if name in DATASETS else "tfds"
   valid = KEYS.get(kind, _COMMON_KEYS)
   opts = {}
   for key, value in raw.items():
     if key not in ALL_KEYS:
-      raise ValueError(f"config key data.{key}={value!r}: unknown data option; "
-                       f"data.name={name!r} accepts {', '.join(valid)}")
+      raise ValueError(
+        f"config key data.{key}={value!r}: unknown data option; "
+        f"data.name={name!r} accepts {', '.join(valid)}"
+      )
     if value is None:
       continue
     if key not in valid:
       if _FIXED.get(kind, {}).get(key) == value:
         continue
-      raise ValueError(f"config key data.{key}={value!r} does not apply to data.name={name!r}"
-                       f", which accepts {', '.join(valid)}")
+      raise ValueError(
+        f"config key data.{key}={value!r} does not apply to data.name={name!r}"
+        f", which accepts {', '.join(valid)}"
+      )
     if key in _CHECKS:
       _CHECKS[key](key, value)
     if key == "augment" and not isinstance(value, bool):
@@ -149,8 +162,9 @@ def get_info(cfg) -> DataInfo:
   return _load(cfg)[0].info
 
 
-def train_iterator(cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
+def train_iterator(
+  cfg, *, global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
   """Endless, seeded, per-epoch reshuffled iterator over this process's rows.
 
   Each call to ``next`` gives this process's ``global_batch_size //
@@ -159,16 +173,27 @@ def train_iterator(cfg, *, global_batch_size: int, seed: int, process_index: int
   """
   loaded, opts = _load(cfg)
   return pipeline.train_iterator(
-      loaded.train_batches, loaded.info.num_train, global_batch_size=global_batch_size,
-      seed=seed, process_index=process_index, process_count=process_count,
-      num_uniforms=loaded.num_uniforms, num_workers=opts.get("num_workers", 0))
+    loaded.train_batches,
+    loaded.info.num_train,
+    global_batch_size=global_batch_size,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    num_uniforms=loaded.num_uniforms,
+    num_workers=opts.get("num_workers", 0),
+  )
 
 
-def eval_iterator(cfg, *, global_batch_size: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.DatasetIterator:
+def eval_iterator(
+  cfg, *, global_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
   """One exact pass over the eval split; padding rows have ``mask`` 0."""
   loaded, opts = _load(cfg)
   return pipeline.eval_iterator(
-      loaded.eval_batches, loaded.info.num_eval, global_batch_size=global_batch_size,
-      process_index=process_index, process_count=process_count,
-      num_workers=opts.get("num_workers", 0))
+    loaded.eval_batches,
+    loaded.info.num_eval,
+    global_batch_size=global_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    num_workers=opts.get("num_workers", 0),
+  )

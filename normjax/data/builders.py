@@ -20,6 +20,7 @@ source -> ``grain``. Building needs no TensorFlow and no network.
   same on every machine. The corpus differs between Python versions, hence the
   builder config is named after the interpreter (``cpython3_11_7``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,8 @@ import tensorflow_datasets as tfds
 
 DIGITS_TEST_EVERY = 5  # index % 5 == 4 -> test
 STDLIB_EXCLUDED_DIRS = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data", "__pycache__"})
+  {"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data", "__pycache__"}
+)
 STDLIB_VALIDATION_MOD = 10
 # _NO_CODE_PATH_NOTE: tfds locates a builder's source folder (``code_path``) to look
 # for a download-checksums file; for a class inside a package it does so through the
@@ -52,35 +54,45 @@ def digits_split_indices(num_examples: int) -> dict[str, np.ndarray]:
 
 class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """scikit-learn's 8x8 digits as a TFDS dataset (see module docstring)."""
+
   name = "digits"
   code_path = None  # see _NO_CODE_PATH_NOTE
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="scikit-learn load_digits: 8x8 images, values 0..16, 10 classes.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset")
+      builder=self,
+      description="scikit-learn load_digits: 8x8 images, values 0..16, 10 classes.",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(8, 8, 1)),
+          "label": tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
     digits = load_digits()
     images = digits.images.astype(np.uint8)[..., None]
-    return {split: self._generate_examples(images, digits.target, index)
-            for split, index in digits_split_indices(len(images)).items()}
+    return {
+      split: self._generate_examples(images, digits.target, index)
+      for split, index in digits_split_indices(len(images)).items()
+    }
 
   def _generate_examples(self, images, labels, index):
     from PIL import Image  # pylint: disable=g-import-not-at-top
+
     for i in index:
       # A PIL image is PNG-encoded by PIL; a numpy array would need TensorFlow.
-      yield int(i), {"image": Image.fromarray(images[i, :, :, 0], mode="L"),
-                     "label": int(labels[i])}
+      yield (
+        int(i),
+        {"image": Image.fromarray(images[i, :, :, 0], mode="L"), "label": int(labels[i])},
+      )
 
 
 def stdlib_dir() -> pathlib.Path:
@@ -112,23 +124,31 @@ def interpreter_tag() -> str:
 
 class PyStdlib(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Standard-library source files as bytes (see module docstring)."""
+
   name = "pystdlib"
   code_path = None  # see _NO_CODE_PATH_NOTE
   VERSION = tfds.core.Version("1.0.0")
 
   def __init__(self, **kwargs):
-    kwargs.setdefault("config", tfds.core.BuilderConfig(
-        name=interpreter_tag(), description=f"stdlib of {sys.version.split()[0]}"))
+    kwargs.setdefault(
+      "config",
+      tfds.core.BuilderConfig(
+        name=interpreter_tag(), description=f"stdlib of {sys.version.split()[0]}"
+      ),
+    )
     super().__init__(**kwargs)
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Python standard-library .py files, raw bytes, split by file.",
-        features=tfds.features.FeaturesDict({
-            "path": tfds.features.Text(),
-            "text": tfds.features.Text(),
-        }))
+      builder=self,
+      description="Python standard-library .py files, raw bytes, split by file.",
+      features=tfds.features.FeaturesDict(
+        {
+          "path": tfds.features.Text(),
+          "text": tfds.features.Text(),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -172,5 +192,6 @@ def prepared_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.Datase
     builder = builder_cls(data_dir=os.fspath(data_dir), file_format="array_record")
     if not builder.is_prepared():
       builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+      )
   return builder_cls(data_dir=os.fspath(data_dir), file_format="array_record")

@@ -23,15 +23,16 @@ Eval: examples ``0..n-1`` in order, padded with zero rows to a multiple of G;
 the ``mask`` entry is 1.0 on real rows and 0.0 on padding (as big_vision pads
 its eval batches), so ``sum(mask) == n`` over all processes.
 """
+
 from __future__ import annotations
 
 import functools
 import sys
 from typing import Callable
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
 # (indices, uniforms or None) -> dict of numpy arrays with leading batch axis.
 MakeBatch = Callable[[np.ndarray, np.ndarray | None], dict[str, np.ndarray]]
@@ -46,16 +47,18 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
     raise ValueError(f"process_count={process_count!r}: must be a positive integer")
   if global_batch_size % process_count:
     raise ValueError(
-        f"global_batch_size={global_batch_size} is not divisible by process_count="
-        f"{process_count}: every process must get the same number of rows; use a "
-        f"multiple of {process_count}")
+      f"global_batch_size={global_batch_size} is not divisible by process_count="
+      f"{process_count}: every process must get the same number of rows; use a "
+      f"multiple of {process_count}"
+    )
   return global_batch_size // process_count
 
 
 def _check_process(process_index: int, process_count: int):
   if not 0 <= process_index < process_count:
     raise ValueError(
-        f"process_index={process_index!r}: must be in [0, process_count={process_count})")
+      f"process_index={process_index!r}: must be in [0, process_count={process_count})"
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -70,8 +73,17 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 class _TrainBatch:
   """Global batch index -> this process's training rows (picklable for workers)."""
 
-  def __init__(self, make_batch: MakeBatch, num_examples: int, *, global_batch_size: int,
-               process_index: int, local_size: int, seed: int, num_uniforms: int):
+  def __init__(
+    self,
+    make_batch: MakeBatch,
+    num_examples: int,
+    *,
+    global_batch_size: int,
+    process_index: int,
+    local_size: int,
+    seed: int,
+    num_uniforms: int,
+  ):
     self.make_batch = make_batch
     self.num_examples = num_examples
     self.global_batch_size = global_batch_size
@@ -99,8 +111,15 @@ class _TrainBatch:
 class _EvalBatch:
   """Global batch index -> this process's eval rows, zero-padded, with ``mask``."""
 
-  def __init__(self, make_batch: MakeBatch, num_examples: int, *, global_batch_size: int,
-               process_index: int, local_size: int):
+  def __init__(
+    self,
+    make_batch: MakeBatch,
+    num_examples: int,
+    *,
+    global_batch_size: int,
+    process_index: int,
+    local_size: int,
+  ):
     self.make_batch = make_batch
     self.num_examples = num_examples
     self.global_batch_size = global_batch_size
@@ -112,8 +131,9 @@ class _EvalBatch:
     # Padding rows read example 0 (always valid), then are zeroed.
     batch = self.make_batch(np.where(real, positions, 0), None)
     for key, value in batch.items():
-      batch[key] = np.where(real.reshape((-1,) + (1,) * (value.ndim - 1)), value,
-                            np.zeros((), value.dtype))
+      batch[key] = np.where(
+        real.reshape((-1,) + (1,) * (value.ndim - 1)), value, np.zeros((), value.dtype)
+      )
     batch["mask"] = real.astype(np.float32)
     return batch
 
@@ -131,17 +151,31 @@ def _iterator(ds: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
   return iter(it_ds)
 
 
-def train_iterator(make_batch: MakeBatch, num_examples: int, *, global_batch_size: int,
-                   seed: int, process_index: int = 0, process_count: int = 1,
-                   num_uniforms: int = 0, num_workers: int = 0) -> grain.DatasetIterator:
+def train_iterator(
+  make_batch: MakeBatch,
+  num_examples: int,
+  *,
+  global_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_uniforms: int = 0,
+  num_workers: int = 0,
+) -> grain.DatasetIterator:
   """Endless iterator over this process's share of shuffled global batches."""
   local = local_batch_size(global_batch_size, process_count)
   _check_process(process_index, process_count)
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed={seed!r}: must be a non-negative integer")
-  fn = _TrainBatch(make_batch, num_examples, global_batch_size=global_batch_size,
-                   process_index=process_index, local_size=local, seed=int(seed),
-                   num_uniforms=num_uniforms)
+  fn = _TrainBatch(
+    make_batch,
+    num_examples,
+    global_batch_size=global_batch_size,
+    process_index=process_index,
+    local_size=local,
+    seed=int(seed),
+    num_uniforms=num_uniforms,
+  )
   return _iterator(grain.MapDataset.range(sys.maxsize).map(fn), num_workers)
 
 
@@ -149,13 +183,24 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
   return -(-num_examples // global_batch_size)
 
 
-def eval_iterator(make_batch: MakeBatch, num_examples: int, *, global_batch_size: int,
-                  process_index: int = 0, process_count: int = 1,
-                  num_workers: int = 0) -> grain.DatasetIterator:
+def eval_iterator(
+  make_batch: MakeBatch,
+  num_examples: int,
+  *,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_workers: int = 0,
+) -> grain.DatasetIterator:
   """One exact pass over ``num_examples`` in order, last batch padded and masked."""
   local = local_batch_size(global_batch_size, process_count)
   _check_process(process_index, process_count)
-  fn = _EvalBatch(make_batch, num_examples, global_batch_size=global_batch_size,
-                  process_index=process_index, local_size=local)
+  fn = _EvalBatch(
+    make_batch,
+    num_examples,
+    global_batch_size=global_batch_size,
+    process_index=process_index,
+    local_size=local,
+  )
   ds = grain.MapDataset.range(num_eval_batches(num_examples, global_batch_size)).map(fn)
   return _iterator(ds, num_workers)

@@ -13,6 +13,7 @@ add-one-smoothed unigram distribution of the train stream,
 ``-sum_v q(v) log((c_v + 1) / (N + V))`` with ``c`` the train counts (N their
 sum, V the vocabulary size) and ``q`` the eval targets' empirical distribution.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,11 +26,12 @@ COUNT_CAP = 2**26  # train tokens counted for the unigram baseline (in 64 spread
 _COUNT_CHUNKS = 64
 
 PREPARE_HINT = (
-    "Write them with nanoGPT's prepare scripts (https://github.com/karpathy/nanoGPT): "
-    "`python data/openwebtext/prepare.py` (GPT-2 BPE, ~17 GB) or "
-    "`python data/shakespeare/prepare.py` (GPT-2 BPE, 1 MB), then set "
-    "config.data.path=<nanoGPT>/data/<dataset>. Each file is a flat array of "
-    "little-endian uint16 token ids (np.array(ids, np.uint16).tofile(path)).")
+  "Write them with nanoGPT's prepare scripts (https://github.com/karpathy/nanoGPT): "
+  "`python data/openwebtext/prepare.py` (GPT-2 BPE, ~17 GB) or "
+  "`python data/shakespeare/prepare.py` (GPT-2 BPE, 1 MB), then set "
+  "config.data.path=<nanoGPT>/data/<dataset>. Each file is a flat array of "
+  "little-endian uint16 token ids (np.array(ids, np.uint16).tofile(path))."
+)
 
 
 class TokenFile:
@@ -64,8 +66,9 @@ def open_token_split(path: str | os.PathLike, split: str) -> TokenFile:
   file = pathlib.Path(path).expanduser() / f"{split}.bin"
   if not file.is_file():
     raise FileNotFoundError(
-        f"token file {file} not found (config.data.path={os.fspath(path)!r}, split "
-        f"{split!r}). {PREPARE_HINT}")
+      f"token file {file} not found (config.data.path={os.fspath(path)!r}, split "
+      f"{split!r}). {PREPARE_HINT}"
+    )
   return TokenFile(file)
 
 
@@ -120,7 +123,7 @@ def token_counts(stream, vocab_size: int, cap: int = COUNT_CAP) -> np.ndarray:
   counts = np.zeros(vocab_size, np.int64)
   for lo, hi in _spread_chunks(len(stream), cap):
     for s in range(lo, hi, 2**24):
-      chunk = np.asarray(stream[s:min(s + 2**24, hi)])
+      chunk = np.asarray(stream[s : min(s + 2**24, hi)])
       _check_ids(chunk, vocab_size)
       counts += np.bincount(chunk, minlength=vocab_size)
   return counts
@@ -138,9 +141,10 @@ def target_counts(windows: Windows, vocab_size: int, chunk: int = 4096) -> np.nd
 def _check_ids(ids: np.ndarray, vocab_size: int):
   if ids.size and int(ids.max()) >= vocab_size:
     raise ValueError(
-        f"config key data.vocab_size={vocab_size}: the data holds token id {int(ids.max())}; "
-        f"vocab_size must exceed every id (nanoGPT's GPT-2 files need >= 50257, "
-        f"default {NANOGPT_VOCAB_SIZE})")
+      f"config key data.vocab_size={vocab_size}: the data holds token id {int(ids.max())}; "
+      f"vocab_size must exceed every id (nanoGPT's GPT-2 files need >= 50257, "
+      f"default {NANOGPT_VOCAB_SIZE})"
+    )
 
 
 def unigram_cross_entropy(train_counts: np.ndarray, eval_counts: np.ndarray) -> float:

@@ -35,6 +35,7 @@ Sharding: "reference" and "fused" are plain XLA and shard like any jnp code
 runs per shard of the leading axis in ``jax.shard_map`` (tested); without one,
 the SPMD partitioner sees an opaque custom call and may replicate its operands.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,13 +51,16 @@ IMPLEMENTATIONS = ("auto", "reference", "fused", "pallas", "pallas_interpret")
 ENV_VAR = "NORMJAX_KERNELS"
 _ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "normjax_kernels_implementation", default=None)
+  "normjax_kernels_implementation", default=None
+)
 
 
 def _check_name(name: str, where: str) -> str:
   if name not in IMPLEMENTATIONS:
-    raise ValueError(f"{where}={name!r}: unknown kernel implementation; expected one of "
-                     f"{', '.join(IMPLEMENTATIONS)}")
+    raise ValueError(
+      f"{where}={name!r}: unknown kernel implementation; expected one of "
+      f"{', '.join(IMPLEMENTATIONS)}"
+    )
   return name
 
 
@@ -102,8 +106,9 @@ def _pallas_unsupported(platform: str, n_features: int) -> str | None:
     if not _triton_available():
       return "jax.experimental.pallas.triton is not available in this jax"
     if pallas_norm._next_pow2(n_features) > pallas_norm.MAX_MASKED_WIDTH:
-      return (f"{n_features} features exceed the Triton kernel's "
-              f"{pallas_norm.MAX_MASKED_WIDTH}-wide row")
+      return (
+        f"{n_features} features exceed the Triton kernel's {pallas_norm.MAX_MASKED_WIDTH}-wide row"
+      )
   return None
 
 
@@ -123,8 +128,9 @@ def resolve_implementation(x, implementation: str | None = None) -> str:
   if name == "pallas":
     why = _pallas_unsupported(_platform(x), n_features)
     if why:
-      raise ValueError(f"implementation='pallas': {why}; use 'pallas_interpret' (any "
-                       "backend, slow) or 'fused'")
+      raise ValueError(
+        f"implementation='pallas': {why}; use 'pallas_interpret' (any backend, slow) or 'fused'"
+      )
   return name
 
 
@@ -136,8 +142,9 @@ def _check_args(x, scale, bias, epsilon):
   if scale is None:
     scale = jnp.ones((features,), reference.compute_dtype(x.dtype))
   if scale.shape != (features,):
-    raise ValueError(f"scale.shape={scale.shape}: expected ({features},), the size of "
-                     "x's last axis, or None")
+    raise ValueError(
+      f"scale.shape={scale.shape}: expected ({features},), the size of x's last axis, or None"
+    )
   if bias is not None and bias.shape != (features,):
     raise ValueError(f"bias.shape={bias.shape}: expected ({features},) or None")
   if not epsilon >= 0:
@@ -151,8 +158,7 @@ def _pallas_options(x, name):
   return dict(flavor=flavor, interpret=interpret)
 
 
-def layer_norm(x, scale, bias=None, *, epsilon: float = 1e-6,
-               implementation: str | None = None):
+def layer_norm(x, scale, bias=None, *, epsilon: float = 1e-6, implementation: str | None = None):
   """LayerNorm over the last axis: ``(x - mean) * rsqrt(var + epsilon) * scale + bias``.
 
   Args:
@@ -188,6 +194,15 @@ def rms_norm(x, scale, *, epsilon: float = 1e-6, implementation: str | None = No
   return pallas_norm.rms_norm(x, scale, epsilon=epsilon, **_pallas_options(x, name))
 
 
-__all__ = ["IMPLEMENTATIONS", "ENV_VAR", "layer_norm", "rms_norm", "set_implementation",
-           "use_implementation", "resolve_implementation", "reference", "fused",
-           "pallas_norm"]
+__all__ = [
+  "IMPLEMENTATIONS",
+  "ENV_VAR",
+  "layer_norm",
+  "rms_norm",
+  "set_implementation",
+  "use_implementation",
+  "resolve_implementation",
+  "reference",
+  "fused",
+  "pallas_norm",
+]

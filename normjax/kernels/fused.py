@@ -41,6 +41,7 @@ The XLA form is tuned for XLA:CPU (jax 0.10; measurements in benchmarks.md):
   and keeps XLA's temporary buffer small (on CPU every large buffer is
   page-faulted in afresh on each call).
 """
+
 from __future__ import annotations
 
 import functools
@@ -69,6 +70,7 @@ class NormKernels(NamedTuple):
   ``y`` and ``dx`` have ``x.dtype``. The ``*_inference`` forms, used when no
   gradient is taken, default to the forward without its statistics.
   """
+
   name: str
   layer_norm_forward: Callable
   layer_norm_backward: Callable
@@ -103,8 +105,7 @@ def _layer_norm_fwd(x, scale, bias, epsilon, kernels, bias_dtype):
 def _layer_norm_bwd(epsilon, kernels, bias_dtype, residuals, dy):
   del epsilon
   x, scale, mean, rstd = residuals
-  dx, dscale, dbias = kernels.layer_norm_backward(
-      x, scale, mean, rstd, dy, bias_dtype is not None)
+  dx, dscale, dbias = kernels.layer_norm_backward(x, scale, mean, rstd, dy, bias_dtype is not None)
   dx = dx.astype(x.dtype)
   dscale = dscale.astype(scale.dtype)
   dbias = None if bias_dtype is None else dbias.astype(bias_dtype)
@@ -204,8 +205,7 @@ def _over_row_blocks(fn, block, row_args, shared_args):
     row_args = [jax.sharding.reshard(a, P()) for a in row_args]
   n_blocks = row_args[0].shape[0] // block
   blocked = [a.reshape((n_blocks, block) + a.shape[1:]) for a in row_args]
-  _, *sums_shape = jax.eval_shape(lambda *rows: fn(*rows, *shared_args),
-                                  *(a[0] for a in blocked))
+  _, *sums_shape = jax.eval_shape(lambda *rows: fn(*rows, *shared_args), *(a[0] for a in blocked))
   zeros = [None if s is None else jnp.zeros(s.shape, s.dtype) for s in sums_shape]
 
   def step(sums, rows):
@@ -265,11 +265,11 @@ def _layer_norm_backward_rows(x, mean, rstd, dy, scale, has_bias):
   return dx.astype(x.dtype), dscale, dbias
 
 
-def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias,
-                            block_values=BACKWARD_BLOCK_VALUES):
+def layer_norm_backward_xla(x, scale, mean, rstd, dy, has_bias, block_values=BACKWARD_BLOCK_VALUES):
   """dx, dscale, dbias from per-row and per-column dots (see module docstring)."""
   fn = lambda x, mean, rstd, dy, scale: _layer_norm_backward_rows(
-      x, mean, rstd, dy, scale, has_bias)
+    x, mean, rstd, dy, scale, has_bias
+  )
   return _over_row_blocks(fn, _row_block(x, block_values), [x, mean, rstd, dy], [scale])
 
 
@@ -303,8 +303,9 @@ def _rms_norm_backward_rows(x, rstd, dy, scale):
 
 def rms_norm_backward_xla(x, scale, rstd, dy, block_values=BACKWARD_BLOCK_VALUES):
   """dx = rstd * scale * dy - rstd^3 mean_j(scale dy x) x; dscale = rstd^T (dy x)."""
-  return _over_row_blocks(_rms_norm_backward_rows, _row_block(x, block_values),
-                          [x, rstd, dy], [scale])
+  return _over_row_blocks(
+    _rms_norm_backward_rows, _row_block(x, block_values), [x, rstd, dy], [scale]
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -312,13 +313,13 @@ def xla_kernels(backward_block_values: int | None = BACKWARD_BLOCK_VALUES) -> No
   """The XLA ``NormKernels``, backward in row blocks of about this many values."""
   blocks = dict(block_values=backward_block_values)
   return NormKernels(
-      name=f"fused[backward blocks of {backward_block_values} values]",
-      layer_norm_forward=layer_norm_forward_xla,
-      layer_norm_backward=functools.partial(layer_norm_backward_xla, **blocks),
-      rms_norm_forward=rms_norm_forward_xla,
-      rms_norm_backward=functools.partial(rms_norm_backward_xla, **blocks),
-      layer_norm_inference=layer_norm_inference_xla,
-      rms_norm_inference=rms_norm_inference_xla,
+    name=f"fused[backward blocks of {backward_block_values} values]",
+    layer_norm_forward=layer_norm_forward_xla,
+    layer_norm_backward=functools.partial(layer_norm_backward_xla, **blocks),
+    rms_norm_forward=rms_norm_forward_xla,
+    rms_norm_backward=functools.partial(rms_norm_backward_xla, **blocks),
+    layer_norm_inference=layer_norm_inference_xla,
+    rms_norm_inference=rms_norm_inference_xla,
   )
 
 

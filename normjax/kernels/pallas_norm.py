@@ -25,6 +25,7 @@ are Triton-specific. Under a mesh set with ``jax.set_mesh`` the call runs per
 shard of the leading axis in ``jax.shard_map`` (a pallas_call is opaque to the
 SPMD partitioner); features must not be sharded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -74,6 +75,7 @@ def default_block_rows(n_rows: int, n_features: int, flavor: str, itemsize: int 
 # ----------------------------------------------------------------------------
 class Geometry(NamedTuple):
   """Static shape of a launch: ``block_rows`` x ``width`` blocks over the array."""
+
   flavor: str
   block_rows: int
   width: int
@@ -102,6 +104,7 @@ class _Block:
       return ref[...].astype(self.dtype)
     if self.masked:
       from jax.experimental.pallas import triton as pltriton
+
       return pltriton.load(ref, mask=mask, other=0).astype(self.dtype)
     return jnp.where(mask, ref[...].astype(self.dtype), 0.0)
 
@@ -109,6 +112,7 @@ class _Block:
     value = value.astype(ref.dtype)
     if self.masked and mask is not None:
       from jax.experimental.pallas import triton as pltriton
+
       pltriton.store(ref, value, mask=mask)
     else:
       ref[...] = value
@@ -169,8 +173,7 @@ def _rms_norm_fwd_kernel(x_ref, scale_ref, y_ref, rstd_ref, *, epsilon, geometry
   block.store(rstd_ref, rstd, block.rows)
 
 
-def _rms_norm_bwd_kernel(x_ref, scale_ref, rstd_ref, dy_ref, dx_ref, dscale_ref, *,
-                         geometry):
+def _rms_norm_bwd_kernel(x_ref, scale_ref, rstd_ref, dy_ref, dx_ref, dscale_ref, *, geometry):
   block = _Block(*geometry)
   x = block.load(x_ref, block.both)
   dy = block.load(dy_ref, block.both)
@@ -194,8 +197,9 @@ class PallasConfig:
     if block_rows is not None and (int(block_rows) != block_rows or block_rows < 1):
       raise ValueError(f"block_rows={block_rows!r}: expected a positive integer or None")
     if flavor == "masked" and block_rows is not None and block_rows != _next_pow2(block_rows):
-      raise ValueError(f"block_rows={block_rows}: the 'masked' (Triton) flavour needs a "
-                       "power of two")
+      raise ValueError(
+        f"block_rows={block_rows}: the 'masked' (Triton) flavour needs a power of two"
+      )
     self.flavor, self.block_rows, self.interpret = flavor, block_rows, bool(interpret)
 
   def _key(self):
@@ -213,8 +217,9 @@ class PallasConfig:
   def geometry(self, x):
     """Rows per block, block width, and the static arguments of ``_Block``."""
     n_rows, n_features = x.shape
-    block_rows = self.block_rows or default_block_rows(n_rows, n_features, self.flavor,
-                                                        jnp.dtype(x.dtype).itemsize)
+    block_rows = self.block_rows or default_block_rows(
+      n_rows, n_features, self.flavor, jnp.dtype(x.dtype).itemsize
+    )
     width = _next_pow2(n_features) if self.flavor == "masked" else n_features
     dtype = compute_dtype(x.dtype)
     return block_rows, width, Geometry(self.flavor, block_rows, width, n_rows, n_features, dtype)
@@ -223,14 +228,22 @@ class PallasConfig:
     compiler_params = None
     if not self.interpret and self.flavor == "masked":
       from jax.experimental.pallas import triton as pltriton
+
       warps = 4 if block_rows * width <= 4096 else (8 if block_rows * width <= 8192 else 16)
       compiler_params = pltriton.CompilerParams(num_warps=warps, num_stages=1)
     elif not self.interpret and jax.default_backend() == "tpu":
       from jax.experimental.pallas import tpu as pltpu
+
       compiler_params = pltpu.CompilerParams(dimension_semantics=("parallel",))
-    return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
-                          out_specs=out_specs, interpret=self.interpret,
-                          compiler_params=compiler_params)
+    return pl.pallas_call(
+      kernel,
+      out_shape=out_shape,
+      grid=grid,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      interpret=self.interpret,
+      compiler_params=compiler_params,
+    )
 
 
 def _specs(block_rows, width):
@@ -251,13 +264,19 @@ def _layer_norm_forward(config, x, scale, bias, epsilon):
   rows, stat, vector, _ = _specs(block_rows, width)
   has_bias = bias is not None
   operands = [x, scale.reshape(1, -1)] + ([bias.reshape(1, -1)] if has_bias else [])
-  kernel = functools.partial(_layer_norm_fwd_kernel, has_bias=has_bias,
-                             epsilon=float(epsilon), geometry=geometry)
+  kernel = functools.partial(
+    _layer_norm_fwd_kernel, has_bias=has_bias, epsilon=float(epsilon), geometry=geometry
+  )
   stat_shape = jax.ShapeDtypeStruct((n_rows, 1), geometry.dtype)
   y, mean, rstd = config.call(
-      kernel, (pl.cdiv(n_rows, block_rows),), [rows, vector] + [vector] * has_bias,
-      [rows, stat, stat], [jax.ShapeDtypeStruct(x.shape, x.dtype), stat_shape, stat_shape],
-      block_rows, width)(*operands)
+    kernel,
+    (pl.cdiv(n_rows, block_rows),),
+    [rows, vector] + [vector] * has_bias,
+    [rows, stat, stat],
+    [jax.ShapeDtypeStruct(x.shape, x.dtype), stat_shape, stat_shape],
+    block_rows,
+    width,
+  )(*operands)
   return y, mean[:, 0], rstd[:, 0]
 
 
@@ -269,9 +288,14 @@ def _layer_norm_backward(config, x, scale, mean, rstd, dy, has_bias):
   partial_shape = jax.ShapeDtypeStruct((grid, 1, width), geometry.dtype)
   kernel = functools.partial(_layer_norm_bwd_kernel, has_bias=has_bias, geometry=geometry)
   outs = config.call(
-      kernel, (grid,), [rows, vector, stat, stat, rows], [rows, partial] + [partial] * has_bias,
-      [jax.ShapeDtypeStruct(x.shape, x.dtype), partial_shape] + [partial_shape] * has_bias,
-      block_rows, width)(x, scale.reshape(1, -1), mean[:, None], rstd[:, None], dy)
+    kernel,
+    (grid,),
+    [rows, vector, stat, stat, rows],
+    [rows, partial] + [partial] * has_bias,
+    [jax.ShapeDtypeStruct(x.shape, x.dtype), partial_shape] + [partial_shape] * has_bias,
+    block_rows,
+    width,
+  )(x, scale.reshape(1, -1), mean[:, None], rstd[:, None], dy)
   dbias = _sum_partials(outs[2], n_features) if has_bias else None
   return outs[0], _sum_partials(outs[1], n_features), dbias
 
@@ -282,9 +306,14 @@ def _rms_norm_forward(config, x, scale, epsilon):
   rows, stat, vector, _ = _specs(block_rows, width)
   kernel = functools.partial(_rms_norm_fwd_kernel, epsilon=float(epsilon), geometry=geometry)
   y, rstd = config.call(
-      kernel, (pl.cdiv(n_rows, block_rows),), [rows, vector], [rows, stat],
-      [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((n_rows, 1), geometry.dtype)],
-      block_rows, width)(x, scale.reshape(1, -1))
+    kernel,
+    (pl.cdiv(n_rows, block_rows),),
+    [rows, vector],
+    [rows, stat],
+    [jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((n_rows, 1), geometry.dtype)],
+    block_rows,
+    width,
+  )(x, scale.reshape(1, -1))
   return y, rstd[:, 0]
 
 
@@ -295,10 +324,17 @@ def _rms_norm_backward(config, x, scale, rstd, dy):
   grid = pl.cdiv(n_rows, block_rows)
   kernel = functools.partial(_rms_norm_bwd_kernel, geometry=geometry)
   dx, dscale = config.call(
-      kernel, (grid,), [rows, vector, stat, rows], [rows, partial],
-      [jax.ShapeDtypeStruct(x.shape, x.dtype),
-       jax.ShapeDtypeStruct((grid, 1, width), geometry.dtype)],
-      block_rows, width)(x, scale.reshape(1, -1), rstd[:, None], dy)
+    kernel,
+    (grid,),
+    [rows, vector, stat, rows],
+    [rows, partial],
+    [
+      jax.ShapeDtypeStruct(x.shape, x.dtype),
+      jax.ShapeDtypeStruct((grid, 1, width), geometry.dtype),
+    ],
+    block_rows,
+    width,
+  )(x, scale.reshape(1, -1), rstd[:, None], dy)
   return dx, _sum_partials(dscale, n_features)
 
 
@@ -306,11 +342,11 @@ def _rms_norm_backward(config, x, scale, rstd, dy):
 def pallas_kernels(config: PallasConfig) -> fused.NormKernels:
   """The ``NormKernels`` bundle for one launch configuration."""
   return fused.NormKernels(
-      name=f"pallas[{config.flavor}{', interpret' if config.interpret else ''}]",
-      layer_norm_forward=functools.partial(_layer_norm_forward, config),
-      layer_norm_backward=functools.partial(_layer_norm_backward, config),
-      rms_norm_forward=functools.partial(_rms_norm_forward, config),
-      rms_norm_backward=functools.partial(_rms_norm_backward, config),
+    name=f"pallas[{config.flavor}{', interpret' if config.interpret else ''}]",
+    layer_norm_forward=functools.partial(_layer_norm_forward, config),
+    layer_norm_backward=functools.partial(_layer_norm_backward, config),
+    rms_norm_forward=functools.partial(_rms_norm_forward, config),
+    rms_norm_backward=functools.partial(_rms_norm_backward, config),
   )
 
 
@@ -319,8 +355,11 @@ def pallas_kernels(config: PallasConfig) -> fused.NormKernels:
 # ----------------------------------------------------------------------------
 def _row_axes(x, mesh):
   """Mesh axes that shard ``x``'s leading axis (explicit type, else all free axes)."""
-  free = tuple(name for name, kind in zip(mesh.axis_names, mesh.axis_types)
-               if kind != jax.sharding.AxisType.Manual)
+  free = tuple(
+    name
+    for name, kind in zip(mesh.axis_names, mesh.axis_types)
+    if kind != jax.sharding.AxisType.Manual
+  )
   if not free:
     return free, ()
   if all(kind == jax.sharding.AxisType.Explicit for kind in mesh.axis_types):
@@ -347,16 +386,17 @@ def per_shard(fn, x, *replicated):
     return fn(x, *replicated)
   row_spec = P(row_axes if row_axes else None)
   in_specs = (row_spec,) + (P(),) * len(replicated)
-  return jax.shard_map(fn, in_specs=in_specs, out_specs=row_spec,
-                       axis_names=set(free), check_vma=False)(x, *replicated)
+  return jax.shard_map(
+    fn, in_specs=in_specs, out_specs=row_spec, axis_names=set(free), check_vma=False
+  )(x, *replicated)
 
 
-def layer_norm(x, scale, bias=None, *, epsilon=1e-6, flavor="blocked", block_rows=None,
-               interpret=False):
+def layer_norm(
+  x, scale, bias=None, *, epsilon=1e-6, flavor="blocked", block_rows=None, interpret=False
+):
   """Pallas LayerNorm over the last axis (see module docstring for the flavours)."""
   kernels = pallas_kernels(PallasConfig(flavor, block_rows, interpret))
-  run = lambda x, scale, bias: fused.layer_norm(x, scale, bias, epsilon=epsilon,
-                                                 kernels=kernels)
+  run = lambda x, scale, bias: fused.layer_norm(x, scale, bias, epsilon=epsilon, kernels=kernels)
   return per_shard(run, x, scale, bias)
 
 

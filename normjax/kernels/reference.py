@@ -21,6 +21,7 @@ flax (google/flax:flax/linen/normalization.py) and torch.
 Gradients of these functions come from plain autodiff; this is the
 ``implementation='reference'`` path of ``normjax.kernels``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -46,8 +47,9 @@ def rms_norm_statistics(x: jax.Array, epsilon: float) -> jax.Array:
   return jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1) + epsilon)
 
 
-def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None = None, *,
-               epsilon: float = 1e-6) -> jax.Array:
+def layer_norm(
+  x: jax.Array, scale: jax.Array, bias: jax.Array | None = None, *, epsilon: float = 1e-6
+) -> jax.Array:
   """LayerNorm over the last axis, differentiated by plain autodiff."""
   dtype = compute_dtype(x.dtype)
   mean, rstd = layer_norm_statistics(x, epsilon)

@@ -9,6 +9,7 @@ Contract (what the trainer relies on):
 * ``model(inputs)`` -> logits; ``model.train()`` / ``model.eval()`` switch dropout and
   batch-statistics norms (eval is deterministic).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,9 +21,17 @@ from flax import nnx
 
 from normjax.registry import Registry
 
-MODELS = Registry("model", "model.name", lazy_modules=(
-    "normjax.models.vit", "normjax.models.resnet", "normjax.models.gpt2",
-    "normjax.models.nf_resnet", "normjax.models.inpaint"))
+MODELS = Registry(
+  "model",
+  "model.name",
+  lazy_modules=(
+    "normjax.models.vit",
+    "normjax.models.resnet",
+    "normjax.models.gpt2",
+    "normjax.models.nf_resnet",
+    "normjax.models.inpaint",
+  ),
+)
 register = MODELS.register
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -37,8 +46,9 @@ def make_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
     signature.replace(parameters=parameters).bind(rngs=rngs, **kwargs)
   except TypeError as e:
     accepted = [p.name for p in parameters if p.name != "rngs"]
-    raise ValueError(f"config.model for model.name={name!r}: {e}; accepted keys: "
-                     f"{', '.join(accepted)}") from None
+    raise ValueError(
+      f"config.model for model.name={name!r}: {e}; accepted keys: {', '.join(accepted)}"
+    ) from None
   return factory(rngs=rngs, **kwargs)
 
 
@@ -46,8 +56,10 @@ def check_choice(argument: str, value: Any, choices: Iterable[Any]) -> Any:
   """Returns ``value`` if it is one of ``choices``, else a ValueError naming all three."""
   choices = list(choices)
   if value not in choices:
-    raise ValueError(f"model argument {argument}={value!r}: valid choices are "
-                     f"{', '.join(repr(c) for c in choices)}")
+    raise ValueError(
+      f"model argument {argument}={value!r}: valid choices are "
+      f"{', '.join(repr(c) for c in choices)}"
+    )
   return value
 
 
@@ -59,8 +71,7 @@ def compute_dtype(dtype: str):
 
 def check_divisible(argument: str, value: int, by_argument: str, by: int):
   if by <= 0 or value % by:
-    raise ValueError(f"model argument {argument}={value} must be divisible by "
-                     f"{by_argument}={by}")
+    raise ValueError(f"model argument {argument}={value} must be divisible by {by_argument}={by}")
 
 
 def conv_kernel_init(matrix_init: Callable, fan: str) -> Callable:
@@ -75,7 +86,9 @@ def conv_kernel_init(matrix_init: Callable, fan: str) -> Callable:
 
   def init(key, shape, dtype=jnp.float32):
     receptive = math.prod(shape[:-2])
-    matrix = ((receptive * shape[-2], shape[-1]) if fan == "fan_in"
-              else (shape[-2], receptive * shape[-1]))
+    matrix = (
+      (receptive * shape[-2], shape[-1]) if fan == "fan_in" else (shape[-2], receptive * shape[-1])
+    )
     return matrix_init(key, matrix, dtype).reshape(shape)
+
   return init

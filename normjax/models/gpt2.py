@@ -17,6 +17,7 @@ folded final-norm bias after ``normjax.surgery.conversions`` / ``normjax.surgery
 With a ``compressed_residual`` norm (CRMSNorm) the embeddings and the residual stream are
 width - 1 wide (``normjax.models.transformer``). ``zero_mean_writers``: see there.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,37 +63,72 @@ class GPT2(nnx.Module):
 
   task = "lm"  # the data task it trains on (normjax.tasks)
 
-  def __init__(self, *, vocab_size: int, max_len: int, width: int, depth: int,
-               num_heads: int, mlp_ratio: int = 4, placement: str = "pre",
-               dropout: float = 0.0, norm: str = "layernorm", norm_kwargs: dict | None = None,
-               dtype: str = "float32", embedding_norm: bool = False, tie_embeddings: bool = True,
-               zero_mean_writers: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    vocab_size: int,
+    max_len: int,
+    width: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: int = 4,
+    placement: str = "pre",
+    dropout: float = 0.0,
+    norm: str = "layernorm",
+    norm_kwargs: dict | None = None,
+    dtype: str = "float32",
+    embedding_norm: bool = False,
+    tie_embeddings: bool = True,
+    zero_mean_writers: bool = False,
+    rngs: nnx.Rngs,
+  ):
     self.dtype = compute_dtype(dtype)
     self.max_len = max_len
     stream = residual_width(norm, width)
     normal = nnx.initializers.normal(0.02)
     residual_normal = nnx.initializers.normal(0.02 / math.sqrt(2 * depth))
-    inits = LinearInits(qkv_kernel=normal, attn_out_kernel=residual_normal,
-                        mlp_hidden_kernel=normal, mlp_out_kernel=residual_normal)
-    self.token_embedding = nnx.Embed(vocab_size, stream, embedding_init=normal, dtype=self.dtype,
-                                     rngs=rngs)
-    self.position_embedding = nnx.Embed(max_len, stream, embedding_init=normal,
-                                        dtype=self.dtype, rngs=rngs)
+    inits = LinearInits(
+      qkv_kernel=normal,
+      attn_out_kernel=residual_normal,
+      mlp_hidden_kernel=normal,
+      mlp_out_kernel=residual_normal,
+    )
+    self.token_embedding = nnx.Embed(
+      vocab_size, stream, embedding_init=normal, dtype=self.dtype, rngs=rngs
+    )
+    self.position_embedding = nnx.Embed(
+      max_len, stream, embedding_init=normal, dtype=self.dtype, rngs=rngs
+    )
     self.transformer = Transformer(
-        depth=depth, width=width, num_heads=num_heads, mlp_dim=mlp_ratio * width, norm=norm,
-        norm_kwargs=norm_kwargs, placement=placement, causal=True, dropout=dropout,
-        inits=inits, dtype=self.dtype, embedding_norm=embedding_norm,
-        zero_mean_writers=zero_mean_writers, rngs=rngs)
-    self.head = (nnx.data(None) if tie_embeddings else
-                 nnx.Linear(stream, vocab_size, kernel_init=normal, dtype=self.dtype, rngs=rngs))
+      depth=depth,
+      width=width,
+      num_heads=num_heads,
+      mlp_dim=mlp_ratio * width,
+      norm=norm,
+      norm_kwargs=norm_kwargs,
+      placement=placement,
+      causal=True,
+      dropout=dropout,
+      inits=inits,
+      dtype=self.dtype,
+      embedding_norm=embedding_norm,
+      zero_mean_writers=zero_mean_writers,
+      rngs=rngs,
+    )
+    self.head = (
+      nnx.data(None)
+      if tie_embeddings
+      else nnx.Linear(stream, vocab_size, kernel_init=normal, dtype=self.dtype, rngs=rngs)
+    )
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """int tokens (B, T) -> float32 logits (B, T, vocab_size)."""
     length = tokens.shape[-1]
     if length > self.max_len:
       raise ValueError(f"sequence length {length} exceeds the model's max_len={self.max_len}")
-    x = (self.token_embedding(tokens, out_sharding=_embedded_sharding(tokens))
-         + self.position_embedding(jnp.arange(length)))
+    x = self.token_embedding(
+      tokens, out_sharding=_embedded_sharding(tokens)
+    ) + self.position_embedding(jnp.arange(length))
     h = self.transformer(x, tokens=tokens)
     if self.head is not None:
       return self.head(h).astype(jnp.float32)

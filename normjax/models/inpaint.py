@@ -16,11 +16,12 @@ norm_B is ``norm`` and norm_L is ``decoder_norm``; the defaults are the paper's 
 RN-B with the hole mask (``region_norm_b``) in the encoder, RN-L (``region_norm_l``,
 ``threshold``) in the residual blocks and the decoder. Any registered norm can take either
 place (e.g. 'batchnorm', 'instancenorm', 'none' as baselines); ``region_norm_b`` layers get
-the hole mask (nearest-resized to their resolution), the others none. Scaled down from the official 256-px model: 3x3 (not
-7x7) outer convs, one downsampling (not two), width 32 (not 64), 2 middle blocks (not 8);
-convs have biases, as the official ones without spectral norm, and PyTorch's default init
-(kernel and bias U(+-1/sqrt(fan_in))).
+the hole mask (nearest-resized to their resolution), the others none. Scaled down from the
+official 256-px model: 3x3 (not 7x7) outer convs, one downsampling (not two), width 32 (not
+64), 2 middle blocks (not 8); convs have biases, as the official ones without spectral norm,
+and PyTorch's default init (kernel and bias U(+-1/sqrt(fan_in))).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,14 +34,14 @@ from normjax.models import compute_dtype, conv_kernel_init, register
 from normjax.norms import NORMS, make_norm
 from normjax.norms.region_norm import RegionNormB
 
-
 # torch.nn.Conv2d's default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), drawn as a matrix
-TORCH_CONV_INIT = conv_kernel_init(nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                                   "fan_in")
+TORCH_CONV_INIT = conv_kernel_init(
+  nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"), "fan_in"
+)
 
 
 def torch_bias_init(fan_in: int):
-  bound = fan_in ** -0.5
+  bound = fan_in**-0.5
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
@@ -56,7 +57,7 @@ def apply_norm(norm, x: jax.Array, hole: jax.Array) -> jax.Array:
 def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
   """(B, H, W, C * r^2) -> (B, H r, W r, C), channel order of torch's ``PixelShuffle``."""
   b, h, w, c = x.shape
-  out = c // factor ** 2
+  out = c // factor**2
   x = x.reshape(b, h, w, out, factor, factor)
   return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * factor, w * factor, out)
 
@@ -92,13 +93,26 @@ class InpaintNet(nnx.Module):
 
   task = "inpainting"
 
-  def __init__(self, *, in_channels: int = 1, width: int = 32, num_blocks: int = 2,
-               dilation: int = 2, norm: str = "region_norm_b", norm_kwargs: dict | None = None,
-               decoder_norm: str = "region_norm_l", decoder_norm_kwargs: dict | None = None,
-               threshold: float = 0.8, dtype: str = "float32", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    in_channels: int = 1,
+    width: int = 32,
+    num_blocks: int = 2,
+    dilation: int = 2,
+    norm: str = "region_norm_b",
+    norm_kwargs: dict | None = None,
+    decoder_norm: str = "region_norm_l",
+    decoder_norm_kwargs: dict | None = None,
+    threshold: float = 0.8,
+    dtype: str = "float32",
+    rngs: nnx.Rngs,
+  ):
     if width < 1 or num_blocks < 0 or dilation < 1:
-      raise ValueError(f"model arguments width={width}, num_blocks={num_blocks}, dilation="
-                       f"{dilation}: need width >= 1, num_blocks >= 0, dilation >= 1")
+      raise ValueError(
+        f"model arguments width={width}, num_blocks={num_blocks}, dilation="
+        f"{dilation}: need width >= 1, num_blocks >= 0, dilation >= 1"
+      )
     NORMS.get(norm), NORMS.get(decoder_norm)
     decoder_norm_kwargs = dict(decoder_norm_kwargs or {})
     if decoder_norm == "region_norm_l":
@@ -106,18 +120,32 @@ class InpaintNet(nnx.Module):
     make_b = functools.partial(make_norm, norm, rngs=rngs, **dict(norm_kwargs or {}))
     make_l = functools.partial(make_norm, decoder_norm, rngs=rngs, **decoder_norm_kwargs)
     self.dtype = compute_dtype(dtype)
+
     def conv(in_features, out_features, kernel_size, **kwargs):
-      return nnx.Conv(in_features, out_features, kernel_size, **{
-          "padding": "VALID", "dtype": self.dtype, "rngs": rngs, "kernel_init": TORCH_CONV_INIT,
+      return nnx.Conv(
+        in_features,
+        out_features,
+        kernel_size,
+        **{
+          "padding": "VALID",
+          "dtype": self.dtype,
+          "rngs": rngs,
+          "kernel_init": TORCH_CONV_INIT,
           "bias_init": torch_bias_init(in_features * kernel_size[0] * kernel_size[1]),
-          **kwargs})
+          **kwargs,
+        },
+      )
+
     self.encoder_conv1 = conv(in_channels, width, (3, 3))
     self.encoder_norm1 = make_b(width)
-    self.encoder_conv2 = conv(width, 2 * width, (4, 4), strides=(2, 2),
-                              padding=((1, 1), (1, 1)))
+    self.encoder_conv2 = conv(width, 2 * width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
     self.encoder_norm2 = make_b(2 * width)
-    self.blocks = nnx.List([ResidualBlock(2 * width, dilation=dilation, make_norm_l=make_l,
-                                          conv=conv) for _ in range(num_blocks)])
+    self.blocks = nnx.List(
+      [
+        ResidualBlock(2 * width, dilation=dilation, make_norm_l=make_l, conv=conv)
+        for _ in range(num_blocks)
+      ]
+    )
     self.decoder_conv = conv(2 * width, 4 * width, (3, 3), padding=((1, 1), (1, 1)))
     self.decoder_norm = make_l(width)
     self.output_conv = conv(width, in_channels, (3, 3))

@@ -28,6 +28,7 @@ clips every leaf, and unit-wise clipping of an all-zero matrix (max(|W|, 1e-3) *
 would freeze it; NFNets exclude the classifier from AGC for this reason. No stochastic
 depth, dropout or squeeze-excite (their options), basic blocks added for small inputs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,15 +44,21 @@ from normjax.models.ws_conv import ScaledWSConv
 
 # Var(gamma * g(z)) = 1 for z ~ N(0, 1): nfnets/base.py ``nonlinearities`` (measured there).
 ACTIVATION_GAINS = {
-    "relu": 1.7139588594436646,
-    "gelu": 1.7015043497085571,
-    "silu": 1.7881293296813965,
-    "tanh": 1.5939117670059204,
-    "elu": 1.2716004848480225,
-    "identity": 1.0,
+  "relu": 1.7139588594436646,
+  "gelu": 1.7015043497085571,
+  "silu": 1.7881293296813965,
+  "tanh": 1.5939117670059204,
+  "elu": 1.2716004848480225,
+  "identity": 1.0,
 }
-_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu,
-                "tanh": jnp.tanh, "elu": jax.nn.elu, "identity": lambda x: x}
+_ACTIVATIONS = {
+  "relu": jax.nn.relu,
+  "gelu": jax.nn.gelu,
+  "silu": jax.nn.silu,
+  "tanh": jnp.tanh,
+  "elu": jax.nn.elu,
+  "identity": lambda x: x,
+}
 STEMS = ("cifar", "imagenet")
 
 
@@ -69,20 +76,39 @@ class NFBlock(nnx.Module):
   ``bottleneck=True``: 1x1 -> act -> 3x3(stride) -> act -> 1x1 to ``4 * features``.
   """
 
-  def __init__(self, in_features: int, features: int, *, strides: int, beta: float,
-               alpha: float, activation, bottleneck: bool, skip_gain_init: float, conv):
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    *,
+    strides: int,
+    beta: float,
+    alpha: float,
+    activation,
+    bottleneck: bool,
+    skip_gain_init: float,
+    conv,
+  ):
     self.expansion = 4 if bottleneck else 1
     out_features = features * self.expansion
     self.beta, self.alpha, self.activation = beta, alpha, activation  # activation: a name
-    self.shortcut = (conv(in_features, out_features, 1, strides=strides)
-                     if strides != 1 or in_features != out_features else None)
+    self.shortcut = (
+      conv(in_features, out_features, 1, strides=strides)
+      if strides != 1 or in_features != out_features
+      else None
+    )
     if bottleneck:
-      self.convs = nnx.List([conv(in_features, features, 1),
-                             conv(features, features, 3, strides=strides),
-                             conv(features, out_features, 1)])
+      self.convs = nnx.List(
+        [
+          conv(in_features, features, 1),
+          conv(features, features, 3, strides=strides),
+          conv(features, out_features, 1),
+        ]
+      )
     else:
-      self.convs = nnx.List([conv(in_features, features, 3, strides=strides),
-                             conv(features, features, 3)])
+      self.convs = nnx.List(
+        [conv(in_features, features, 3, strides=strides), conv(features, features, 3)]
+      )
     self.skip_gain = nnx.Param(jnp.asarray(skip_gain_init, jnp.float32))
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -103,7 +129,7 @@ def expected_stds(stage_sizes: Sequence[int], alpha: float) -> list[list[float]]
       stage.append(expected)
       if index == 0:
         expected = 1.0
-      expected = (expected ** 2 + alpha ** 2) ** 0.5
+      expected = (expected**2 + alpha**2) ** 0.5
     out.append(stage)
   return out
 
@@ -124,16 +150,30 @@ class NFResNet(nnx.Module):
 
   task = "classification"
 
-  def __init__(self, *, num_classes: int, in_channels: int = 3,
-               stage_sizes: Sequence[int] = (2, 2, 2, 2), block: str = "basic",
-               width: int = 64, stem: str = "cifar", activation: str = "relu",
-               alpha: float = 0.2, skip_gain_init: float = 0.0, zero_init_head: bool = False,
-               norm: str = "none", norm_kwargs: dict | None = None, dtype: str = "float32",
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    stage_sizes: Sequence[int] = (2, 2, 2, 2),
+    block: str = "basic",
+    width: int = 64,
+    stem: str = "cifar",
+    activation: str = "relu",
+    alpha: float = 0.2,
+    skip_gain_init: float = 0.0,
+    zero_init_head: bool = False,
+    norm: str = "none",
+    norm_kwargs: dict | None = None,
+    dtype: str = "float32",
+    rngs: nnx.Rngs,
+  ):
     if norm != "none" or norm_kwargs:
-      raise ValueError(f"model argument norm={norm!r} (norm_kwargs={norm_kwargs!r}): "
-                       f"nf_resnet has no normalization layers; use norm='none' or the "
-                       f"'resnet' model for a normalized network")
+      raise ValueError(
+        f"model argument norm={norm!r} (norm_kwargs={norm_kwargs!r}): "
+        f"nf_resnet has no normalization layers; use norm='none' or the "
+        f"'resnet' model for a normalized network"
+      )
     check_choice("block", block, ("basic", "bottleneck"))
     check_choice("stem", stem, STEMS)
     check_stages(stage_sizes, width)
@@ -144,22 +184,33 @@ class NFResNet(nnx.Module):
     self.activation = activation
     conv = functools.partial(ScaledWSConv, dtype=self.dtype, rngs=rngs)
     self.stem_max_pool = stem == "imagenet"
-    self.stem_conv = conv(in_channels, width, 7 if stem == "imagenet" else 3,
-                          strides=2 if stem == "imagenet" else 1)
+    self.stem_conv = conv(
+      in_channels, width, 7 if stem == "imagenet" else 3, strides=2 if stem == "imagenet" else 1
+    )
     bottleneck = block == "bottleneck"
     blocks, in_features = [], width
     for stage, stds in enumerate(expected_stds(stage_sizes, alpha)):
-      features = width * 2 ** stage
+      features = width * 2**stage
       for index, std in enumerate(stds):
-        blocks.append(NFBlock(in_features, features, strides=2 if stage > 0 and index == 0 else 1,
-                              beta=1.0 / std, alpha=alpha, activation=self.activation,
-                              bottleneck=bottleneck, skip_gain_init=skip_gain_init, conv=conv))
+        blocks.append(
+          NFBlock(
+            in_features,
+            features,
+            strides=2 if stage > 0 and index == 0 else 1,
+            beta=1.0 / std,
+            alpha=alpha,
+            activation=self.activation,
+            bottleneck=bottleneck,
+            skip_gain_init=skip_gain_init,
+            conv=conv,
+          )
+        )
         in_features = features * blocks[-1].expansion
     self.blocks = nnx.List(blocks)
-    head_init = (nnx.initializers.zeros_init() if zero_init_head
-                 else nnx.initializers.lecun_normal())
-    self.head = nnx.Linear(in_features, num_classes, kernel_init=head_init, dtype=self.dtype,
-                           rngs=rngs)
+    head_init = nnx.initializers.zeros_init() if zero_init_head else nnx.initializers.lecun_normal()
+    self.head = nnx.Linear(
+      in_features, num_classes, kernel_init=head_init, dtype=self.dtype, rngs=rngs
+    )
 
   def features(self, images: jax.Array) -> list[jax.Array]:
     """The stem output and every block's output (for signal-propagation plots and tests)."""

@@ -34,6 +34,7 @@ flax's momentum 0.99; torchvision's (PyTorch momentum 0.1) is ``norm_kwargs={'mo
 Extension points: ``BLOCKS`` (block name -> class taking (in_features, features, *, strides,
 conv, norm_act, zero_init_residual)) and ``CONVS`` (conv name -> factory), both chosen by config.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,17 +54,26 @@ STEMS = ("cifar", "imagenet")
 HE_INIT = conv_kernel_init(nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), "fan_out")
 
 
-ConvFactory = Callable[..., nnx.Module]        # (in, out, kernel_size, *, strides=1)
-NormActFactory = Callable[..., nnx.Module]     # (features, *, apply_act, zero_init_scale)
+ConvFactory = Callable[..., nnx.Module]  # (in, out, kernel_size, *, strides=1)
+NormActFactory = Callable[..., nnx.Module]  # (features, *, apply_act, zero_init_scale)
 
 
-def conv_layer(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
-               dtype, rngs: nnx.Rngs) -> nnx.Conv:
+def conv_layer(
+  in_features: int, out_features: int, kernel_size: int, *, strides: int = 1, dtype, rngs: nnx.Rngs
+) -> nnx.Conv:
   """Bias-free square conv with torchvision padding (k // 2 on each side) and He init."""
   pad = kernel_size // 2
-  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size),
-                  strides=(strides, strides), padding=((pad, pad), (pad, pad)), use_bias=False,
-                  kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
+  return nnx.Conv(
+    in_features,
+    out_features,
+    (kernel_size, kernel_size),
+    strides=(strides, strides),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=HE_INIT,
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 CONVS = {"standard": conv_layer, "ws": ws_conv_layer, "scaled_ws": scaled_ws_conv_layer}
@@ -73,8 +83,10 @@ IBN_VARIANTS = (None, "a", "b")
 def check_stages(stage_sizes, width: int):
   """ValueError unless ``stage_sizes`` holds positive block counts and ``width`` >= 1."""
   if not stage_sizes or any(int(n) < 1 for n in stage_sizes):
-    raise ValueError(f"model argument stage_sizes={stage_sizes!r}: needs one or more "
-                     f"positive block counts, e.g. (2, 2, 2, 2)")
+    raise ValueError(
+      f"model argument stage_sizes={stage_sizes!r}: needs one or more "
+      f"positive block counts, e.g. (2, 2, 2, 2)"
+    )
   if width < 1:
     raise ValueError(f"model argument width={width!r}: must be a positive channel count")
 
@@ -87,8 +99,16 @@ class NormAct(nnx.Module):
   norm's ``scale`` parameter, if it has one, to 0.
   """
 
-  def __init__(self, num_features: int, *, norm: str, norm_kwargs: dict,
-               apply_act: bool = True, zero_init_scale: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    norm: str,
+    norm_kwargs: dict,
+    apply_act: bool = True,
+    zero_init_scale: bool = False,
+    rngs: nnx.Rngs,
+  ):
     if NORMS.get(norm).fuses_activation:
       self.norm = make_norm(norm, num_features, rngs=rngs, apply_act=apply_act, **norm_kwargs)
       self.apply_relu = False
@@ -107,8 +127,15 @@ class NormAct(nnx.Module):
 class ProjectionShortcut(nnx.Module):
   """1x1 (strided) conv + norm without activation, for a block whose shape changes."""
 
-  def __init__(self, in_features: int, out_features: int, *, strides: int,
-               conv: ConvFactory, norm_act: NormActFactory):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    strides: int,
+    conv: ConvFactory,
+    norm_act: NormActFactory,
+  ):
     self.conv = conv(in_features, out_features, 1, strides=strides)
     self.norm_act = norm_act(out_features, apply_act=False)
 
@@ -120,8 +147,9 @@ def make_shortcut(in_features, out_features, *, strides, conv, norm_act):
   """A ``ProjectionShortcut`` when the shape changes, else None (identity)."""
   if strides == 1 and in_features == out_features:
     return None
-  return ProjectionShortcut(in_features, out_features, strides=strides, conv=conv,
-                            norm_act=norm_act)
+  return ProjectionShortcut(
+    in_features, out_features, strides=strides, conv=conv, norm_act=norm_act
+  )
 
 
 class BasicBlock(nnx.Module):
@@ -130,18 +158,28 @@ class BasicBlock(nnx.Module):
   Optional (IBN-Net): ``first_norm_act`` builds the first NormAct instead of ``norm_act``;
   ``post_add_norm`` (features -> module) normalizes the sum before the final ReLU.
   """
+
   expansion = 1
 
-  def __init__(self, in_features: int, features: int, *, strides: int, conv: ConvFactory,
-               norm_act: NormActFactory, zero_init_residual: bool,
-               first_norm_act: NormActFactory | None = None,
-               post_add_norm: NormActFactory | None = None):
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    *,
+    strides: int,
+    conv: ConvFactory,
+    norm_act: NormActFactory,
+    zero_init_residual: bool,
+    first_norm_act: NormActFactory | None = None,
+    post_add_norm: NormActFactory | None = None,
+  ):
     self.conv1 = conv(in_features, features, 3, strides=strides)
     self.norm_act1 = (first_norm_act or norm_act)(features)
     self.conv2 = conv(features, features, 3)
     self.norm_act2 = norm_act(features, apply_act=False, zero_init_scale=zero_init_residual)
-    self.shortcut = make_shortcut(in_features, features, strides=strides, conv=conv,
-                                  norm_act=norm_act)
+    self.shortcut = make_shortcut(
+      in_features, features, strides=strides, conv=conv, norm_act=norm_act
+    )
     self.post_add_norm = post_add_norm(features) if post_add_norm else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,12 +193,21 @@ class BottleneckBlock(nnx.Module):
 
   ``first_norm_act`` / ``post_add_norm``: as ``BasicBlock`` (IBN-Net).
   """
+
   expansion = 4
 
-  def __init__(self, in_features: int, features: int, *, strides: int, conv: ConvFactory,
-               norm_act: NormActFactory, zero_init_residual: bool,
-               first_norm_act: NormActFactory | None = None,
-               post_add_norm: NormActFactory | None = None):
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    *,
+    strides: int,
+    conv: ConvFactory,
+    norm_act: NormActFactory,
+    zero_init_residual: bool,
+    first_norm_act: NormActFactory | None = None,
+    post_add_norm: NormActFactory | None = None,
+  ):
     out_features = features * self.expansion
     self.conv1 = conv(in_features, features, 1)
     self.norm_act1 = (first_norm_act or norm_act)(features)
@@ -168,8 +215,9 @@ class BottleneckBlock(nnx.Module):
     self.norm_act2 = norm_act(features)
     self.conv3 = conv(features, out_features, 1)
     self.norm_act3 = norm_act(out_features, apply_act=False, zero_init_scale=zero_init_residual)
-    self.shortcut = make_shortcut(in_features, out_features, strides=strides, conv=conv,
-                                  norm_act=norm_act)
+    self.shortcut = make_shortcut(
+      in_features, out_features, strides=strides, conv=conv, norm_act=norm_act
+    )
     self.post_add_norm = post_add_norm(out_features) if post_add_norm else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -211,17 +259,30 @@ class ResNet(nnx.Module):
 
   task = "classification"  # the data task it trains on (normjax.tasks)
 
-  def __init__(self, *, num_classes: int, in_channels: int = 3,
-               stage_sizes: Sequence[int] = (2, 2, 2, 2), block: str = "basic",
-               width: int = 64, stem: str = "cifar", norm: str = "batchnorm",
-               norm_kwargs: dict | None = None, zero_init_residual: bool = True,
-               dtype: str = "float32", conv: str = "standard", ibn: str | None = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    stage_sizes: Sequence[int] = (2, 2, 2, 2),
+    block: str = "basic",
+    width: int = 64,
+    stem: str = "cifar",
+    norm: str = "batchnorm",
+    norm_kwargs: dict | None = None,
+    zero_init_residual: bool = True,
+    dtype: str = "float32",
+    conv: str = "standard",
+    ibn: str | None = None,
+    rngs: nnx.Rngs,
+  ):
     block_class = BLOCKS[check_choice("block", block, BLOCKS)]
     check_choice("ibn", ibn, IBN_VARIANTS)
     if ibn is not None and norm != "batchnorm":
-      raise ValueError(f"model argument ibn={ibn!r} with norm={norm!r}: IBN-Net variants mix "
-                       f"InstanceNorm into a BatchNorm ResNet; use norm='batchnorm'")
+      raise ValueError(
+        f"model argument ibn={ibn!r} with norm={norm!r}: IBN-Net variants mix "
+        f"InstanceNorm into a BatchNorm ResNet; use norm='batchnorm'"
+      )
     conv_factory = CONVS[check_choice("conv", conv, CONVS)]
     check_choice("stem", stem, STEMS)
     check_stages(stage_sizes, width)
@@ -230,13 +291,15 @@ class ResNet(nnx.Module):
     self.stem_max_pool = stem == "imagenet"
     make_conv = functools.partial(conv_factory, dtype=self.dtype, rngs=rngs)
     norm_act = functools.partial(NormAct, norm=norm, norm_kwargs=norm_kwargs, rngs=rngs)
-    self.stem_conv = make_conv(in_channels, width, 7 if stem == "imagenet" else 3,
-                               strides=2 if stem == "imagenet" else 1)
+    self.stem_conv = make_conv(
+      in_channels, width, 7 if stem == "imagenet" else 3, strides=2 if stem == "imagenet" else 1
+    )
     # IBN-Net: InstanceNorm as the official PyTorch layer (affine, eps 1e-5); the IBN layers'
     # BatchNorm part uses the model's BatchNorm momentum (given or the default), so a model
     # never mixes two momenta (the IBN layer's own default is PyTorch's 0.9).
-    instance_norm_act = functools.partial(NormAct, norm="instancenorm",
-                                          norm_kwargs={"epsilon": 1e-5}, rngs=rngs)
+    instance_norm_act = functools.partial(
+      NormAct, norm="instancenorm", norm_kwargs={"epsilon": 1e-5}, rngs=rngs
+    )
     ibn_kwargs = {"momentum": norm_kwargs.get("momentum", BATCH_NORM_MOMENTUM)}
     if "epsilon" in norm_kwargs:
       ibn_kwargs["epsilon"] = norm_kwargs["epsilon"]
@@ -245,17 +308,24 @@ class ResNet(nnx.Module):
     stages, in_features = [], width
     last_stage = len(stage_sizes) - 1
     for stage, num_blocks in enumerate(stage_sizes):
-      features, blocks = width * 2 ** stage, []
+      features, blocks = width * 2**stage, []
       for index in range(int(num_blocks)):
         extra = {}
         if ibn == "a" and stage < last_stage:
           extra["first_norm_act"] = ibn_norm_act
-        if (ibn == "b" and stage < min(2, last_stage) and index == int(num_blocks) - 1
-            and index > 0):
+        if ibn == "b" and stage < min(2, last_stage) and index == int(num_blocks) - 1 and index > 0:
           extra["post_add_norm"] = functools.partial(instance_norm_act, apply_act=False)
-        blocks.append(block_class(
-            in_features, features, strides=2 if stage > 0 and index == 0 else 1,
-            conv=make_conv, norm_act=norm_act, zero_init_residual=zero_init_residual, **extra))
+        blocks.append(
+          block_class(
+            in_features,
+            features,
+            strides=2 if stage > 0 and index == 0 else 1,
+            conv=make_conv,
+            norm_act=norm_act,
+            zero_init_residual=zero_init_residual,
+            **extra,
+          )
+        )
         in_features = features * block_class.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)

@@ -37,6 +37,7 @@ LayerNorm removal (``normjax.norms.fakeln``):
   one for the Q/K projections and one for V (``MultiHeadSelfAttention(x, value_input)``), so
   LayerNorm removal can freeze the two uses of that norm separately.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,6 +56,7 @@ Initializer = Callable[..., jax.Array]
 @dataclasses.dataclass(frozen=True)
 class Placement:
   """Which norms a transformer block and stack create (see the module docstring)."""
+
   input_norm: bool
   output_norm: bool
   residual_norm: bool
@@ -62,9 +64,9 @@ class Placement:
 
 
 PLACEMENTS = {
-    "pre": Placement(input_norm=True, output_norm=False, residual_norm=False, final_norm=True),
-    "post": Placement(input_norm=False, output_norm=False, residual_norm=True, final_norm=False),
-    "peri": Placement(input_norm=True, output_norm=True, residual_norm=False, final_norm=True),
+  "pre": Placement(input_norm=True, output_norm=False, residual_norm=False, final_norm=True),
+  "post": Placement(input_norm=False, output_norm=False, residual_norm=True, final_norm=False),
+  "peri": Placement(input_norm=True, output_norm=True, residual_norm=False, final_norm=True),
 }
 
 
@@ -72,6 +74,7 @@ PLACEMENTS = {
 class NormSite:
   """Where a norm sits: ``role`` (embedding, attn_input, attn_output, attn_residual, mlp_input,
   mlp_output, mlp_residual, final), ``block`` index (None outside blocks), model ``depth``."""
+
   role: str
   block: int | None
   depth: int
@@ -100,6 +103,7 @@ class LinearInits:
   ``qkv_kernel`` initializes each of the q, k, v column blocks of the fused projection
   separately (so fan-in/fan-out match three separate (width, width) projections).
   """
+
   qkv_kernel: Initializer
   attn_out_kernel: Initializer
   mlp_hidden_kernel: Initializer
@@ -109,10 +113,12 @@ class LinearInits:
 
 def stacked_init(init: Initializer, parts: int) -> Initializer:
   """Initializes a (..., parts * n) kernel as ``parts`` independent (..., n) kernels."""
+
   def init_fn(key, shape, dtype=jnp.float32):
     *leading, out = shape
     keys = jax.random.split(key, parts)
     return jnp.concatenate([init(k, (*leading, out // parts), dtype) for k in keys], axis=-1)
+
   return init_fn
 
 
@@ -125,20 +131,33 @@ class MultiHeadSelfAttention(nnx.Module):
   ``value_input``, when given, feeds the V columns of the projection instead of ``x``.
   """
 
-  def __init__(self, width: int, num_heads: int, *, causal: bool, inits: LinearInits,
-               dtype, rngs: nnx.Rngs, stream_width: int | None = None):
+  def __init__(
+    self,
+    width: int,
+    num_heads: int,
+    *,
+    causal: bool,
+    inits: LinearInits,
+    dtype,
+    rngs: nnx.Rngs,
+    stream_width: int | None = None,
+  ):
     stream_width = width if stream_width is None else stream_width
     self.width, self.num_heads, self.causal = width, num_heads, causal
-    self.qkv = nnx.Linear(stream_width, 3 * width,
-                          kernel_init=stacked_init(inits.qkv_kernel, 3), dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(width, stream_width, kernel_init=inits.attn_out_kernel, dtype=dtype,
-                           rngs=rngs)
+    self.qkv = nnx.Linear(
+      stream_width, 3 * width, kernel_init=stacked_init(inits.qkv_kernel, 3), dtype=dtype, rngs=rngs
+    )
+    self.proj = nnx.Linear(
+      width, stream_width, kernel_init=inits.attn_out_kernel, dtype=dtype, rngs=rngs
+    )
 
   def _split_qkv(self, x: jax.Array, value_input: jax.Array) -> jax.Array:
     kernel, bias = self.qkv.kernel[...].astype(x.dtype), self.qkv.bias[...].astype(x.dtype)
     split = 2 * self.width
-    return jnp.concatenate([x @ kernel[:, :split] + bias[:split],
-                            value_input @ kernel[:, split:] + bias[split:]], axis=-1)
+    return jnp.concatenate(
+      [x @ kernel[:, :split] + bias[:split], value_input @ kernel[:, split:] + bias[split:]],
+      axis=-1,
+    )
 
   def __call__(self, x: jax.Array, value_input: jax.Array | None = None) -> jax.Array:
     batch, length, _ = x.shape
@@ -154,17 +173,38 @@ class Mlp(nnx.Module):
 
   def __init__(self, width: int, hidden: int, *, inits: LinearInits, dtype, rngs: nnx.Rngs):
     # width: the residual stream's width (inputs of fc1, outputs of fc2)
-    self.fc1 = nnx.Linear(width, hidden, kernel_init=inits.mlp_hidden_kernel,
-                          bias_init=inits.mlp_bias, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, width, kernel_init=inits.mlp_out_kernel,
-                          bias_init=inits.mlp_bias, dtype=dtype, rngs=rngs)
+    self.fc1 = nnx.Linear(
+      width,
+      hidden,
+      kernel_init=inits.mlp_hidden_kernel,
+      bias_init=inits.mlp_bias,
+      dtype=dtype,
+      rngs=rngs,
+    )
+    self.fc2 = nnx.Linear(
+      hidden,
+      width,
+      kernel_init=inits.mlp_out_kernel,
+      bias_init=inits.mlp_bias,
+      dtype=dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
 
 
-def residual_branch(x, sublayer, *, input_norm=None, output_norm=None, residual_norm=None,
-                    dropout=None, mask=None, zero_mean=False):
+def residual_branch(
+  x,
+  sublayer,
+  *,
+  input_norm=None,
+  output_norm=None,
+  residual_norm=None,
+  dropout=None,
+  mask=None,
+  zero_mean=False,
+):
   """x <- residual_norm(x + dropout(output_norm(sublayer(input_norm(x))))); None = skip.
 
   ``zero_mean`` recentres the written vector (after the output norm) over the feature axis.
@@ -190,19 +230,39 @@ def _dropout(rate: float, rngs: nnx.Rngs):
 class TransformerBlock(nnx.Module):
   """Attention then MLP, each a residual branch with the norms its ``placement`` asks for."""
 
-  def __init__(self, width: int, num_heads: int, mlp_dim: int, *, norm: str,
-               norm_kwargs: dict, placement: str, causal: bool, dropout: float,
-               inits: LinearInits, dtype, rngs: nnx.Rngs, index: int = 0, depth: int = 1,
-               zero_mean_writers: bool = False):
+  def __init__(
+    self,
+    width: int,
+    num_heads: int,
+    mlp_dim: int,
+    *,
+    norm: str,
+    norm_kwargs: dict,
+    placement: str,
+    causal: bool,
+    dropout: float,
+    inits: LinearInits,
+    dtype,
+    rngs: nnx.Rngs,
+    index: int = 0,
+    depth: int = 1,
+    zero_mean_writers: bool = False,
+  ):
     where = PLACEMENTS[check_choice("placement", placement, PLACEMENTS)]
     stream = residual_width(norm, width)
+
     def maybe_norm(wanted, role):
-      return (build_norm(norm, stream, norm_kwargs, NormSite(role, index, depth), rngs)
-              if wanted else None)
+      return (
+        build_norm(norm, stream, norm_kwargs, NormSite(role, index, depth), rngs)
+        if wanted
+        else None
+      )
+
     self.zero_mean_writers = zero_mean_writers
     self.attn_norm = maybe_norm(where.input_norm, "attn_input")
-    self.attn = MultiHeadSelfAttention(width, num_heads, causal=causal, inits=inits,
-                                       dtype=dtype, rngs=rngs, stream_width=stream)
+    self.attn = MultiHeadSelfAttention(
+      width, num_heads, causal=causal, inits=inits, dtype=dtype, rngs=rngs, stream_width=stream
+    )
     self.attn_output_norm = maybe_norm(where.output_norm, "attn_output")
     self.attn_residual_norm = maybe_norm(where.residual_norm, "attn_residual")
     self.attn_dropout = _dropout(dropout, rngs)
@@ -221,12 +281,26 @@ class TransformerBlock(nnx.Module):
     return self.attn_norm(x, mask=mask), None
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    x = residual_branch(x, lambda h: self.attn(*h), input_norm=self._attention_inputs,
-                        output_norm=self.attn_output_norm, residual_norm=self.attn_residual_norm,
-                        dropout=self.attn_dropout, mask=mask, zero_mean=self.zero_mean_writers)
-    return residual_branch(x, self.mlp, input_norm=self.mlp_norm,
-                           output_norm=self.mlp_output_norm, residual_norm=self.mlp_residual_norm,
-                           dropout=self.mlp_dropout, mask=mask, zero_mean=self.zero_mean_writers)
+    x = residual_branch(
+      x,
+      lambda h: self.attn(*h),
+      input_norm=self._attention_inputs,
+      output_norm=self.attn_output_norm,
+      residual_norm=self.attn_residual_norm,
+      dropout=self.attn_dropout,
+      mask=mask,
+      zero_mean=self.zero_mean_writers,
+    )
+    return residual_branch(
+      x,
+      self.mlp,
+      input_norm=self.mlp_norm,
+      output_norm=self.mlp_output_norm,
+      residual_norm=self.mlp_residual_norm,
+      dropout=self.mlp_dropout,
+      mask=mask,
+      zero_mean=self.zero_mean_writers,
+    )
 
 
 class Transformer(nnx.Module):
@@ -238,10 +312,24 @@ class Transformer(nnx.Module):
   ``zero_mean_writers`` recentres the input embeddings and every branch output.
   """
 
-  def __init__(self, *, depth: int, width: int, num_heads: int, mlp_dim: int, norm: str,
-               norm_kwargs: dict | None, placement: str, causal: bool, dropout: float,
-               inits: LinearInits, dtype, embedding_norm: bool = False,
-               zero_mean_writers: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    depth: int,
+    width: int,
+    num_heads: int,
+    mlp_dim: int,
+    norm: str,
+    norm_kwargs: dict | None,
+    placement: str,
+    causal: bool,
+    dropout: float,
+    inits: LinearInits,
+    dtype,
+    embedding_norm: bool = False,
+    zero_mean_writers: bool = False,
+    rngs: nnx.Rngs,
+  ):
     check_choice("placement", placement, PLACEMENTS)
     check_divisible("width", width, "num_heads", num_heads)
     if depth < 1:
@@ -249,20 +337,42 @@ class Transformer(nnx.Module):
     norm_kwargs = dict(norm_kwargs or {})
     stream = residual_width(norm, width)
     self.zero_mean_writers = zero_mean_writers
-    self.embedding_norm = (build_norm(norm, stream, norm_kwargs, NormSite("embedding", None, depth),
-                                      rngs) if embedding_norm else None)
+    self.embedding_norm = (
+      build_norm(norm, stream, norm_kwargs, NormSite("embedding", None, depth), rngs)
+      if embedding_norm
+      else None
+    )
     self.embedding_dropout = _dropout(dropout, rngs)
-    self.blocks = nnx.List([
-        TransformerBlock(width, num_heads, mlp_dim, norm=norm, norm_kwargs=norm_kwargs,
-                         placement=placement, causal=causal, dropout=dropout, inits=inits,
-                         dtype=dtype, rngs=rngs, index=i, depth=depth,
-                         zero_mean_writers=zero_mean_writers)
-        for i in range(depth)])
-    self.final_norm = (build_norm(norm, stream, norm_kwargs, NormSite("final", None, depth), rngs)
-                       if PLACEMENTS[placement].final_norm else None)
+    self.blocks = nnx.List(
+      [
+        TransformerBlock(
+          width,
+          num_heads,
+          mlp_dim,
+          norm=norm,
+          norm_kwargs=norm_kwargs,
+          placement=placement,
+          causal=causal,
+          dropout=dropout,
+          inits=inits,
+          dtype=dtype,
+          rngs=rngs,
+          index=i,
+          depth=depth,
+          zero_mean_writers=zero_mean_writers,
+        )
+        for i in range(depth)
+      ]
+    )
+    self.final_norm = (
+      build_norm(norm, stream, norm_kwargs, NormSite("final", None, depth), rngs)
+      if PLACEMENTS[placement].final_norm
+      else None
+    )
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-               tokens: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, mask: jax.Array | None = None, tokens: jax.Array | None = None
+  ) -> jax.Array:
     if self.embedding_norm is not None:
       x = self.embedding_norm(x, mask=mask)
     if self.zero_mean_writers:

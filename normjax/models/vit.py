@@ -13,14 +13,14 @@ parameters, the standard count. With a ``compressed_residual`` norm (CRMSNorm) t
 embedding, class token, position embedding and residual stream are width - 1 wide;
 ``zero_mean_writers``: the zero-mean reparameterisation (``normjax.models.transformer``).
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models import (check_choice, check_divisible, compute_dtype, conv_kernel_init,
-                            register)
+from normjax.models import check_choice, check_divisible, compute_dtype, conv_kernel_init, register
 from normjax.models.transformer import LinearInits, Transformer, residual_width
 
 POOLS = ("cls", "mean")
@@ -47,44 +47,84 @@ class VisionTransformer(nnx.Module):
 
   task = "classification"  # the data task it trains on (normjax.tasks)
 
-  def __init__(self, *, num_classes: int, image_size: int, in_channels: int = 3,
-               patch_size: int, width: int, depth: int, num_heads: int, mlp_dim: int,
-               pool: str = "cls", placement: str = "pre", dropout: float = 0.0,
-               norm: str = "layernorm", norm_kwargs: dict | None = None,
-               dtype: str = "float32", embedding_norm: bool = False,
-               zero_mean_writers: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    image_size: int,
+    in_channels: int = 3,
+    patch_size: int,
+    width: int,
+    depth: int,
+    num_heads: int,
+    mlp_dim: int,
+    pool: str = "cls",
+    placement: str = "pre",
+    dropout: float = 0.0,
+    norm: str = "layernorm",
+    norm_kwargs: dict | None = None,
+    dtype: str = "float32",
+    embedding_norm: bool = False,
+    zero_mean_writers: bool = False,
+    rngs: nnx.Rngs,
+  ):
     check_choice("pool", pool, POOLS)
     check_divisible("image_size", image_size, "patch_size", patch_size)
     self.dtype = compute_dtype(dtype)
     self.image_size, self.in_channels, self.pool = image_size, in_channels, pool
     lecun = nnx.initializers.lecun_normal()
     stream = residual_width(norm, width)
-    self.patch_embedding = nnx.Conv(in_channels, stream, (patch_size, patch_size),
-                                    strides=(patch_size, patch_size), padding="VALID",
-                                    kernel_init=conv_kernel_init(lecun, "fan_in"),
-                                    dtype=self.dtype, rngs=rngs)
+    self.patch_embedding = nnx.Conv(
+      in_channels,
+      stream,
+      (patch_size, patch_size),
+      strides=(patch_size, patch_size),
+      padding="VALID",
+      kernel_init=conv_kernel_init(lecun, "fan_in"),
+      dtype=self.dtype,
+      rngs=rngs,
+    )
     num_tokens = (image_size // patch_size) ** 2 + (pool == "cls")
-    self.cls_token = (nnx.Param(jnp.zeros((stream,), jnp.float32)) if pool == "cls"
-                      else nnx.data(None))
-    position_init = nnx.initializers.normal(width ** -0.5)
+    self.cls_token = (
+      nnx.Param(jnp.zeros((stream,), jnp.float32)) if pool == "cls" else nnx.data(None)
+    )
+    position_init = nnx.initializers.normal(width**-0.5)
     self.position_embedding = nnx.Param(position_init(rngs.params(), (num_tokens, stream)))
     xavier = nnx.initializers.xavier_uniform()
-    inits = LinearInits(qkv_kernel=xavier, attn_out_kernel=xavier, mlp_hidden_kernel=xavier,
-                        mlp_out_kernel=xavier, mlp_bias=nnx.initializers.normal(1e-6))
+    inits = LinearInits(
+      qkv_kernel=xavier,
+      attn_out_kernel=xavier,
+      mlp_hidden_kernel=xavier,
+      mlp_out_kernel=xavier,
+      mlp_bias=nnx.initializers.normal(1e-6),
+    )
     self.transformer = Transformer(
-        depth=depth, width=width, num_heads=num_heads, mlp_dim=mlp_dim, norm=norm,
-        norm_kwargs=norm_kwargs, placement=placement, causal=False, dropout=dropout,
-        inits=inits, dtype=self.dtype, embedding_norm=embedding_norm,
-        zero_mean_writers=zero_mean_writers, rngs=rngs)
-    self.head = nnx.Linear(stream, num_classes, kernel_init=nnx.initializers.zeros_init(),
-                           dtype=self.dtype, rngs=rngs)
+      depth=depth,
+      width=width,
+      num_heads=num_heads,
+      mlp_dim=mlp_dim,
+      norm=norm,
+      norm_kwargs=norm_kwargs,
+      placement=placement,
+      causal=False,
+      dropout=dropout,
+      inits=inits,
+      dtype=self.dtype,
+      embedding_norm=embedding_norm,
+      zero_mean_writers=zero_mean_writers,
+      rngs=rngs,
+    )
+    self.head = nnx.Linear(
+      stream, num_classes, kernel_init=nnx.initializers.zeros_init(), dtype=self.dtype, rngs=rngs
+    )
 
   def __call__(self, images: jax.Array) -> jax.Array:
     """float images (B, H, W, C) -> float32 logits (B, num_classes)."""
     expected = (self.image_size, self.image_size, self.in_channels)
     if tuple(images.shape[1:]) != expected:
-      raise ValueError(f"ViT built for images of shape (B, {', '.join(map(str, expected))}) "
-                       f"got {images.shape}")
+      raise ValueError(
+        f"ViT built for images of shape (B, {', '.join(map(str, expected))}) got {images.shape}"
+      )
     x = self.patch_embedding(images.astype(self.dtype))
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     if self.cls_token is not None:

@@ -26,6 +26,7 @@ in ``dtype``.
   (``normjax.models.nf_resnet.ACTIVATION_GAINS``); FedWon (Zhuang & Lyu, ICLR 2024) uses this
   layer for every conv of a normalizer-free network.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,9 @@ def standardize_weight(kernel: Array, *, epsilon: float = 1e-5) -> Array:
   return (w - mean) * jax.lax.rsqrt(var + epsilon)
 
 
-def scaled_standardize_weight(kernel: Array, gain: Array | None = None, *,
-                              epsilon: float = 1e-4) -> Array:
+def scaled_standardize_weight(
+  kernel: Array, gain: Array | None = None, *, epsilon: float = 1e-4
+) -> Array:
   """Scaled WS: g * (W - mean) / sqrt(max(N * var, eps)) per output channel, in float32."""
   w = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
   axes = tuple(range(w.ndim - 1))
@@ -74,32 +76,55 @@ def _window(value, n: int, name: str) -> tuple[int, ...]:
 class _StandardizedConv(nnx.Module):
   """Shared conv plumbing: kernel (*window, in, out), optional bias, torch-style padding."""
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int], *,
-               strides, padding, kernel_dilation, use_bias: bool, kernel_init, dtype,
-               rngs: nnx.Rngs, feature_group_count: int = 1):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    strides,
+    padding,
+    kernel_dilation,
+    use_bias: bool,
+    kernel_init,
+    dtype,
+    rngs: nnx.Rngs,
+    feature_group_count: int = 1,
+  ):
     if in_features < 1 or out_features < 1:
-      raise ValueError(f"conv features: in_features={in_features}, out_features={out_features}"
-                       f"; both must be positive")
+      raise ValueError(
+        f"conv features: in_features={in_features}, out_features={out_features}"
+        f"; both must be positive"
+      )
     groups = feature_group_count
-    if (not isinstance(groups, int) or isinstance(groups, bool) or groups < 1
-        or in_features % groups or out_features % groups):
-      raise ValueError(f"conv argument feature_group_count={groups!r}: must be a positive "
-                       f"integer dividing in_features={in_features} and "
-                       f"out_features={out_features}")
+    if (
+      not isinstance(groups, int)
+      or isinstance(groups, bool)
+      or groups < 1
+      or in_features % groups
+      or out_features % groups
+    ):
+      raise ValueError(
+        f"conv argument feature_group_count={groups!r}: must be a positive "
+        f"integer dividing in_features={in_features} and "
+        f"out_features={out_features}"
+      )
     self.feature_group_count = groups
-    window = _window(kernel_size, len(kernel_size) if not isinstance(kernel_size, int) else 2,
-                     "kernel_size")
+    window = _window(
+      kernel_size, len(kernel_size) if not isinstance(kernel_size, int) else 2, "kernel_size"
+    )
     n = len(window)
     self.strides = _window(strides, n, "strides")
     self.kernel_dilation = _window(kernel_dilation, n, "kernel_dilation")
     if padding is None:  # torchvision: k // 2 per side (dilated extent for dilated kernels)
-      padding = tuple(((k - 1) * d // 2, (k - 1) * d // 2)
-                      for k, d in zip(window, self.kernel_dilation))
+      padding = tuple(
+        ((k - 1) * d // 2, (k - 1) * d // 2) for k, d in zip(window, self.kernel_dilation)
+      )
     self.padding = padding
     self.dtype = dtype
-    self.kernel = nnx.Param(kernel_init(rngs.params(),
-                                        window + (in_features // groups, out_features),
-                                        jnp.float32))
+    self.kernel = nnx.Param(
+      kernel_init(rngs.params(), window + (in_features // groups, out_features), jnp.float32)
+    )
     self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else nnx.data(None)
     letters = _LETTERS[:n]
     self.dimension_numbers = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
@@ -110,9 +135,14 @@ class _StandardizedConv(nnx.Module):
   def __call__(self, x: Array) -> Array:
     dtype = self.dtype or x.dtype
     y = jax.lax.conv_general_dilated(
-        x.astype(dtype), self.standardized_kernel().astype(dtype), self.strides, self.padding,
-        rhs_dilation=self.kernel_dilation, dimension_numbers=self.dimension_numbers,
-        feature_group_count=self.feature_group_count)
+      x.astype(dtype),
+      self.standardized_kernel().astype(dtype),
+      self.strides,
+      self.padding,
+      rhs_dilation=self.kernel_dilation,
+      dimension_numbers=self.dimension_numbers,
+      feature_group_count=self.feature_group_count,
+    )
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
@@ -128,18 +158,40 @@ class WSConv(_StandardizedConv):
   normal, irrelevant up to scale), dtype, rngs.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size=3, *, strides=1,
-               padding=None, kernel_dilation=1, feature_group_count: int = 1,
-               use_bias: bool = False, epsilon: float = 1e-5, kernel_init=None, dtype=None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size=3,
+    *,
+    strides=1,
+    padding=None,
+    kernel_dilation=1,
+    feature_group_count: int = 1,
+    use_bias: bool = False,
+    epsilon: float = 1e-5,
+    kernel_init=None,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     if not epsilon > 0:
       raise ValueError(f"WSConv epsilon={epsilon!r}: must be > 0")
     kernel_init = kernel_init or conv_kernel_init(
-        nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), "fan_out")
-    super().__init__(in_features, out_features, kernel_size, strides=strides, padding=padding,
-                     kernel_dilation=kernel_dilation, use_bias=use_bias,
-                     kernel_init=kernel_init, dtype=dtype, rngs=rngs,
-                     feature_group_count=feature_group_count)
+      nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), "fan_out"
+    )
+    super().__init__(
+      in_features,
+      out_features,
+      kernel_size,
+      strides=strides,
+      padding=padding,
+      kernel_dilation=kernel_dilation,
+      use_bias=use_bias,
+      kernel_init=kernel_init,
+      dtype=dtype,
+      rngs=rngs,
+      feature_group_count=feature_group_count,
+    )
     self.epsilon = epsilon
 
   def standardized_kernel(self) -> Array:
@@ -154,18 +206,41 @@ class ScaledWSConv(_StandardizedConv):
   ``feature_group_count`` G, N = prod(window) * in / G.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size=3, *, strides=1,
-               padding=None, kernel_dilation=1, feature_group_count: int = 1,
-               use_bias: bool = True, epsilon: float = 1e-4, gain_init: float = 1.0,
-               kernel_init=None, dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size=3,
+    *,
+    strides=1,
+    padding=None,
+    kernel_dilation=1,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    epsilon: float = 1e-4,
+    gain_init: float = 1.0,
+    kernel_init=None,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     if not epsilon > 0:
       raise ValueError(f"ScaledWSConv epsilon={epsilon!r}: must be > 0")
     kernel_init = kernel_init or conv_kernel_init(
-        nnx.initializers.variance_scaling(1.0, "fan_in", "normal"), "fan_in")
-    super().__init__(in_features, out_features, kernel_size, strides=strides, padding=padding,
-                     kernel_dilation=kernel_dilation, use_bias=use_bias,
-                     kernel_init=kernel_init, dtype=dtype, rngs=rngs,
-                     feature_group_count=feature_group_count)
+      nnx.initializers.variance_scaling(1.0, "fan_in", "normal"), "fan_in"
+    )
+    super().__init__(
+      in_features,
+      out_features,
+      kernel_size,
+      strides=strides,
+      padding=padding,
+      kernel_dilation=kernel_dilation,
+      use_bias=use_bias,
+      kernel_init=kernel_init,
+      dtype=dtype,
+      rngs=rngs,
+      feature_group_count=feature_group_count,
+    )
     self.epsilon = epsilon
     self.gain = nnx.Param(jnp.full((out_features,), gain_init, jnp.float32))
 
@@ -173,18 +248,27 @@ class ScaledWSConv(_StandardizedConv):
     return scaled_standardize_weight(self.kernel[...], self.gain[...], epsilon=self.epsilon)
 
 
-def ws_conv_layer(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
-                  dtype, rngs: nnx.Rngs) -> WSConv:
+def ws_conv_layer(
+  in_features: int, out_features: int, kernel_size: int, *, strides: int = 1, dtype, rngs: nnx.Rngs
+) -> WSConv:
   """ResNet ``CONVS['ws']`` factory: bias-free WS conv, torchvision padding."""
   return WSConv(in_features, out_features, kernel_size, strides=strides, dtype=dtype, rngs=rngs)
 
 
-def scaled_ws_conv_layer(in_features: int, out_features: int, kernel_size: int, *,
-                         strides: int = 1, dtype, rngs: nnx.Rngs) -> ScaledWSConv:
+def scaled_ws_conv_layer(
+  in_features: int, out_features: int, kernel_size: int, *, strides: int = 1, dtype, rngs: nnx.Rngs
+) -> ScaledWSConv:
   """ResNet ``CONVS['scaled_ws']`` factory: Scaled WS conv with gain and bias."""
-  return ScaledWSConv(in_features, out_features, kernel_size, strides=strides, dtype=dtype,
-                      rngs=rngs)
+  return ScaledWSConv(
+    in_features, out_features, kernel_size, strides=strides, dtype=dtype, rngs=rngs
+  )
 
 
-__all__ = ["standardize_weight", "scaled_standardize_weight", "WSConv", "ScaledWSConv",
-           "ws_conv_layer", "scaled_ws_conv_layer"]
+__all__ = [
+  "standardize_weight",
+  "scaled_standardize_weight",
+  "WSConv",
+  "ScaledWSConv",
+  "ws_conv_layer",
+  "scaled_ws_conv_layer",
+]

@@ -35,6 +35,7 @@ Adding a norm is one file: a module in this package that registers its classes w
 ``normjax.norms.PowerNorm`` / ``normjax.norms.power_norm`` need no table here (a public name
 equal to a submodule's name, as the function ``ibn.ibn``, resolves to the submodule).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -51,17 +52,22 @@ def _submodule_names() -> list[str]:
 
 
 _SUBMODULES = _submodule_names()
-NORMS = Registry("norm", "model.norm",
-                 lazy_modules=tuple(f"{__name__}.{name}" for name in _SUBMODULES))
+NORMS = Registry(
+  "norm", "model.norm", lazy_modules=tuple(f"{__name__}.{name}" for name in _SUBMODULES)
+)
 
 
 def register(name: str, obj=None):
   """Registers a ``Norm`` subclass under ``name``; usable as ``@register('name')``."""
+
   def add(cls):
     if not (isinstance(cls, type) and issubclass(cls, Norm)):
-      raise TypeError(f"norm {name!r}: {cls!r} is not a subclass of normjax.norms.base.Norm; "
-                      f"registered norms inherit it so models can read its traits")
+      raise TypeError(
+        f"norm {name!r}: {cls!r} is not a subclass of normjax.norms.base.Norm; "
+        f"registered norms inherit it so models can read its traits"
+      )
     return NORMS.register(name, cls)
+
   return add if obj is None else add(obj)
 
 
@@ -78,8 +84,9 @@ def _public_names() -> dict:
       for public in getattr(module, "__all__", ()):
         value = getattr(module, public)
         if public in found and found[public] is not value:
-          raise ImportError(f"normjax.norms: {public!r} is exported by both "
-                            f"{owner[public]} and {module_name}")
+          raise ImportError(
+            f"normjax.norms: {public!r} is exported by both {owner[public]} and {module_name}"
+          )
         found[public], owner[public] = value, module_name
     _exports = found
   return _exports

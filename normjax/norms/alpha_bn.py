@@ -32,6 +32,7 @@ as is (``python -m normjax.alpha_bn_eval``). Its evaluation is not an affine map
 depends on the test batch), so it has no ``eval_affine`` and ``surgery/folding.py`` refuses
 it.
 """
+
 from __future__ import annotations
 
 import jax
@@ -44,23 +45,35 @@ from normjax.norms.basic import BATCH_NORM_MOMENTUM, BatchNorm, batch_norm
 ALPHA_MEANING = "weight of the test batch's statistics; 0 = source statistics, 1 = test batch only"
 
 
-def alpha_batch_norm(x, params, state, *, train=False, mask=None, alpha=0.1,
-                     momentum=BATCH_NORM_MOMENTUM, epsilon=1e-5, unbiased=True,
-                     gradient_through_statistics=False):
+def alpha_batch_norm(
+  x,
+  params,
+  state,
+  *,
+  train=False,
+  mask=None,
+  alpha=0.1,
+  momentum=BATCH_NORM_MOMENTUM,
+  epsilon=1e-5,
+  unbiased=True,
+  gradient_through_statistics=False,
+):
   """alpha-BN; ``state`` = {'mean', 'var'} (source). Returns (y, state).
 
   ``train=True`` is ``batch_norm`` (with ``momentum``); evaluation mixes as the module doc says,
   with the test-batch statistics held constant unless ``gradient_through_statistics``.
   """
   if train:
-    return batch_norm(x, params, state, train=True, mask=mask, momentum=momentum,
-                      epsilon=epsilon)
+    return batch_norm(x, params, state, train=True, mask=mask, momentum=momentum, epsilon=epsilon)
   check_fraction("alpha", alpha, "alpha_bn", ALPHA_MEANING)
   mean, var = moments(x, batch_axes(x), mask)
   mean, var = mean.reshape(-1), var.reshape(-1)
   if unbiased:  # Bessel's correction over the positions that entered the statistics
-    count = (x.size // x.shape[-1] if mask is None else
-             jnp.sum(jnp.broadcast_to(jnp.asarray(mask, bool), x.shape[:-1]), dtype=var.dtype))
+    count = (
+      x.size // x.shape[-1]
+      if mask is None
+      else jnp.sum(jnp.broadcast_to(jnp.asarray(mask, bool), x.shape[:-1]), dtype=var.dtype)
+    )
     var = var * count / jnp.maximum(count - 1, 1)
   if not gradient_through_statistics:  # official: buffers updated outside autograd
     mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
@@ -77,19 +90,31 @@ class AlphaBatchNorm(BatchNorm):
   ``gradient_through_statistics`` (False: the official constant statistics). Training mode is
   BatchNorm's; ``model.eval()`` switches to ``alpha_batch_norm``.
   """
+
   function = staticmethod(alpha_batch_norm)
   eval_affine = None  # the test batch enters the evaluation: not foldable
 
-  def __init__(self, num_features: int, *, alpha: float = 0.1, unbiased: bool = True,
-               gradient_through_statistics: bool = False, **kwargs):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    alpha: float = 0.1,
+    unbiased: bool = True,
+    gradient_through_statistics: bool = False,
+    **kwargs,
+  ):
     check_fraction("alpha", alpha, "alpha_bn", ALPHA_MEANING)
     super().__init__(num_features, **kwargs)
     self.alpha, self.unbiased = alpha, unbiased
     self.gradient_through_statistics = gradient_through_statistics
 
   def function_kwargs(self) -> dict:
-    return {**super().function_kwargs(), "alpha": self.alpha, "unbiased": self.unbiased,
-            "gradient_through_statistics": self.gradient_through_statistics}
+    return {
+      **super().function_kwargs(),
+      "alpha": self.alpha,
+      "unbiased": self.unbiased,
+      "gradient_through_statistics": self.gradient_through_statistics,
+    }
 
 
 __all__ = ["alpha_batch_norm", "AlphaBatchNorm"]

@@ -18,6 +18,7 @@ Under data-parallel ``jax.jit`` the batch means inside ``backward`` are global m
 inserts the all-reduce), so every device computes the same update. The update form (rather
 than the new value) keeps an op that did not run in a step from zeroing its state.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -38,6 +39,7 @@ def backward_state_op(forward: Callable, backward: Callable) -> Callable:
   The op's cotangent for ``state`` is ``new_state - state``; ``params`` and ``x`` get
   ordinary cotangents.
   """
+
   @jax.custom_vjp
   def op(x, params, state, static):
     return forward(x, params, state, static)[0]

@@ -23,6 +23,7 @@ Classes:
   back after a training call), ``grad_stat_variables`` (``GradStat``s, updated by the
   backward pass, never written back here), the pure ``function`` and its ``function_kwargs``.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -48,8 +49,9 @@ def batch_axes(x: Array) -> tuple[int, ...]:
   return tuple(range(x.ndim - 1))
 
 
-def moments(x: Array, axes: tuple[int, ...], mask: Array | None = None, *,
-            center: bool = True) -> tuple[Array, Array]:
+def moments(
+  x: Array, axes: tuple[int, ...], mask: Array | None = None, *, center: bool = True
+) -> tuple[Array, Array]:
   """Mean and population variance of ``x`` over ``axes`` (keepdims), over real positions only.
 
   ``mask`` is broadcastable to ``x.shape[:-1]`` (True = include). With ``center=False`` the
@@ -131,6 +133,7 @@ class Norm(nnx.Module):
     eval-mode output is ``a * x + c`` (PowerNorm: ``a * group_scaling(x) + c``), so
     ``surgery/folding.py`` can fold the norm into an adjacent linear layer.
   """
+
   uses_batch_statistics = False
   needs_site = False
   compressed_residual = False
@@ -149,8 +152,10 @@ class Norm(nnx.Module):
 
   def _check_features(self, x):
     if x.shape[-1] != self.num_features:
-      raise ValueError(f"{type(self).__name__} built for num_features={self.num_features} got "
-                       f"input with {x.shape[-1]} channels (shape {x.shape}); channels go last")
+      raise ValueError(
+        f"{type(self).__name__} built for num_features={self.num_features} got "
+        f"input with {x.shape[-1]} channels (shape {x.shape}); channels go last"
+      )
 
 
 class RunningAverageView:
@@ -173,8 +178,11 @@ class AffineNorm(Norm):
     self.bias = nnx.Param(zeros) if use_bias else nnx.data(None)
 
   def params(self) -> Params:
-    return {name: var[...] for name, var in (("scale", self.scale), ("bias", self.bias))
-            if var is not None}
+    return {
+      name: var[...]
+      for name, var in (("scale", self.scale), ("bias", self.bias))
+      if var is not None
+    }
 
 
 class StatefulNorm(RunningAverageView, Norm):
@@ -186,6 +194,7 @@ class StatefulNorm(RunningAverageView, Norm):
   **call_kwargs) -> (y, new_state)``) and ``function_kwargs``. ``use_running_average``
   (False = training) selects train or eval; ``model.train()`` / ``model.eval()`` flip it.
   """
+
   state_variables: tuple[str, ...] = ()
   grad_stat_variables: tuple[str, ...] = ()
   function: Callable
@@ -203,8 +212,15 @@ class StatefulNorm(RunningAverageView, Norm):
     """Collect the state, call the pure function, write the forward state back in training."""
     self._check_features(x)
     train = not self.use_running_average
-    y, new_state = type(self).function(x, self.params(), self.state_dict(), train=train,
-                                       mask=mask, **self.function_kwargs(), **call_kwargs)
+    y, new_state = type(self).function(
+      x,
+      self.params(),
+      self.state_dict(),
+      train=train,
+      mask=mask,
+      **self.function_kwargs(),
+      **call_kwargs,
+    )
     if train:
       for name in self.state_variables:
         variable = getattr(self, name)
@@ -216,6 +232,18 @@ class StatefulNorm(RunningAverageView, Norm):
     return self.run(x, mask)
 
 
-__all__ = ["TORCH_MOMENTUM", "stats_dtype", "batch_axes", "moments",
-           "apply_affine", "normalize", "check_positive", "check_fraction", "check_steps",
-           "Norm", "RunningAverageView", "AffineNorm", "StatefulNorm"]
+__all__ = [
+  "TORCH_MOMENTUM",
+  "stats_dtype",
+  "batch_axes",
+  "moments",
+  "apply_affine",
+  "normalize",
+  "check_positive",
+  "check_fraction",
+  "check_steps",
+  "Norm",
+  "RunningAverageView",
+  "AffineNorm",
+  "StatefulNorm",
+]

@@ -23,6 +23,7 @@ numerics (``moments``, ``normalize``, ...) live in ``normjax.norms.base``:
   Under ``jax.jit`` with the batch sharded over a mesh axis, the mean over the batch axis is
   already the global statistic: XLA inserts the all-reduce, so no ``axis_name`` is needed.
 """
+
 from __future__ import annotations
 
 import jax
@@ -31,8 +32,18 @@ from flax import nnx
 
 from normjax import kernels
 from normjax.norms import register
-from normjax.norms.base import (TORCH_MOMENTUM, AffineNorm, Norm, StatefulNorm, apply_affine,
-                                batch_axes, check_fraction, check_positive, moments, normalize)
+from normjax.norms.base import (
+  TORCH_MOMENTUM,
+  AffineNorm,
+  Norm,
+  StatefulNorm,
+  apply_affine,
+  batch_axes,
+  check_fraction,
+  check_positive,
+  moments,
+  normalize,
+)
 
 BATCH_NORM_MOMENTUM = 0.99  # flax's default (weight on the old value); PyTorch's 0.1 is 0.9
 
@@ -57,8 +68,7 @@ def rms_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6):
   return kernels.rms_norm(x, params.get("scale"), epsilon=epsilon), state
 
 
-def batch_norm(x, params, state, *, train, mask=None, momentum=BATCH_NORM_MOMENTUM,
-               epsilon=1e-5):
+def batch_norm(x, params, state, *, train, mask=None, momentum=BATCH_NORM_MOMENTUM, epsilon=1e-5):
   """BatchNorm (Ioffe & Szegedy 2015) over every axis but the last (B, B*T or B*H*W samples).
 
   Train: normalize with the batch mean/population variance (gradients flow through them) and
@@ -69,7 +79,8 @@ def batch_norm(x, params, state, *, train, mask=None, momentum=BATCH_NORM_MOMENT
     return normalize(x, state["mean"], state["var"], params, epsilon), state
   mean, var = moments(x, batch_axes(x), mask)
   update = lambda old, new: jax.lax.stop_gradient(
-      momentum * old + (1 - momentum) * new.reshape(old.shape).astype(old.dtype))
+    momentum * old + (1 - momentum) * new.reshape(old.shape).astype(old.dtype)
+  )
   new_state = {"mean": update(state["mean"], mean), "var": update(state["var"], var)}
   return normalize(x, mean, var, params, epsilon), new_state
 
@@ -79,8 +90,10 @@ def group_norm(x, params, state=None, *, train=False, mask=None, num_groups=32, 
   del train
   channels = x.shape[-1]
   if channels % num_groups:
-    raise ValueError(f"groupnorm num_groups={num_groups} does not divide the {channels} channels; "
-                     f"use a divisor of {channels} (or set group_size)")
+    raise ValueError(
+      f"groupnorm num_groups={num_groups} does not divide the {channels} channels; "
+      f"use a divisor of {channels} (or set group_size)"
+    )
   grouped = x.reshape(*x.shape[:-1], num_groups, channels // num_groups)
   group_mask = None if mask is None else jnp.asarray(mask, bool)[..., None]
   # every axis except the batch axis and the group axis (-2)
@@ -94,8 +107,10 @@ def instance_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6
   """InstanceNorm (Ulyanov et al. 2016): per example and channel over the spatial/time axes."""
   del train
   if x.ndim < 3:
-    raise ValueError(f"instancenorm needs (batch, spatial..., C) input with at least one spatial "
-                     f"or time axis; got shape {x.shape}")
+    raise ValueError(
+      f"instancenorm needs (batch, spatial..., C) input with at least one spatial "
+      f"or time axis; got shape {x.shape}"
+    )
   mean, var = moments(x, tuple(range(1, x.ndim - 1)), mask)
   return normalize(x, mean, var, params, epsilon), state
 
@@ -111,8 +126,15 @@ def identity(x, params=None, state=None, *, train=False, mask=None):
 class LayerNorm(AffineNorm):
   """LayerNorm module over the last axis; see ``layer_norm``."""
 
-  def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
-               use_bias: bool = True, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs  # deterministic init
     check_positive("epsilon", epsilon)
     super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
@@ -127,8 +149,14 @@ class LayerNorm(AffineNorm):
 class RMSNorm(AffineNorm):
   """RMSNorm module (scale only, as flax); see ``rms_norm``."""
 
-  def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
-               rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    use_scale: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     super().__init__(num_features, use_scale=use_scale, use_bias=False)
@@ -147,13 +175,22 @@ class BatchNorm(StatefulNorm, AffineNorm):
   running ones in place; ``model.eval()`` (or ``nnx.view(m, use_running_average=True)``) switches
   to the running statistics. See ``batch_norm``.
   """
+
   uses_batch_statistics = True
   state_variables = ("mean", "var")
   function = staticmethod(batch_norm)
 
-  def __init__(self, num_features: int, *, momentum: float = BATCH_NORM_MOMENTUM,
-               epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = True,
-               use_running_average: bool = False, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    momentum: float = BATCH_NORM_MOMENTUM,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    use_running_average: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     check_fraction("momentum", momentum, "batchnorm", TORCH_MOMENTUM)
@@ -177,35 +214,55 @@ class BatchNorm(StatefulNorm, AffineNorm):
 class GroupNorm(AffineNorm):
   """GroupNorm module with per-channel affine; ``group_size``, when given, sets the group count."""
 
-  def __init__(self, num_features: int, *, num_groups: int = 32, group_size: int | None = None,
-               epsilon: float = 1e-6, use_scale: bool = True, use_bias: bool = True,
-               rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    num_groups: int = 32,
+    group_size: int | None = None,
+    epsilon: float = 1e-6,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     if group_size is not None:
       if group_size <= 0 or num_features % group_size:
-        raise ValueError(f"groupnorm group_size={group_size!r} must be a positive divisor of "
-                         f"num_features={num_features}")
+        raise ValueError(
+          f"groupnorm group_size={group_size!r} must be a positive divisor of "
+          f"num_features={num_features}"
+        )
       num_groups = num_features // group_size
     if num_groups <= 0 or num_features % num_groups:
       divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
-      raise ValueError(f"groupnorm num_groups={num_groups!r} must divide num_features="
-                       f"{num_features}; valid: {divisors}")
+      raise ValueError(
+        f"groupnorm num_groups={num_groups!r} must divide num_features="
+        f"{num_features}; valid: {divisors}"
+      )
     super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
     self.num_groups, self.epsilon = num_groups, epsilon
 
   def __call__(self, x, mask=None):
     self._check_features(x)
-    return group_norm(x, self.params(), mask=mask, num_groups=self.num_groups,
-                      epsilon=self.epsilon)[0]
+    return group_norm(
+      x, self.params(), mask=mask, num_groups=self.num_groups, epsilon=self.epsilon
+    )[0]
 
 
 @register("instancenorm")
 class InstanceNorm(AffineNorm):
   """InstanceNorm module with per-channel affine; see ``instance_norm``."""
 
-  def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
-               use_bias: bool = True, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     super().__init__(num_features, use_scale=use_scale, use_bias=use_bias)
@@ -229,6 +286,17 @@ class Identity(Norm):
 
 
 __all__ = [
-    "BATCH_NORM_MOMENTUM", "layer_norm", "rms_norm", "batch_norm", "group_norm",
-    "instance_norm", "identity", "LayerNorm", "RMSNorm", "BatchNorm",
-    "GroupNorm", "InstanceNorm", "Identity"]
+  "BATCH_NORM_MOMENTUM",
+  "layer_norm",
+  "rms_norm",
+  "batch_norm",
+  "group_norm",
+  "instance_norm",
+  "identity",
+  "LayerNorm",
+  "RMSNorm",
+  "BatchNorm",
+  "GroupNorm",
+  "InstanceNorm",
+  "Identity",
+]

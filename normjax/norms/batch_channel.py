@@ -29,6 +29,7 @@ Here the speed is ``1 - momentum`` from the start (0.1 by default); ``momentum=1
 the frozen buffer.
 Use BCN together with Weight Standardization (``WSConv`` (``models/ws_conv.py``)).
 """
+
 from __future__ import annotations
 
 import jax
@@ -36,8 +37,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.base import (TORCH_MOMENTUM, StatefulNorm, apply_affine, batch_axes,
-                                check_fraction, check_positive, moments, normalize, stats_dtype)
+from normjax.norms.base import (
+  TORCH_MOMENTUM,
+  StatefulNorm,
+  apply_affine,
+  batch_axes,
+  check_fraction,
+  check_positive,
+  moments,
+  normalize,
+  stats_dtype,
+)
 from normjax.norms.basic import batch_norm
 from normjax.norms.evonorm import group_moments
 
@@ -53,15 +63,27 @@ def estimated_batch_norm(x, params, state, *, train, mask=None, momentum=0.9, ep
     axes = batch_axes(x)
     batch_mean, _ = moments(xs, axes, mask)
     _, deviation = moments(xs.astype(mean.dtype) - mean, axes, mask, center=False)
-    mix = lambda old, new: momentum * old + (1 - momentum) * new.reshape(old.shape).astype(
-        old.dtype)
+    mix = lambda old, new: (
+      momentum * old + (1 - momentum) * new.reshape(old.shape).astype(old.dtype)
+    )
     mean, var = mix(mean, batch_mean), mix(var, deviation)
     state = {"mean": mean, "var": var}
   return normalize(x, mean, var, params, epsilon), state
 
 
-def batch_channel_norm(x, params, state, *, train, mask=None, num_groups=32, momentum=0.9,
-                       epsilon=1e-5, batch_epsilon=1e-5, estimated=False):
+def batch_channel_norm(
+  x,
+  params,
+  state,
+  *,
+  train,
+  mask=None,
+  num_groups=32,
+  momentum=0.9,
+  epsilon=1e-5,
+  batch_epsilon=1e-5,
+  estimated=False,
+):
   """BCN: batch part (BatchNorm or EstBN) then per-sample group standardization + per-group affine.
 
   ``params`` = {'batch': {scale, bias} (C,), 'scale', 'bias': (G,)};
@@ -70,17 +92,29 @@ def batch_channel_norm(x, params, state, *, train, mask=None, num_groups=32, mom
   """
   channels = x.shape[-1]
   if channels % num_groups:
-    raise ValueError(f"batch_channel_norm num_groups={num_groups} does not divide the "
-                     f"{channels} channels; use a divisor of {channels}")
+    raise ValueError(
+      f"batch_channel_norm num_groups={num_groups} does not divide the "
+      f"{channels} channels; use a divisor of {channels}"
+    )
   batch_part = estimated_batch_norm if estimated else batch_norm
-  z, new_state = batch_part(x, params.get("batch", {}), state, train=train, mask=mask,
-                            momentum=momentum, epsilon=batch_epsilon)
+  z, new_state = batch_part(
+    x,
+    params.get("batch", {}),
+    state,
+    train=train,
+    mask=mask,
+    momentum=momentum,
+    epsilon=batch_epsilon,
+  )
   if z.ndim < 3:
     raise ValueError(f"batch_channel_norm needs (batch, spatial..., C) input; got {x.shape}")
   zf = z.astype(stats_dtype(z))
   mean, var = group_moments(zf, num_groups, mask)  # GroupNorm statistics, channels-last sums
-  per_group = {k: jnp.repeat(params[k], channels // num_groups)
-               for k in ("scale", "bias") if params.get(k) is not None}
+  per_group = {
+    k: jnp.repeat(params[k], channels // num_groups)
+    for k in ("scale", "bias")
+    if params.get(k) is not None
+  }
   y = apply_affine((zf - mean) * jax.lax.rsqrt(var + epsilon), per_group)
   return y.astype(x.dtype), new_state
 
@@ -97,21 +131,33 @@ class BatchChannelNorm(StatefulNorm):
   channel part's, 1e-5); batch_epsilon (the batch part's, 1e-5); estimated (EstBN batch part);
   use_running_average (eval mode).
   """
+
   uses_batch_statistics = True
   state_variables = ("mean", "var")
   function = staticmethod(batch_channel_norm)
 
-  def __init__(self, num_features: int, *, num_groups: int = 32, momentum: float = 0.9,
-               epsilon: float = 1e-5, batch_epsilon: float = 1e-5, estimated: bool = False,
-               use_running_average: bool = False, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    num_groups: int = 32,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    batch_epsilon: float = 1e-5,
+    estimated: bool = False,
+    use_running_average: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     check_positive("batch_epsilon", batch_epsilon)
     check_fraction("momentum", momentum, "batch_channel_norm", TORCH_MOMENTUM)
     if num_groups < 1 or num_features % num_groups:
       divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
-      raise ValueError(f"batch_channel_norm num_groups={num_groups!r} must divide "
-                       f"num_features={num_features}; valid: {divisors}")
+      raise ValueError(
+        f"batch_channel_norm num_groups={num_groups!r} must divide "
+        f"num_features={num_features}; valid: {divisors}"
+      )
     super().__init__(num_features)
     self.num_groups = num_groups
     self.momentum, self.epsilon, self.batch_epsilon = momentum, epsilon, batch_epsilon
@@ -126,12 +172,20 @@ class BatchChannelNorm(StatefulNorm):
     self.var = nnx.BatchStat(channel_ones)
 
   def params(self) -> dict:
-    return {"batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]},
-            "scale": self.scale[...], "bias": self.bias[...]}
+    return {
+      "batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]},
+      "scale": self.scale[...],
+      "bias": self.bias[...],
+    }
 
   def function_kwargs(self) -> dict:
-    return {"num_groups": self.num_groups, "momentum": self.momentum, "epsilon": self.epsilon,
-            "batch_epsilon": self.batch_epsilon, "estimated": self.estimated}
+    return {
+      "num_groups": self.num_groups,
+      "momentum": self.momentum,
+      "epsilon": self.epsilon,
+      "batch_epsilon": self.batch_epsilon,
+      "estimated": self.estimated,
+    }
 
 
 __all__ = ["estimated_batch_norm", "batch_channel_norm", "BatchChannelNorm"]

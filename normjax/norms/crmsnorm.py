@@ -13,6 +13,7 @@ scale and bias are folded into the following linear layer, ``surgery/conversions
 here ``scale`` (init 1, on the d-1 stored coordinates) is kept as in RMSNorm and can be turned
 off with ``use_scale=False``. Statistics in float32 or wider, output in ``x.dtype``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -28,8 +29,9 @@ def crms_norm(x, params, state=None, *, train=False, mask=None, epsilon=1e-6):
   del train, mask  # per-token statistics
   h = x.astype(stats_dtype(x))
   d = x.shape[-1] + 1
-  mean_square = (jnp.sum(jnp.square(h), -1, keepdims=True)
-                 + jnp.square(jnp.sum(h, -1, keepdims=True))) / d
+  mean_square = (
+    jnp.sum(jnp.square(h), -1, keepdims=True) + jnp.square(jnp.sum(h, -1, keepdims=True))
+  ) / d
   y = h * jax.lax.rsqrt(mean_square + epsilon)
   return apply_affine(y, params).astype(x.dtype), state
 
@@ -51,10 +53,17 @@ class CRMSNorm(AffineNorm):
   The class attribute ``compressed_residual`` tells the transformer models to keep their
   residual stream at width - 1 coordinates (writers drop their last output, readers see d-1).
   """
+
   compressed_residual = True
 
-  def __init__(self, num_features: int, *, epsilon: float = 1e-6, use_scale: bool = True,
-               rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    use_scale: bool = True,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     if num_features < 1:

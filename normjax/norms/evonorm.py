@@ -32,6 +32,7 @@ here: eps 1e-3 for B0/S0a, a Bessel-corrected running variance, PyTorch momentum
 group-divisor search. B1 and S1 take their formulas from timm and every other convention
 (eps 1e-5, running variance, divisor search) from the TF B0/S0 above.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.base import (AffineNorm, StatefulNorm, apply_affine, batch_axes,
-                                check_fraction, check_positive, moments, stats_dtype)
+from normjax.norms.base import (
+  AffineNorm,
+  StatefulNorm,
+  apply_affine,
+  batch_axes,
+  check_fraction,
+  check_positive,
+  moments,
+  stats_dtype,
+)
 
 Array = jax.Array
 
@@ -59,8 +68,10 @@ def evonorm_groups(channels: int, num_groups: int) -> int:
 
 def _spatial_axes(x) -> tuple[int, ...]:
   if x.ndim < 3:
-    raise ValueError(f"EvoNorm needs (batch, spatial..., C) input with at least one spatial "
-                     f"axis; got shape {x.shape}")
+    raise ValueError(
+      f"EvoNorm needs (batch, spatial..., C) input with at least one spatial "
+      f"axis; got shape {x.shape}"
+    )
   return tuple(range(1, x.ndim - 1))
 
 
@@ -80,8 +91,11 @@ def group_moments(x: Array, groups: int, mask=None) -> tuple[Array, Array]:
   size = channels // groups
   spatial = tuple(range(1, x.ndim - 1))
   keep = None if mask is None else jnp.broadcast_to(jnp.asarray(mask, bool)[..., None], x.shape)
-  positions = (math.prod(x.shape[1:-1]) if keep is None
-               else jnp.sum(keep[..., 0], spatial, dtype=x.dtype)[:, None])
+  positions = (
+    math.prod(x.shape[1:-1])
+    if keep is None
+    else jnp.sum(keep[..., 0], spatial, dtype=x.dtype)[:, None]
+  )
   count = jnp.maximum(positions * size, 1)
   per_channel = lambda v: jnp.repeat(v, size, -1).reshape(batch, *(1,) * len(spatial), channels)
 
@@ -93,8 +107,9 @@ def group_moments(x: Array, groups: int, mask=None) -> tuple[Array, Array]:
   return mean, per_channel(group_sum(jnp.square(x - mean)) / count)
 
 
-def divide_by_group_std(numerator: Array, x: Array, num_groups: int, epsilon: float,
-                        mask=None) -> Array:
+def divide_by_group_std(
+  numerator: Array, x: Array, num_groups: int, epsilon: float, mask=None
+) -> Array:
   """numerator / sqrt(s2_group(x) + eps), with TF's group-count search (``evonorm_groups``)."""
   _, var = group_moments(x, evonorm_groups(x.shape[-1], num_groups), mask)
   return numerator * jax.lax.rsqrt(var + epsilon)
@@ -106,8 +121,9 @@ def _batch_variance(x, state, *, train, mask, momentum):
     return state["var"], state
   _, var = moments(x, batch_axes(x), mask)
   var = var.reshape(x.shape[-1])
-  new = jax.lax.stop_gradient(momentum * state["var"] + (1 - momentum) * var.astype(
-      state["var"].dtype))
+  new = jax.lax.stop_gradient(
+    momentum * state["var"] + (1 - momentum) * var.astype(state["var"].dtype)
+  )
   return var, {"var": new}
 
 
@@ -116,8 +132,7 @@ def _affine_only(x, params):
 
 
 # ----------------------------------------------------------------------------- pure functions
-def evonorm_b0(x, params, state, *, train, mask=None, apply_act=True, momentum=0.9,
-               epsilon=1e-5):
+def evonorm_b0(x, params, state, *, train, mask=None, apply_act=True, momentum=0.9, epsilon=1e-5):
   """EvoNorm-B0; ``params`` = {scale, bias, v}, ``state`` = {'var': (C,)}. See module doc."""
   if not apply_act:
     return _affine_only(x, params), state
@@ -129,8 +144,7 @@ def evonorm_b0(x, params, state, *, train, mask=None, apply_act=True, momentum=0
   return apply_affine(xf / jnp.maximum(left, right), params).astype(x.dtype), new_state
 
 
-def evonorm_b1(x, params, state, *, train, mask=None, apply_act=True, momentum=0.9,
-               epsilon=1e-5):
+def evonorm_b1(x, params, state, *, train, mask=None, apply_act=True, momentum=0.9, epsilon=1e-5):
   """EvoNorm-B1 (timm); ``params`` = {scale, bias}, ``state`` = {'var': (C,)}."""
   if not apply_act:
     return _affine_only(x, params), state
@@ -142,8 +156,9 @@ def evonorm_b1(x, params, state, *, train, mask=None, apply_act=True, momentum=0
   return apply_affine(xf / jnp.maximum(left, right), params).astype(x.dtype), new_state
 
 
-def evonorm_s0(x, params, state=None, *, train=False, mask=None, apply_act=True,
-               num_groups=32, epsilon=1e-5):
+def evonorm_s0(
+  x, params, state=None, *, train=False, mask=None, apply_act=True, num_groups=32, epsilon=1e-5
+):
   """EvoNorm-S0; ``params`` = {scale, bias, v}; no state. See module doc."""
   del train
   if not apply_act:
@@ -154,8 +169,9 @@ def evonorm_s0(x, params, state=None, *, train=False, mask=None, apply_act=True,
   return apply_affine(y, params).astype(x.dtype), state
 
 
-def evonorm_s1(x, params, state=None, *, train=False, mask=None, apply_act=True,
-               num_groups=32, epsilon=1e-5):
+def evonorm_s1(
+  x, params, state=None, *, train=False, mask=None, apply_act=True, num_groups=32, epsilon=1e-5
+):
   """EvoNorm-S1 (timm): silu(x) / group std; ``params`` = {scale, bias}; no state."""
   del train
   if not apply_act:
@@ -170,6 +186,7 @@ def evonorm_s1(x, params, state=None, *, train=False, mask=None, apply_act=True,
 class _EvoNorm(AffineNorm):
   """Shared variables: ``scale``/``bias`` (C,), ``v`` (C,) when the variant has it and
   ``apply_act``; subclasses set ``function`` and ``has_v``."""
+
   fuses_activation = True
   has_v = True
 
@@ -190,16 +207,27 @@ class _EvoNorm(AffineNorm):
 class _BatchEvoNorm(StatefulNorm, _EvoNorm):
   """B variants: a running variance ``var`` (``nnx.BatchStat``, init 1) when ``apply_act``
   (``None`` without it: the affine-only quirk has no state)."""
+
   uses_batch_statistics = True
   state_variables = ("var",)
 
-  def __init__(self, num_features: int, *, apply_act: bool = True, momentum: float = 0.9,
-               epsilon: float = 1e-5, use_running_average: bool = False,
-               rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    apply_act: bool = True,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    use_running_average: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
-    check_fraction("momentum", momentum, "evonorm",
-                   "weight on the old running variance; TF's decay 0.9, PyTorch's momentum "
-                   "0.1 -> 0.9")
+    check_fraction(
+      "momentum",
+      momentum,
+      "evonorm",
+      "weight on the old running variance; TF's decay 0.9, PyTorch's momentum 0.1 -> 0.9",
+    )
     super().__init__(num_features, apply_act=apply_act, epsilon=epsilon)
     self.momentum, self.use_running_average = momentum, use_running_average
     ones = jnp.ones((num_features,), jnp.float32)
@@ -215,27 +243,42 @@ class _BatchEvoNorm(StatefulNorm, _EvoNorm):
 class _GroupEvoNorm(_EvoNorm):
   """S variants: per-sample group statistics, no state."""
 
-  def __init__(self, num_features: int, *, apply_act: bool = True, num_groups: int = 32,
-               epsilon: float = 1e-5, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    apply_act: bool = True,
+    num_groups: int = 32,
+    epsilon: float = 1e-5,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     super().__init__(num_features, apply_act=apply_act, epsilon=epsilon)
     self.num_groups = evonorm_groups(num_features, num_groups)
 
   def __call__(self, x, mask=None):
     self._check_features(x)
-    return type(self).function(x, self.params(), mask=mask, apply_act=self.apply_act,
-                               num_groups=self.num_groups, epsilon=self.epsilon)[0]
+    return type(self).function(
+      x,
+      self.params(),
+      mask=mask,
+      apply_act=self.apply_act,
+      num_groups=self.num_groups,
+      epsilon=self.epsilon,
+    )[0]
 
 
 @register("evonorm_b0")
 class EvoNormB0(_BatchEvoNorm):
   """EvoNorm-B0 norm+activation; see ``evonorm_b0``."""
+
   function = staticmethod(evonorm_b0)
 
 
 @register("evonorm_b1")
 class EvoNormB1(_BatchEvoNorm):
   """EvoNorm-B1 (timm) norm+activation; see ``evonorm_b1``."""
+
   function = staticmethod(evonorm_b1)
   has_v = False
 
@@ -243,15 +286,28 @@ class EvoNormB1(_BatchEvoNorm):
 @register("evonorm_s0")
 class EvoNormS0(_GroupEvoNorm):
   """EvoNorm-S0 norm+activation; see ``evonorm_s0``."""
+
   function = staticmethod(evonorm_s0)
 
 
 @register("evonorm_s1")
 class EvoNormS1(_GroupEvoNorm):
   """EvoNorm-S1 (timm) norm+activation; see ``evonorm_s1``."""
+
   function = staticmethod(evonorm_s1)
   has_v = False
 
 
-__all__ = ["evonorm_groups", "group_moments", "divide_by_group_std", "evonorm_b0", "evonorm_b1",
-           "evonorm_s0", "evonorm_s1", "EvoNormB0", "EvoNormB1", "EvoNormS0", "EvoNormS1"]
+__all__ = [
+  "evonorm_groups",
+  "group_moments",
+  "divide_by_group_std",
+  "evonorm_b0",
+  "evonorm_b1",
+  "evonorm_s0",
+  "evonorm_s1",
+  "EvoNormB0",
+  "EvoNormB1",
+  "EvoNormS0",
+  "EvoNormS1",
+]

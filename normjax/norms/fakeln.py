@@ -57,6 +57,7 @@ the norm then takes ``tokens=`` (the transformer passes the model's token ids). 
 ``normjax.variables.AuxLoss`` in training. The official BOS-position and EOT-token special
 stds of the forward are not implemented (our LM windows start mid-stream).
 """
+
 from __future__ import annotations
 
 import jax
@@ -64,8 +65,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.norms import register
-from normjax.norms.base import (AffineNorm, StatefulNorm, apply_affine, check_fraction,
-                                check_positive, moments, stats_dtype)
+from normjax.norms.base import (
+  AffineNorm,
+  StatefulNorm,
+  apply_affine,
+  check_fraction,
+  check_positive,
+  moments,
+  stats_dtype,
+)
 from normjax.variables import AuxLoss
 
 SCHEDULED_ROLES = ("mlp_input", "attn_input", "final")
@@ -114,8 +122,10 @@ def fake_layer_norm(x, params, state, *, train, frozen, mask=None, epsilon=1e-6,
   batch_std = jax.lax.stop_gradient(_masked_mean(std[..., 0], mask))
   old = state["average_std"]
   tracked_std, tracked = _track(old, state["tracked"], batch_std.astype(old.dtype), momentum)
-  new_state = {"average_std": jnp.where(frozen, old, tracked_std),
-               "tracked": jnp.where(frozen, state["tracked"], tracked)}
+  new_state = {
+    "average_std": jnp.where(frozen, old, tracked_std),
+    "tracked": jnp.where(frozen, state["tracked"], tracked),
+  }
   return y, new_state
 
 
@@ -128,9 +138,21 @@ def is_frozen_at(step, freeze_step, *, train: bool, eval_live_at_freeze_step: bo
   return step >= freeze_step
 
 
-def fake_ln(x, params, state, *, train, mask=None, freeze_step=None, value_freeze_step=None,
-            paths="main", shared_attention_std=False, eval_live_at_freeze_step=False,
-            epsilon=1e-6, momentum=0.9):
+def fake_ln(
+  x,
+  params,
+  state,
+  *,
+  train,
+  mask=None,
+  freeze_step=None,
+  value_freeze_step=None,
+  paths="main",
+  shared_attention_std=False,
+  eval_live_at_freeze_step=False,
+  epsilon=1e-6,
+  momentum=0.9,
+):
   """A whole FakeLN call: the main (or Q/K) path, and with ``paths='qk_v'`` the V path.
 
   Args:
@@ -143,39 +165,64 @@ def fake_ln(x, params, state, *, train, mask=None, freeze_step=None, value_freez
   Returns:
     ``(y or (y_qk, y_v), new_state)``; training increments ``step``.
   """
-  frozen = lambda freeze: is_frozen_at(state["step"], freeze, train=train,
-                                       eval_live_at_freeze_step=eval_live_at_freeze_step)
+  frozen = lambda freeze: is_frozen_at(
+    state["step"], freeze, train=train, eval_live_at_freeze_step=eval_live_at_freeze_step
+  )
   main_state = {"average_std": state["average_std"], "tracked": state["tracked"]}
   new_state = dict(state)
   if paths == "main":
-    y, main_new = fake_layer_norm(x, params, main_state, train=train, frozen=frozen(freeze_step),
-                                  mask=mask, epsilon=epsilon, momentum=momentum)
+    y, main_new = fake_layer_norm(
+      x,
+      params,
+      main_state,
+      train=train,
+      frozen=frozen(freeze_step),
+      mask=mask,
+      epsilon=epsilon,
+      momentum=momentum,
+    )
     new_state.update(main_new)
   elif shared_attention_std:
     qk_frozen, v_frozen = frozen(freeze_step), frozen(value_freeze_step)
-    y_qk, _ = fake_layer_norm(x, params, main_state, train=False, frozen=qk_frozen,
-                              epsilon=epsilon)
-    y_v, _ = fake_layer_norm(x, params, main_state, train=False, frozen=v_frozen,
-                             epsilon=epsilon)
+    y_qk, _ = fake_layer_norm(x, params, main_state, train=False, frozen=qk_frozen, epsilon=epsilon)
+    y_v, _ = fake_layer_norm(x, params, main_state, train=False, frozen=v_frozen, epsilon=epsilon)
     y = (y_qk, y_v)
     if train:
       old = state["average_std"]
       batch_std = jax.lax.stop_gradient(_masked_mean(token_std(x, epsilon), mask))
-      tracked_std, tracked = _track(old, state["tracked"], batch_std.astype(old.dtype),
-                                    momentum, times=OFFICIAL_ATTENTION_CALLS)
-      new_state.update(average_std=jnp.where(v_frozen, old, tracked_std),
-                       tracked=jnp.where(v_frozen, state["tracked"], tracked))
+      tracked_std, tracked = _track(
+        old, state["tracked"], batch_std.astype(old.dtype), momentum, times=OFFICIAL_ATTENTION_CALLS
+      )
+      new_state.update(
+        average_std=jnp.where(v_frozen, old, tracked_std),
+        tracked=jnp.where(v_frozen, state["tracked"], tracked),
+      )
   elif paths == "qk_v":
-    y_qk, main_new = fake_layer_norm(x, params, main_state, train=train,
-                                     frozen=frozen(freeze_step), mask=mask, epsilon=epsilon,
-                                     momentum=momentum)
+    y_qk, main_new = fake_layer_norm(
+      x,
+      params,
+      main_state,
+      train=train,
+      frozen=frozen(freeze_step),
+      mask=mask,
+      epsilon=epsilon,
+      momentum=momentum,
+    )
     value_state = {"average_std": state["value_std"], "tracked": state["value_tracked"]}
-    y_v, value_new = fake_layer_norm(x, params, value_state, train=train,
-                                     frozen=frozen(value_freeze_step), mask=mask,
-                                     epsilon=epsilon, momentum=momentum)
+    y_v, value_new = fake_layer_norm(
+      x,
+      params,
+      value_state,
+      train=train,
+      frozen=frozen(value_freeze_step),
+      mask=mask,
+      epsilon=epsilon,
+      momentum=momentum,
+    )
     y = (y_qk, y_v)
-    new_state.update(main_new, value_std=value_new["average_std"],
-                     value_tracked=value_new["tracked"])
+    new_state.update(
+      main_new, value_std=value_new["average_std"], value_tracked=value_new["tracked"]
+    )
   else:
     raise ValueError(f"fake_ln paths={paths!r}: 'main' or 'qk_v'")
   if train:
@@ -200,14 +247,19 @@ def residual_std_loss(x, mask=None, epsilon=1e-6, target_mask=None):
   return _masked_mean(jnp.square(std - target), mask)
 
 
-def removal_schedule(depth: int, start: int, gap_mlp: int = 2, gap_qk: int = 2,
-                     gap_v: int = 3) -> dict:
+def removal_schedule(
+  depth: int, start: int, gap_mlp: int = 2, gap_qk: int = 2, gap_v: int = 3
+) -> dict:
   """Freeze step of every norm: ``{(role, block, path): step}``; ``('final', None, 'main')``.
 
   Paths: 'main' (the norm's only use, or the attention input's Q/K path) and 'v'.
   """
-  for name, value in (("removal_start", start), ("gap_mlp", gap_mlp), ("gap_qk", gap_qk),
-                      ("gap_v", gap_v)):
+  for name, value in (
+    ("removal_start", start),
+    ("gap_mlp", gap_mlp),
+    ("gap_qk", gap_qk),
+    ("gap_v", gap_v),
+  ):
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ValueError(f"fakeln {name}={value!r}: must be an integer >= 0 (steps)")
   schedule = {}
@@ -244,16 +296,30 @@ class FakeLN(StatefulNorm, AffineNorm):
     eval_live_at_freeze_step: evaluation exactly at a freeze step uses the live norm (official).
     site: position in the network, given by the models (``role``, ``block``, ``depth``).
   """
+
   needs_site = True
   state_variables = ("average_std", "tracked", "value_std", "value_tracked", "step")
   function = staticmethod(fake_ln)
 
-  def __init__(self, num_features: int, *, epsilon: float = 1e-6, momentum: float = 0.9,
-               freeze_step: int | None = None, removal_start: int | None = None,
-               gap_mlp: int = 2, gap_qk: int = 2, gap_v: int = 3, aux_loss_weight: float = 0.0,
-               eot_token: int | None = None, shared_attention_std: bool = False,
-               eval_live_at_freeze_step: bool = False, use_running_average: bool = False,
-               site=None, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    momentum: float = 0.9,
+    freeze_step: int | None = None,
+    removal_start: int | None = None,
+    gap_mlp: int = 2,
+    gap_qk: int = 2,
+    gap_v: int = 3,
+    aux_loss_weight: float = 0.0,
+    eot_token: int | None = None,
+    shared_attention_std: bool = False,
+    eval_live_at_freeze_step: bool = False,
+    use_running_average: bool = False,
+    site=None,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     check_fraction("momentum", momentum, "fakeln")
@@ -271,12 +337,15 @@ class FakeLN(StatefulNorm, AffineNorm):
     self.value_freeze_step = None
     if removal_start is not None:
       if freeze_step is not None:
-        raise ValueError("fakeln: give freeze_step (one norm) or removal_start (the staged "
-                         "schedule), not both")
+        raise ValueError(
+          "fakeln: give freeze_step (one norm) or removal_start (the staged schedule), not both"
+        )
       if role not in SCHEDULED_ROLES:
-        raise ValueError(f"fakeln removal_start={removal_start}: the removal schedule covers the "
-                         f"pre placement's norms {SCHEDULED_ROLES}; this norm's role is {role!r} "
-                         f"(use placement='pre' and no embedding norm)")
+        raise ValueError(
+          f"fakeln removal_start={removal_start}: the removal schedule covers the "
+          f"pre placement's norms {SCHEDULED_ROLES}; this norm's role is {role!r} "
+          f"(use placement='pre' and no embedding norm)"
+        )
       schedule = removal_schedule(site.depth, removal_start, gap_mlp, gap_qk, gap_v)
       block = None if role == "final" else site.block
       freeze_step = schedule[(role, block, "main")]
@@ -297,21 +366,28 @@ class FakeLN(StatefulNorm, AffineNorm):
     self.step = nnx.BatchStat(zero)
 
   def function_kwargs(self) -> dict:
-    return {"freeze_step": self.freeze_step, "value_freeze_step": self.value_freeze_step,
-            "shared_attention_std": self.shared_attention_std,
-            "eval_live_at_freeze_step": self.eval_live_at_freeze_step,
-            "epsilon": self.epsilon, "momentum": self.momentum}
+    return {
+      "freeze_step": self.freeze_step,
+      "value_freeze_step": self.value_freeze_step,
+      "shared_attention_std": self.shared_attention_std,
+      "eval_live_at_freeze_step": self.eval_live_at_freeze_step,
+      "epsilon": self.epsilon,
+      "momentum": self.momentum,
+    }
 
   def is_frozen(self, value_path: bool = False):
     """Whether the Q/K-or-only path (or the V path) is frozen now, in the current mode."""
     freeze = self.value_freeze_step if value_path else self.freeze_step
-    return is_frozen_at(self.step[...], freeze, train=not self.use_running_average,
-                        eval_live_at_freeze_step=self.eval_live_at_freeze_step)
+    return is_frozen_at(
+      self.step[...],
+      freeze,
+      train=not self.use_running_average,
+      eval_live_at_freeze_step=self.eval_live_at_freeze_step,
+    )
 
   def frozen_std(self, value_path: bool = False):
     """The std a frozen path divides by (one shared std with ``shared_attention_std``)."""
-    return (self.value_std if value_path and self.value_std is not None
-            else self.average_std)[...]
+    return (self.value_std if value_path and self.value_std is not None else self.average_std)[...]
 
   def _record_aux_loss(self, x, mask, tokens):
     if not self.records_aux_loss or self.use_running_average:
@@ -319,8 +395,10 @@ class FakeLN(StatefulNorm, AffineNorm):
     target_mask = None
     if self.eot_token is not None:
       if tokens is None:
-        raise ValueError(f"fakeln eot_token={self.eot_token}: the final norm needs the token "
-                         f"ids, norm(x, tokens=...) (the transformer passes them)")
+        raise ValueError(
+          f"fakeln eot_token={self.eot_token}: the final norm needs the token "
+          f"ids, norm(x, tokens=...) (the transformer passes them)"
+        )
       target_mask = jnp.asarray(tokens) != self.eot_token
     loss = residual_std_loss(x, mask, self.epsilon, target_mask)
     self.aux_loss = AuxLoss(self.aux_loss_weight * loss)
@@ -335,5 +413,12 @@ class FakeLN(StatefulNorm, AffineNorm):
     return self.run(x, mask, paths="qk_v")
 
 
-__all__ = ["fake_layer_norm", "fake_ln", "is_frozen_at", "residual_std_loss", "removal_schedule",
-           "token_std", "FakeLN"]
+__all__ = [
+  "fake_layer_norm",
+  "fake_ln",
+  "is_frozen_at",
+  "residual_std_loss",
+  "removal_schedule",
+  "token_std",
+  "FakeLN",
+]

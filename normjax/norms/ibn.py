@@ -15,6 +15,7 @@ normjax store the population one). Affine init 1/0 for both halves.
 
 The IBN-a and IBN-b ResNets are ``ResNet(ibn='a' | 'b')`` (``models/resnet.py``).
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -31,20 +32,40 @@ def ibn_split(num_features: int, ratio: float = 0.5) -> int:
     raise ValueError(f"ibn ratio={ratio!r}: must be in (0, 1) (the InstanceNorm fraction)")
   half = int(num_features * ratio)
   if not 0 < half < num_features:
-    raise ValueError(f"ibn ratio={ratio} on num_features={num_features} gives {half} "
-                     f"InstanceNorm channels; both parts need at least one channel")
+    raise ValueError(
+      f"ibn ratio={ratio} on num_features={num_features} gives {half} "
+      f"InstanceNorm channels; both parts need at least one channel"
+    )
   return half
 
 
-def ibn(x, params, state, *, train, mask=None, ratio=0.5, momentum=0.9, epsilon=1e-5,
-        instance_epsilon=1e-5):
+def ibn(
+  x,
+  params,
+  state,
+  *,
+  train,
+  mask=None,
+  ratio=0.5,
+  momentum=0.9,
+  epsilon=1e-5,
+  instance_epsilon=1e-5,
+):
   """IBN forward. ``params`` = {'instance': {scale, bias}, 'batch': {scale, bias}};
   ``state`` = {'mean', 'var'} of the BatchNorm part. Returns (y, new_state)."""
   half = ibn_split(x.shape[-1], ratio)
-  y_in, _ = instance_norm(x[..., :half], params.get("instance", {}), mask=mask,
-                          epsilon=instance_epsilon)
-  y_bn, state = batch_norm(x[..., half:], params.get("batch", {}), state, train=train,
-                           mask=mask, momentum=momentum, epsilon=epsilon)
+  y_in, _ = instance_norm(
+    x[..., :half], params.get("instance", {}), mask=mask, epsilon=instance_epsilon
+  )
+  y_bn, state = batch_norm(
+    x[..., half:],
+    params.get("batch", {}),
+    state,
+    train=train,
+    mask=mask,
+    momentum=momentum,
+    epsilon=epsilon,
+  )
   return jnp.concatenate([y_in, y_bn], axis=-1), state
 
 
@@ -59,13 +80,22 @@ class IBN(StatefulNorm):
   layers take the model's BatchNorm momentum instead (``models/resnet.py``), so one model
   never mixes two momenta.
   """
+
   uses_batch_statistics = True
   state_variables = ("mean", "var")
   function = staticmethod(ibn)
 
-  def __init__(self, num_features: int, *, ratio: float = 0.5, momentum: float = 0.9,
-               epsilon: float = 1e-5, instance_epsilon: float = 1e-5,
-               use_running_average: bool = False, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    ratio: float = 0.5,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    instance_epsilon: float = 1e-5,
+    use_running_average: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     check_positive("instance_epsilon", instance_epsilon)
@@ -84,12 +114,18 @@ class IBN(StatefulNorm):
     self.var = nnx.BatchStat(jnp.ones((rest,), jnp.float32))
 
   def params(self) -> dict:
-    return {"instance": {"scale": self.instance_scale[...], "bias": self.instance_bias[...]},
-            "batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]}}
+    return {
+      "instance": {"scale": self.instance_scale[...], "bias": self.instance_bias[...]},
+      "batch": {"scale": self.batch_scale[...], "bias": self.batch_bias[...]},
+    }
 
   def function_kwargs(self) -> dict:
-    return {"ratio": self.ratio, "momentum": self.momentum, "epsilon": self.epsilon,
-            "instance_epsilon": self.instance_epsilon}
+    return {
+      "ratio": self.ratio,
+      "momentum": self.momentum,
+      "epsilon": self.epsilon,
+      "instance_epsilon": self.instance_epsilon,
+    }
 
 
 __all__ = ["ibn_split", "ibn", "IBN"]

@@ -37,6 +37,7 @@ State: ``running_phi`` (C,) init 1 and ``step`` (int32) are forward state (``nnx
 ``normjax.norms.backward_state``): ``power_norm`` returns it unchanged and its update leaves the
 backward pass as the cotangent of ``state['ema_gz']``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -45,8 +46,17 @@ from flax import nnx
 
 from normjax.norms import register
 from normjax.norms.backward_state import backward_state_op
-from normjax.norms.base import (AffineNorm, Norm, StatefulNorm, batch_axes, check_fraction,
-                                check_positive, check_steps, moments, stats_dtype)
+from normjax.norms.base import (
+  AffineNorm,
+  Norm,
+  StatefulNorm,
+  batch_axes,
+  check_fraction,
+  check_positive,
+  check_steps,
+  moments,
+  stats_dtype,
+)
 from normjax.variables import GradStat
 
 GROUP_SCALING_EPSILON = 1e-5  # hard-wired in GroupScaling1D
@@ -56,8 +66,9 @@ def group_scaling(x, groups: int, epsilon: float = GROUP_SCALING_EPSILON):
   """x / sqrt(mean over each group of C/groups channels of x^2 + epsilon), per token."""
   channels = x.shape[-1]
   if groups <= 0 or channels % groups:
-    raise ValueError(f"powernorm groups={groups!r} must be a positive divisor of the "
-                     f"{channels} channels")
+    raise ValueError(
+      f"powernorm groups={groups!r} must be a positive divisor of the {channels} channels"
+    )
   grouped = x.reshape(*x.shape[:-1], groups, channels // groups)
   second_moment = jnp.mean(jnp.square(grouped), axis=-1, keepdims=True)
   return (grouped * jax.lax.rsqrt(second_moment + epsilon)).reshape(x.shape)
@@ -79,16 +90,29 @@ def _backward(residuals, state, static, dy):
   approx = g - (1 - alpha_bkw) * state["ema_gz"] * z
   new_state = {"ema_gz": state["ema_gz"] + jnp.mean(approx * z, axis=axes)}
   dx = approx * jax.lax.rsqrt(backward_var + epsilon)
-  dparams = {"scale": jnp.sum(dy * z, axis=axes).astype(scale.dtype),
-             "bias": jnp.sum(dy, axis=axes).astype(scale.dtype)}
+  dparams = {
+    "scale": jnp.sum(dy * z, axis=axes).astype(scale.dtype),
+    "bias": jnp.sum(dy, axis=axes).astype(scale.dtype),
+  }
   return (dx, None, None), dparams, new_state
 
 
 _power_op = backward_state_op(_forward, _backward)
 
 
-def power_norm(x, params, state, *, train, mask=None, groups=1, epsilon=1e-5, alpha_fwd=0.9,
-               alpha_bkw=0.9, warmup_steps=10000):
+def power_norm(
+  x,
+  params,
+  state,
+  *,
+  train,
+  mask=None,
+  groups=1,
+  epsilon=1e-5,
+  alpha_fwd=0.9,
+  alpha_bkw=0.9,
+  warmup_steps=10000,
+):
   """PowerNorm over the last axis; see the module docstring for the formulas.
 
   Args:
@@ -113,12 +137,19 @@ def power_norm(x, params, state, *, train, mask=None, groups=1, epsilon=1e-5, al
   psi2 = psi2.reshape(-1)
   old_phi = state["running_phi"].astype(dtype)
   forward_var = jnp.where(step <= warmup_steps, psi2, old_phi)
-  y = _power_op((h, forward_var, psi2), {"scale": params["scale"], "bias": params["bias"]},
-                {"ema_gz": state["ema_gz"]}, (alpha_bkw, epsilon))
+  y = _power_op(
+    (h, forward_var, psi2),
+    {"scale": params["scale"], "bias": params["bias"]},
+    {"ema_gz": state["ema_gz"]},
+    (alpha_bkw, epsilon),
+  )
   phi = jnp.where(step < warmup_steps, old_phi * (t - 1) / t + psi2 / t, old_phi)
   phi = alpha_fwd * phi + (1 - alpha_fwd) * psi2
-  new_state = {"running_phi": phi.astype(state["running_phi"].dtype),
-               "ema_gz": state["ema_gz"], "step": step}
+  new_state = {
+    "running_phi": phi.astype(state["running_phi"].dtype),
+    "ema_gz": state["ema_gz"],
+    "step": step,
+  }
   return y.astype(x.dtype), new_state
 
 
@@ -136,22 +167,34 @@ class PowerNorm(StatefulNorm, AffineNorm):
       the official scripts set it to the LR warmup).
     use_running_average: eval mode (``model.eval()`` sets it).
   """
+
   uses_batch_statistics = True
   state_variables = ("running_phi", "step")
   grad_stat_variables = ("ema_gz",)
   function = staticmethod(power_norm)
 
-  def __init__(self, num_features: int, *, groups: int = 1, epsilon: float = 1e-5,
-               alpha_fwd: float = 0.9, alpha_bkw: float = 0.9, warmup_steps: int = 10000,
-               use_running_average: bool = False, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    groups: int = 1,
+    epsilon: float = 1e-5,
+    alpha_fwd: float = 0.9,
+    alpha_bkw: float = 0.9,
+    warmup_steps: int = 10000,
+    use_running_average: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     check_positive("epsilon", epsilon)
     check_fraction("alpha_fwd", alpha_fwd, "powernorm")
     check_fraction("alpha_bkw", alpha_bkw, "powernorm")
     check_steps("warmup_steps", warmup_steps, "powernorm")
     if not isinstance(groups, int) or groups <= 0 or num_features % groups:
-      raise ValueError(f"powernorm groups={groups!r} must be a positive divisor of "
-                       f"num_features={num_features} (the transformer configs use the heads)")
+      raise ValueError(
+        f"powernorm groups={groups!r} must be a positive divisor of "
+        f"num_features={num_features} (the transformer configs use the heads)"
+      )
     super().__init__(num_features)
     self.groups, self.epsilon, self.warmup_steps = groups, epsilon, warmup_steps
     self.alpha_fwd, self.alpha_bkw = alpha_fwd, alpha_bkw
@@ -161,8 +204,13 @@ class PowerNorm(StatefulNorm, AffineNorm):
     self.step = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
   def function_kwargs(self) -> dict:
-    return {"groups": self.groups, "epsilon": self.epsilon, "alpha_fwd": self.alpha_fwd,
-            "alpha_bkw": self.alpha_bkw, "warmup_steps": self.warmup_steps}
+    return {
+      "groups": self.groups,
+      "epsilon": self.epsilon,
+      "alpha_fwd": self.alpha_fwd,
+      "alpha_bkw": self.alpha_bkw,
+      "warmup_steps": self.warmup_steps,
+    }
 
   def eval_affine(self):
     """(a, c) with eval output = a * group_scaling(x) + c (``surgery/folding.py``)."""

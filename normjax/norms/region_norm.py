@@ -32,6 +32,7 @@ The modules are plain ``normjax.norms.base.Norm``s, not ``StatefulNorm``s: RN ke
 (batch statistics in training and eval, no running statistics), so there is nothing to collect
 or write back; ``uses_batch_statistics`` is True because each output depends on the batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,10 @@ def region_mask(mask, x: Array) -> Array:
   if m.ndim == x.ndim and m.shape[-1] == 1:
     m = m[..., 0]
   if m.ndim != x.ndim - 1 or m.shape[0] not in (1, x.shape[0]):
-    raise ValueError(f"region mask of shape {jnp.shape(mask)} does not fit features of shape "
-                     f"{x.shape}; give (B, H, W) or (B, H, W, 1)")
+    raise ValueError(
+      f"region mask of shape {jnp.shape(mask)} does not fit features of shape "
+      f"{x.shape}; give (B, H, W) or (B, H, W, 1)"
+    )
   for axis in range(1, m.ndim):
     size_in, size_out = m.shape[axis], x.shape[axis]
     if size_in != size_out:
@@ -74,8 +77,9 @@ def region_normalize(x: Array, region: Array, *, epsilon: float = 1e-5) -> Array
 
 def region_norm(x: Array, region: Array, *, epsilon: float = 1e-5) -> Array:
   """Core RN (``RN_binarylabel``): both regions normalized separately, summed (stats dtype)."""
-  return (region_normalize(x, region, epsilon=epsilon)
-          + region_normalize(x, ~region, epsilon=epsilon))
+  return region_normalize(x, region, epsilon=epsilon) + region_normalize(
+    x, ~region, epsilon=epsilon
+  )
 
 
 def region_norm_b(x, params, state=None, *, train=False, mask, epsilon=1e-5):
@@ -85,15 +89,24 @@ def region_norm_b(x, params, state=None, *, train=False, mask, epsilon=1e-5):
   region = region_mask(mask, x)
   normalized = region_norm(x, region, epsilon=epsilon)
   fg = region[..., None].astype(normalized.dtype)
-  y = (fg * normalized * (1 + params["foreground_scale"]) + params["foreground_bias"]
-       + (1 - fg) * normalized * (1 + params["background_scale"]) + params["background_bias"])
+  y = (
+    fg * normalized * (1 + params["foreground_scale"])
+    + params["foreground_bias"]
+    + (1 - fg) * normalized * (1 + params["background_scale"])
+    + params["background_bias"]
+  )
   return y.astype(x.dtype), state
 
 
 def _conv_same(x: Array, kernel: Array) -> Array:
   pad = kernel.shape[0] // 2
-  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel.astype(x.dtype),
+    (1, 1),
+    ((pad, pad), (pad, pad)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
 
 
 def spatial_attention(x: Array, params) -> Array:
@@ -103,8 +116,7 @@ def spatial_attention(x: Array, params) -> Array:
   return jax.nn.sigmoid(_conv_same(pooled, params["attention_kernel"]))
 
 
-def region_norm_l(x, params, state=None, *, train=False, mask=None, threshold=0.8,
-                  epsilon=1e-5):
+def region_norm_l(x, params, state=None, *, train=False, mask=None, threshold=0.8, epsilon=1e-5):
   """RN-L; ``params`` = {attention_kernel (7,7,2,1), gamma_kernel, beta_kernel (7,7,1,1),
   gamma_bias, beta_bias (1,)}. ``mask`` is not used (the region comes from attention)."""
   del train, mask
@@ -124,7 +136,7 @@ def _torch_default_init(key, shapes_and_fans):
   raw = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
   out, start = [], 0
   for (shape, fan_in), size in zip(shapes_and_fans, sizes):
-    out.append(raw[start:start + size].reshape(shape) / math.sqrt(fan_in))
+    out.append(raw[start : start + size].reshape(shape) / math.sqrt(fan_in))
     start += size
   return out
 
@@ -132,10 +144,10 @@ def _torch_default_init(key, shapes_and_fans):
 @register("region_norm_b")
 class RegionNormB(Norm):
   """RN-B module (mask-conditioned); call ``norm(x, mask=region)``. See ``region_norm_b``."""
+
   uses_batch_statistics = True
 
-  def __init__(self, num_features: int, *, epsilon: float = 1e-5,
-               rngs: nnx.Rngs | None = None):
+  def __init__(self, num_features: int, *, epsilon: float = 1e-5, rngs: nnx.Rngs | None = None):
     del rngs
     check_positive("epsilon", epsilon)
     super().__init__(num_features)
@@ -145,43 +157,69 @@ class RegionNormB(Norm):
 
   def __call__(self, x, mask=None):
     if mask is None:
-      raise ValueError("region_norm_b needs the region mask: call norm(x, mask=M) with M "
-                       "(B, H, W) or (B, H, W, 1), 1 = hole; use region_norm_l without a mask")
+      raise ValueError(
+        "region_norm_b needs the region mask: call norm(x, mask=M) with M "
+        "(B, H, W) or (B, H, W, 1), 1 = hole; use region_norm_l without a mask"
+      )
     self._check_features(x)
-    params = {n: getattr(self, n)[...] for n in ("foreground_scale", "foreground_bias",
-                                                 "background_scale", "background_bias")}
+    params = {
+      n: getattr(self, n)[...]
+      for n in ("foreground_scale", "foreground_bias", "background_scale", "background_bias")
+    }
     return region_norm_b(x, params, mask=mask, epsilon=self.epsilon)[0]
 
 
 @register("region_norm_l")
 class RegionNormL(Norm):
   """RN-L module (self-aware region from spatial attention); see ``region_norm_l``."""
+
   uses_batch_statistics = True
 
-  def __init__(self, num_features: int, *, threshold: float = 0.8, epsilon: float = 1e-5,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, num_features: int, *, threshold: float = 0.8, epsilon: float = 1e-5, rngs: nnx.Rngs
+  ):
     check_positive("epsilon", epsilon)
     if not 0.0 <= threshold <= 1.0:
-      raise ValueError(f"region_norm_l threshold={threshold!r}: must be in [0, 1] (a sigmoid "
-                       f"attention level; 0.8 in the paper)")
+      raise ValueError(
+        f"region_norm_l threshold={threshold!r}: must be in [0, 1] (a sigmoid "
+        f"attention level; 0.8 in the paper)"
+      )
     super().__init__(num_features)
     self.threshold, self.epsilon = threshold, epsilon
     k = ATTENTION_KERNEL
-    values = _torch_default_init(rngs.params(), [
-        ((k, k, 2, 1), 2 * k * k), ((k, k, 1, 1), k * k), ((1,), k * k), ((k, k, 1, 1), k * k),
-        ((1,), k * k)])
-    for name, value in zip(("attention_kernel", "gamma_kernel", "gamma_bias", "beta_kernel",
-                            "beta_bias"), values):
+    values = _torch_default_init(
+      rngs.params(),
+      [
+        ((k, k, 2, 1), 2 * k * k),
+        ((k, k, 1, 1), k * k),
+        ((1,), k * k),
+        ((k, k, 1, 1), k * k),
+        ((1,), k * k),
+      ],
+    )
+    for name, value in zip(
+      ("attention_kernel", "gamma_kernel", "gamma_bias", "beta_kernel", "beta_bias"), values
+    ):
       setattr(self, name, nnx.Param(value))
 
   def params(self):
-    return {n: getattr(self, n)[...] for n in ("attention_kernel", "gamma_kernel", "gamma_bias",
-                                               "beta_kernel", "beta_bias")}
+    return {
+      n: getattr(self, n)[...]
+      for n in ("attention_kernel", "gamma_kernel", "gamma_bias", "beta_kernel", "beta_bias")
+    }
 
   def __call__(self, x, mask=None):
     self._check_features(x)
     return region_norm_l(x, self.params(), threshold=self.threshold, epsilon=self.epsilon)[0]
 
 
-__all__ = ["region_mask", "region_normalize", "region_norm", "region_norm_b",
-           "spatial_attention", "region_norm_l", "RegionNormB", "RegionNormL"]
+__all__ = [
+  "region_mask",
+  "region_normalize",
+  "region_norm",
+  "region_norm_b",
+  "spatial_attention",
+  "region_norm_l",
+  "RegionNormB",
+  "RegionNormL",
+]

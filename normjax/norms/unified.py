@@ -36,6 +36,7 @@ follow ``UN1d``: window 4, warmup 4000, no filtration (the docstring recommends 
 on for vision; the official T2T-ViT uses True), eps 1e-5, momentum 0.9. The README's advice to
 reset the step counter after loading pretrained weights applies to ``step`` here.
 """
+
 from __future__ import annotations
 
 import jax
@@ -44,8 +45,16 @@ from flax import nnx
 
 from normjax.norms import register
 from normjax.norms.backward_state import backward_state_op
-from normjax.norms.base import (AffineNorm, StatefulNorm, batch_axes, check_fraction,
-                                check_positive, check_steps, moments, stats_dtype)
+from normjax.norms.base import (
+  AffineNorm,
+  StatefulNorm,
+  batch_axes,
+  check_fraction,
+  check_positive,
+  check_steps,
+  moments,
+  stats_dtype,
+)
 from normjax.variables import GradStat
 
 COMPENSATION_WARMUP = 1000  # r = 1 for the first max(1000, warmup_steps) steps (official)
@@ -74,10 +83,11 @@ def _backward(residuals, state, static, dy):
   new_ema = momentum * ema + (1 - momentum) * mean_gz
   approx = g - jnp.where(skip, mean_gz, new_ema) * z
   dx = approx * jax.lax.rsqrt(var + epsilon)
-  dparams = {"scale": jnp.sum(dy * ratio * z, axis=axes).astype(scale.dtype),
-             "bias": jnp.sum(dy, axis=axes).astype(scale.dtype)}
-  return ((dx, None, None, None, None), dparams,
-          {"ema_gz": new_ema, "buffer_gz": buffer})
+  dparams = {
+    "scale": jnp.sum(dy * ratio * z, axis=axes).astype(scale.dtype),
+    "bias": jnp.sum(dy, axis=axes).astype(scale.dtype),
+  }
+  return ((dx, None, None, None, None), dparams, {"ema_gz": new_ema, "buffer_gz": buffer})
 
 
 _unified_op = backward_state_op(_forward, _backward)
@@ -88,8 +98,18 @@ def geometric_mean(values, axis=0):
   return jnp.exp(jnp.mean(jnp.log(values), axis=axis))
 
 
-def unified_norm(x, params, state, *, train, mask=None, warmup_steps=4000,
-                 outlier_filtration=False, epsilon=1e-5, momentum=0.9):
+def unified_norm(
+  x,
+  params,
+  state,
+  *,
+  train,
+  mask=None,
+  warmup_steps=4000,
+  outlier_filtration=False,
+  epsilon=1e-5,
+  momentum=0.9,
+):
   """Unified Normalization over the last axis; see the module docstring for the formulas.
 
   Args:
@@ -126,26 +146,36 @@ def unified_norm(x, params, state, *, train, mask=None, warmup_steps=4000,
   use_batch = (step <= window) | (step < warmup_steps) | skip
   var = jnp.where(use_batch, x2, geometric_mean(buffer))
   ratio = jnp.sqrt(var + epsilon) / jnp.sqrt(running_var + epsilon)
-  ratio = jnp.where((step <= max(COMPENSATION_WARMUP, warmup_steps)) | skip, 1.0,
-                    jnp.clip(ratio, 1 / COMPENSATION_CLIP, COMPENSATION_CLIP))
-  y = _unified_op((h, var, ratio, step, skip), {"scale": params["scale"], "bias": params["bias"]},
-                  {"ema_gz": state["ema_gz"], "buffer_gz": state["buffer_gz"]},
-                  (momentum, epsilon, warmup_steps))
+  ratio = jnp.where(
+    (step <= max(COMPENSATION_WARMUP, warmup_steps)) | skip,
+    1.0,
+    jnp.clip(ratio, 1 / COMPENSATION_CLIP, COMPENSATION_CLIP),
+  )
+  y = _unified_op(
+    (h, var, ratio, step, skip),
+    {"scale": params["scale"], "bias": params["bias"]},
+    {"ema_gz": state["ema_gz"], "buffer_gz": state["buffer_gz"]},
+    (momentum, epsilon, warmup_steps),
+  )
   new_state = dict(state)
   new_state.update(
-      running_var=(momentum * running_var + (1 - momentum) * var).astype(
-          state["running_var"].dtype),
-      buffer_x2=buffer.astype(state["buffer_x2"].dtype), step=step,
-      skip_counter=state["skip_counter"] + outlier.astype(state["skip_counter"].dtype))
+    running_var=(momentum * running_var + (1 - momentum) * var).astype(state["running_var"].dtype),
+    buffer_x2=buffer.astype(state["buffer_x2"].dtype),
+    step=step,
+    skip_counter=state["skip_counter"] + outlier.astype(state["skip_counter"].dtype),
+  )
   return y.astype(x.dtype), new_state
 
 
 def _windows(window) -> tuple[int, int]:
   pair = (window, window) if isinstance(window, int) else tuple(window)
-  if len(pair) != 2 or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
-                               for w in pair):
-    raise ValueError(f"unifiednorm window={window!r}: must be an integer >= 1 or a pair "
-                     f"(forward_window, backward_window) of them")
+  if len(pair) != 2 or not all(
+    isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in pair
+  ):
+    raise ValueError(
+      f"unifiednorm window={window!r}: must be an integer >= 1 or a pair "
+      f"(forward_window, backward_window) of them"
+    )
   return pair
 
 
@@ -165,15 +195,24 @@ class UnifiedNorm(StatefulNorm, AffineNorm):
     epsilon: added to the quadratic mean. momentum: EMA weight on the old value.
     use_running_average: eval mode (``model.eval()`` sets it).
   """
+
   uses_batch_statistics = True
   state_variables = ("running_var", "buffer_x2", "step", "skip_counter")
   grad_stat_variables = ("ema_gz", "buffer_gz")
   function = staticmethod(unified_norm)
 
-  def __init__(self, num_features: int, *, window: int | tuple[int, int] = 4,
-               warmup_steps: int = 4000, outlier_filtration: bool = False,
-               epsilon: float = 1e-5, momentum: float = 0.9, use_running_average: bool = False,
-               rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    window: int | tuple[int, int] = 4,
+    warmup_steps: int = 4000,
+    outlier_filtration: bool = False,
+    epsilon: float = 1e-5,
+    momentum: float = 0.9,
+    use_running_average: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     forward_window, backward_window = _windows(window)
     check_positive("epsilon", epsilon)
@@ -193,8 +232,12 @@ class UnifiedNorm(StatefulNorm, AffineNorm):
     self.skip_counter = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
   def function_kwargs(self) -> dict:
-    return {"warmup_steps": self.warmup_steps, "outlier_filtration": self.outlier_filtration,
-            "epsilon": self.epsilon, "momentum": self.momentum}
+    return {
+      "warmup_steps": self.warmup_steps,
+      "outlier_filtration": self.outlier_filtration,
+      "epsilon": self.epsilon,
+      "momentum": self.momentum,
+    }
 
   def eval_affine(self):
     """(a, c) with eval output = a * x + c (``surgery/folding.py``)."""

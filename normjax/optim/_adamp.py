@@ -39,6 +39,7 @@ Weight decay must not be added to the gradient before this transform (coupled L2
 the test); clipping is fine. Arithmetic runs in the wider of float32 and the leaf's dtype
 (float64 runs stay float64); the moments are stored in their own dtypes.
 """
+
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -47,12 +48,18 @@ import jax.numpy as jnp
 import optax
 
 from normjax.optim._registry import register
-from normjax.optim._transforms import (bool_mask, check_nonnegative, compute_dtype,
-                                       require_params, unzip)
+from normjax.optim._transforms import (
+  bool_mask,
+  check_nonnegative,
+  compute_dtype,
+  require_params,
+  unzip,
+)
 
 
 class ScaleByAdamPState(NamedTuple):
   """State of ``scale_by_adamp``: step count and Adam's moments."""
+
   count: jax.Array  # int32 scalar
   mu: optax.Updates
   nu: optax.Updates
@@ -89,17 +96,29 @@ def project_radial(update, param, sums, pu, *, delta, eps):
   channel_ok = jnp.max(cos_channel) < delta / math.sqrt(p.size // p.shape[-1])
   layer_norm_p = jnp.sqrt(jnp.sum(pp))
   cos_layer = jnp.abs(jnp.sum(pg)) / (
-      jnp.maximum(layer_norm_p, eps) * jnp.maximum(jnp.sqrt(jnp.sum(gg)), eps))
+    jnp.maximum(layer_norm_p, eps) * jnp.maximum(jnp.sqrt(jnp.sum(gg)), eps)
+  )
   layer_ok = cos_layer < delta / math.sqrt(p.size)
-  coef = jnp.where(channel_ok, pu / jnp.square(norm_p + eps),
-                   jnp.where(layer_ok, jnp.sum(pu) / jnp.square(layer_norm_p + eps), 0.0))
+  coef = jnp.where(
+    channel_ok,
+    pu / jnp.square(norm_p + eps),
+    jnp.where(layer_ok, jnp.sum(pu) / jnp.square(layer_norm_p + eps), 0.0),
+  )
   return update - p * coef, channel_ok | layer_ok
 
 
-def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   delta: float = 0.1, wd_ratio: float = 0.1, nesterov: bool = False,
-                   weight_decay: float = 0.0, weight_decay_mask: Any = None, *,
-                   mu_dtype: Optional[Any] = None) -> optax.GradientTransformation:
+def scale_by_adamp(
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  nesterov: bool = False,
+  weight_decay: float = 0.0,
+  weight_decay_mask: Any = None,
+  *,
+  mu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
   """AdamP's direction plus its decoupled weight decay (see the module docstring).
 
   Args:
@@ -120,9 +139,10 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
   def init_fn(params):
     return ScaleByAdamPState(
-        count=jnp.zeros([], jnp.int32),
-        mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-        nu=optax.tree.zeros_like(params))
+      count=jnp.zeros([], jnp.int32),
+      mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+      nu=optax.tree.zeros_like(params),
+    )
 
   def update_fn(updates, state, params=None):
     require_params(params, "adamp")
@@ -163,15 +183,26 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
 
 @register("adamp")
-def adamp(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 0.0, delta: float = 0.1,
-          wd_ratio: float = 0.1, nesterov: bool = False, *, weight_decay_mask: Any = None,
-          mu_dtype: Optional[Any] = None) -> optax.GradientTransformation:
+def adamp(
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  nesterov: bool = False,
+  *,
+  weight_decay_mask: Any = None,
+  mu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
   """AdamP (defaults of clovaai/AdamP): ``chain(scale_by_adamp, scale_by_learning_rate)``.
 
   ``update(grads, state, params)`` needs ``params``. See ``scale_by_adamp``.
   """
   return optax.chain(
-      scale_by_adamp(b1, b2, eps, delta, wd_ratio, nesterov, weight_decay,
-                     weight_decay_mask, mu_dtype=mu_dtype),
-      optax.scale_by_learning_rate(learning_rate))
+    scale_by_adamp(
+      b1, b2, eps, delta, wd_ratio, nesterov, weight_decay, weight_decay_mask, mu_dtype=mu_dtype
+    ),
+    optax.scale_by_learning_rate(learning_rate),
+  )

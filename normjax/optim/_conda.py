@@ -59,6 +59,7 @@ coordinate is pure noise all run long (GPT-2 config: no effect on its loss,
 ``experiments/gpt2_optimizers/conda_threshold.md``). ``1e-5`` clears float32 noise with a
 margin (measured: 3e-8 of the largest at 2 x 3, 2e-7 at 128 x 512, 2.4e-6 at 768 x 3072).
 """
+
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -67,8 +68,12 @@ import jax.numpy as jnp
 import optax
 
 from normjax.optim._registry import register
-from normjax.optim._transforms import (add_decayed_weights_after_step, compute_dtype,
-                                       resolve_mask, unzip)
+from normjax.optim._transforms import (
+  add_decayed_weights_after_step,
+  compute_dtype,
+  resolve_mask,
+  unzip,
+)
 from normjax.optim.labels import MatrixAxes
 
 CondaDimensionNumbers = MatrixAxes
@@ -81,6 +86,7 @@ class ScaleByCondaState(NamedTuple):
   ``basis`` holds the square orthogonal factor of each Conda leaf and
   ``optax.MaskedNode()`` (no array) for the other leaves; orbax cannot save empty arrays.
   """
+
   count: jax.Array  # int32 scalar
   mu: optax.Updates
   nu: optax.Updates
@@ -94,6 +100,7 @@ def _axes_tuple(axes, ndim):
 
 class _Matrix(NamedTuple):
   """How one Conda leaf is read as a (rows, cols) matrix: its dimension numbers."""
+
   perm: tuple[int, ...]
   rows: int
   cols: int
@@ -104,10 +111,10 @@ class _Matrix(NamedTuple):
     out = _axes_tuple(spec.output_axis, x.ndim)
     if sorted(red + out) != list(range(x.ndim)):
       raise ValueError(
-          f"conda_mask: dimension numbers {spec} for a leaf of shape {x.shape} must assign "
-          f"every axis exactly once to reduction_axis or output_axis")
-    return cls(red + out, math.prod(x.shape[a] for a in red),
-               math.prod(x.shape[a] for a in out))
+        f"conda_mask: dimension numbers {spec} for a leaf of shape {x.shape} must assign "
+        f"every axis exactly once to reduction_axis or output_axis"
+      )
+    return cls(red + out, math.prod(x.shape[a] for a in red), math.prod(x.shape[a] for a in out))
 
   @property
   def left(self):  # rotate the row (input) side; square kernels too, as torch's Vh
@@ -134,9 +141,10 @@ def _matrix_of(x, spec):
   if spec is True:
     if x.ndim != 2:
       raise ValueError(
-          f"conda_mask selects a leaf of shape {x.shape}: Conda needs a matrix; give "
-          f"MatrixAxes(reduction_axis, output_axis) for leaves with ndim != 2 "
-          f"(labels.attention_mlp_dimension_numbers does this for attention kernels)")
+        f"conda_mask selects a leaf of shape {x.shape}: Conda needs a matrix; give "
+        f"MatrixAxes(reduction_axis, output_axis) for leaves with ndim != 2 "
+        f"(labels.attention_mlp_dimension_numbers does this for attention kernels)"
+      )
     spec = MatrixAxes(0, 1)
   return _Matrix.of(x, spec)
 
@@ -162,17 +170,25 @@ def svd_basis(momentum_matrix, left: bool):
 
 class _Rotated(NamedTuple):
   """One Conda leaf this step: its basis, ``rotate(M)`` and ``rotate(G)`` (matrices)."""
+
   basis: jax.Array
   momentum: jax.Array
   grad: jax.Array
 
 
-def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   scale: float = 1.0, update_proj_gap: int = 2000,
-                   conda_mask: Any = None, *, mu_dtype: Optional[Any] = None,
-                   precision: Any = None, rotated_momentum: bool = False,
-                   singular_value_rtol: Optional[float] = None
-                   ) -> optax.GradientTransformation:
+def scale_by_conda(
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  scale: float = 1.0,
+  update_proj_gap: int = 2000,
+  conda_mask: Any = None,
+  *,
+  mu_dtype: Optional[Any] = None,
+  precision: Any = None,
+  rotated_momentum: bool = False,
+  singular_value_rtol: Optional[float] = None,
+) -> optax.GradientTransformation:
   """Conda's step direction ``d`` (see the module docstring); no lr, no weight decay.
 
   Args:
@@ -194,13 +210,14 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       is below this fraction of the largest are exact zeros (module docstring); 1e-5
       suits float32.
   """
-  for name, value in dict(eps=eps, scale=scale, singular_value_rtol=singular_value_rtol
-                          ).items():
+  for name, value in dict(eps=eps, scale=scale, singular_value_rtol=singular_value_rtol).items():
     if isinstance(value, (int, float)) and value < 0:
       raise ValueError(f"{name}={value!r}: must be >= 0")
   if isinstance(update_proj_gap, int) and update_proj_gap < 1:
-    raise ValueError(f"update_proj_gap={update_proj_gap!r}: must be a positive number of "
-                     f"steps (2000 in the official scripts)")
+    raise ValueError(
+      f"update_proj_gap={update_proj_gap!r}: must be a positive number of "
+      f"steps (2000 in the official scripts)"
+    )
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   dot = lambda a, b: jnp.matmul(a, b, precision=precision)
   rotate = lambda mat, q, x: dot(q.T, x) if mat.left else dot(x, q)
@@ -208,14 +225,18 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
   def init_fn(params):
     basis = jax.tree.map(
-        lambda x, mat: optax.MaskedNode() if mat is None
-        else jnp.zeros((mat.size, mat.size), x.dtype),
-        params, conda_matrices(conda_mask, params))
+      lambda x, mat: (
+        optax.MaskedNode() if mat is None else jnp.zeros((mat.size, mat.size), x.dtype)
+      ),
+      params,
+      conda_matrices(conda_mask, params),
+    )
     return ScaleByCondaState(
-        count=jnp.zeros([], jnp.int32),
-        mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-        nu=optax.tree.zeros_like(params),
-        basis=basis)
+      count=jnp.zeros([], jnp.int32),
+      mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+      nu=optax.tree.zeros_like(params),
+      basis=basis,
+    )
 
   def update_fn(updates, state, params=None):
     mats = conda_matrices(conda_mask, updates if params is None else params)
@@ -226,11 +247,13 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       if mat is not None and rotated_momentum:
         return m
       dtype = compute_dtype(g)
-      return (jnp.asarray(b1, dtype) * m.astype(dtype)
-              + jnp.asarray(1.0 - b1, dtype) * g.astype(dtype))
+      return jnp.asarray(b1, dtype) * m.astype(dtype) + jnp.asarray(1.0 - b1, dtype) * g.astype(
+        dtype
+      )
 
     def rotated(refresh):
       """Per Conda leaf: the basis (new on a refresh step), rotate(M'), rotate(G)."""
+
       def leaf(g, m, q, mat):
         if mat is None:
           return None
@@ -247,6 +270,7 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
         if refresh:  # the new basis, rounded to the state's dtype as it is stored
           basis = svd_basis(momentum, mat.left).astype(q.dtype).astype(dtype)
         return _Rotated(basis, rotate(mat, basis, momentum), rotate(mat, basis, grad))
+
       return lambda: jax.tree.map(leaf, updates, new_mu, state.basis, mats)
 
     def step(g, m, m_new, v, q, mat, rot):
@@ -262,25 +286,29 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       m_rot, g_rot = rot.momentum, rot.grad
       numer = m_rot
       if singular_value_rtol is not None:  # coordinates below the threshold are zeros
-        norms = jnp.sqrt(jnp.sum(jnp.square(m_rot), axis=1 if mat.left else 0,
-                                 keepdims=True))
+        norms = jnp.sqrt(jnp.sum(jnp.square(m_rot), axis=1 if mat.left else 0, keepdims=True))
         kept = norms >= c(singular_value_rtol) * jnp.max(norms)
         numer, g_rot = jnp.where(kept, m_rot, 0.0), jnp.where(kept, g_rot, 0.0)
       v_new = c(b2) * mat.to_matrix(v.astype(dtype)) + c(1.0 - b2) * jnp.square(g_rot)
-      d = mat.from_matrix((c(scale) * step_size) * back(
-          mat, rot.basis, numer / (jnp.sqrt(v_new) + c(eps))), g.shape)
+      d = mat.from_matrix(
+        (c(scale) * step_size) * back(mat, rot.basis, numer / (jnp.sqrt(v_new) + c(eps))), g.shape
+      )
       mu = mat.from_matrix(m_rot, g.shape) if rotated_momentum else m_new
-      return (d.astype(g.dtype), mu.astype(m.dtype),
-              mat.from_matrix(v_new, g.shape).astype(v.dtype), rot.basis.astype(q.dtype))
+      return (
+        d.astype(g.dtype),
+        mu.astype(m.dtype),
+        mat.from_matrix(v_new, g.shape).astype(v.dtype),
+        rot.basis.astype(q.dtype),
+      )
 
     new_mu = jax.tree.map(moment, updates, state.mu, mats)
     if any(mat is not None for mat in jax.tree.leaves(mats)):
-      rotations = jax.lax.cond(state.count % update_proj_gap == 0,
-                               rotated(refresh=True), rotated(refresh=False))
+      rotations = jax.lax.cond(
+        state.count % update_proj_gap == 0, rotated(refresh=True), rotated(refresh=False)
+      )
     else:
       rotations = jax.tree.map(lambda _: None, updates)
-    outputs = jax.tree.map(step, updates, state.mu, new_mu, state.nu, state.basis, mats,
-                           rotations)
+    outputs = jax.tree.map(step, updates, state.mu, new_mu, state.nu, state.basis, mats, rotations)
     new_updates, mu, nu, basis = unzip(updates, outputs, 4)
     return new_updates, ScaleByCondaState(count=count, mu=mu, nu=nu, basis=basis)
 
@@ -288,12 +316,22 @@ def scale_by_conda(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
 
 @register("conda")
-def conda(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 0.0, scale: float = 1.0,
-          update_proj_gap: int = 2000, conda_mask: Any = None, *,
-          weight_decay_mask: Any = None, mu_dtype: Optional[Any] = None,
-          precision: Any = None, rotated_momentum: bool = False,
-          singular_value_rtol: Optional[float] = None) -> optax.GradientTransformation:
+def conda(
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  scale: float = 1.0,
+  update_proj_gap: int = 2000,
+  conda_mask: Any = None,
+  *,
+  weight_decay_mask: Any = None,
+  mu_dtype: Optional[Any] = None,
+  precision: Any = None,
+  rotated_momentum: bool = False,
+  singular_value_rtol: Optional[float] = None,
+) -> optax.GradientTransformation:
   """Conda: ``chain(scale_by_conda, add_decayed_weights_after_step, scale_by_learning_rate)``.
 
   Defaults are the official class's (lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 0) and
@@ -303,8 +341,18 @@ def conda(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: flo
   callable masks in ``static_args``.
   """
   return optax.chain(
-      scale_by_conda(b1, b2, eps, scale, update_proj_gap, conda_mask, mu_dtype=mu_dtype,
-                     precision=precision, rotated_momentum=rotated_momentum,
-                     singular_value_rtol=singular_value_rtol),
-      add_decayed_weights_after_step(weight_decay, learning_rate, weight_decay_mask),
-      optax.scale_by_learning_rate(learning_rate))
+    scale_by_conda(
+      b1,
+      b2,
+      eps,
+      scale,
+      update_proj_gap,
+      conda_mask,
+      mu_dtype=mu_dtype,
+      precision=precision,
+      rotated_momentum=rotated_momentum,
+      singular_value_rtol=singular_value_rtol,
+    ),
+    add_decayed_weights_after_step(weight_decay, learning_rate, weight_decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
+  )

@@ -27,6 +27,7 @@ paper it follows the optimizer step), so SGDP's question of a projection written
 momentum buffer (``_sgdp.py``) does not arise here; ``nap(base='sgdp')`` inherits SGDP's
 ``project_momentum``. Norms are computed in the wider of float32 and the leaf's dtype.
 """
+
 from typing import Any, NamedTuple, Union
 
 import jax
@@ -39,6 +40,7 @@ from normjax.optim._transforms import compute_dtype, masked, require_params
 
 class NormalizeAndProjectState(NamedTuple):
   """Target norms: a scalar per leaf, or one per output channel with ``per_channel``."""
+
   count: jax.Array  # int32 scalar
   target_norms: optax.Updates
 
@@ -55,8 +57,9 @@ def _norms(x, per_channel: bool):
   return jnp.sqrt(jnp.sum(jax.lax.optimization_barrier(per_column)))
 
 
-def normalize_and_project(mask: Any = "decay", *, per_channel: bool = False
-                          ) -> optax.GradientTransformation:
+def normalize_and_project(
+  mask: Any = "decay", *, per_channel: bool = False
+) -> optax.GradientTransformation:
   """Projects the chosen leaves back to their initial norm after the update.
 
   Args:
@@ -69,10 +72,12 @@ def normalize_and_project(mask: Any = "decay", *, per_channel: bool = False
   Returns:
     A transform whose ``update(updates, state, params)`` needs ``params``.
   """
+
   def init_fn(params):
     return NormalizeAndProjectState(
-        count=jnp.zeros([], jnp.int32),
-        target_norms=jax.tree.map(lambda x: _norms(x, per_channel), params))
+      count=jnp.zeros([], jnp.int32),
+      target_norms=jax.tree.map(lambda x: _norms(x, per_channel), params),
+    )
 
   def update_fn(updates, state, params=None):
     require_params(params, "normalize_and_project")
@@ -81,9 +86,9 @@ def normalize_and_project(mask: Any = "decay", *, per_channel: bool = False
       dtype = compute_dtype(u, p)
       new = p.astype(dtype) + u.astype(dtype)
       norm = _norms(new, per_channel)
-      factor = jnp.where((target > 0) & (norm > 0), target / jnp.where(norm > 0, norm, 1.0),
-                         1.0)
+      factor = jnp.where((target > 0) & (norm > 0), target / jnp.where(norm > 0, norm, 1.0), 1.0)
       return (new * factor - p.astype(dtype)).astype(u.dtype)
+
     new_updates = jax.tree.map(project, updates, params, state.target_norms)
     return new_updates, state._replace(count=optax.safe_increment(state.count))
 
@@ -91,10 +96,16 @@ def normalize_and_project(mask: Any = "decay", *, per_channel: bool = False
 
 
 @register("nap")
-def nap(learning_rate: optax.ScalarOrSchedule, *,
-        base: Union[str, optax.GradientTransformation] = "adamw",
-        weight_decay: float = 0.0, weight_decay_mask: Any = None, nap_mask: Any = "decay",
-        per_channel: bool = False, **base_kwargs) -> optax.GradientTransformation:
+def nap(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  base: Union[str, optax.GradientTransformation] = "adamw",
+  weight_decay: float = 0.0,
+  weight_decay_mask: Any = None,
+  nap_mask: Any = "decay",
+  per_channel: bool = False,
+  **base_kwargs,
+) -> optax.GradientTransformation:
   """Any registered optimizer followed by ``normalize_and_project``.
 
   Args:
@@ -109,14 +120,19 @@ def nap(learning_rate: optax.ScalarOrSchedule, *,
   # optax.inject_hyperparams binds **base_kwargs as one argument named 'base_kwargs'
   base_kwargs = {**base_kwargs.pop("base_kwargs", {}), **base_kwargs}
   if isinstance(base, str):
-    inner = OPTIMIZERS.get(base)(learning_rate, weight_decay=weight_decay,
-                                 weight_decay_mask=weight_decay_mask, **base_kwargs)
+    inner = OPTIMIZERS.get(base)(
+      learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, **base_kwargs
+    )
   elif isinstance(base, optax.GradientTransformation):
     if base_kwargs:
-      raise ValueError(f"nap: keyword arguments {sorted(base_kwargs)} need base to be an "
-                       f"optimizer name, got a GradientTransformation")
+      raise ValueError(
+        f"nap: keyword arguments {sorted(base_kwargs)} need base to be an "
+        f"optimizer name, got a GradientTransformation"
+      )
     inner = base
   else:
-    raise ValueError(f"nap: base={base!r}: give a registered optimizer name "
-                     f"({', '.join(OPTIMIZERS.names())}) or an optax GradientTransformation")
+    raise ValueError(
+      f"nap: base={base!r}: give a registered optimizer name "
+      f"({', '.join(OPTIMIZERS.names())}) or an optax GradientTransformation"
+    )
   return optax.chain(inner, normalize_and_project(nap_mask, per_channel=per_channel))

@@ -10,6 +10,7 @@ a config. Weight decay is optax's own for each alias:
 * sgd: L2 added to the gradient before momentum (``add_decayed_weights`` ahead of
   ``optax.sgd``), as ``torch.optim.SGD(weight_decay=...)`` does.
 """
+
 import optax
 from optax import contrib
 
@@ -43,14 +44,18 @@ def lars(learning_rate, *, weight_decay=0.0, weight_decay_mask=None, **kwargs):
 @register("adafactor")
 def adafactor(learning_rate, *, weight_decay=0.0, weight_decay_mask=None, **kwargs):
   return optax.adafactor(
-      learning_rate, weight_decay_rate=weight_decay or None,
-      weight_decay_mask=weight_decay_mask, **kwargs)
+    learning_rate,
+    weight_decay_rate=weight_decay or None,
+    weight_decay_mask=weight_decay_mask,
+    **kwargs,
+  )
 
 
 @register("muon")
 def muon(learning_rate, *, weight_decay=0.0, weight_decay_mask=None, **kwargs):
   return contrib.muon(
-      learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, **kwargs)
+    learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, **kwargs
+  )
 
 
 @register("galore")

@@ -34,6 +34,7 @@ SGDP equals ``optax.sgd(momentum)`` (plus the scaled decay) on leaves that never
 test. ``update`` needs ``params``. Arithmetic runs in the wider of float32 and the leaf's
 dtype (float64 runs stay float64); the buffer is stored in its own dtype.
 """
+
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -42,21 +43,35 @@ import optax
 
 from normjax.optim._adamp import project_radial, radial_sums
 from normjax.optim._registry import register
-from normjax.optim._transforms import (bool_mask, check_nonnegative, compute_dtype,
-                                       require_params, unzip)
+from normjax.optim._transforms import (
+  bool_mask,
+  check_nonnegative,
+  compute_dtype,
+  require_params,
+  unzip,
+)
 
 
 class ScaleBySGDPState(NamedTuple):
   """State of ``scale_by_sgdp``: step count and the momentum buffer."""
+
   count: jax.Array  # int32 scalar
   momentum: optax.Updates
 
 
-def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
-                  eps: float = 1e-8, delta: float = 0.1, wd_ratio: float = 0.1,
-                  weight_decay: float = 0.0, weight_decay_mask: Any = None, *,
-                  momentum_dtype: Optional[Any] = None,
-                  project_momentum: bool = True) -> optax.GradientTransformation:
+def scale_by_sgdp(
+  momentum: float = 0.0,
+  dampening: float = 0.0,
+  nesterov: bool = False,
+  eps: float = 1e-8,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  weight_decay: float = 0.0,
+  weight_decay_mask: Any = None,
+  *,
+  momentum_dtype: Optional[Any] = None,
+  project_momentum: bool = True,
+) -> optax.GradientTransformation:
   """SGDP's direction plus its decoupled weight decay ``wd r p / (1 - momentum)``.
 
   Args:
@@ -70,16 +85,24 @@ def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, nesterov: bool 
       as the official code's in-place projection does (module docstring); False keeps
       the unprojected buffer.
   """
-  check_nonnegative(momentum=momentum, dampening=dampening, eps=eps, delta=delta,
-                    wd_ratio=wd_ratio, weight_decay=weight_decay)
+  check_nonnegative(
+    momentum=momentum,
+    dampening=dampening,
+    eps=eps,
+    delta=delta,
+    wd_ratio=wd_ratio,
+    weight_decay=weight_decay,
+  )
   if isinstance(momentum, (int, float)) and momentum >= 1:
-    raise ValueError(f"momentum={momentum!r}: must be < 1 (SGDP divides the weight decay "
-                     f"by 1 - momentum)")
+    raise ValueError(
+      f"momentum={momentum!r}: must be < 1 (SGDP divides the weight decay by 1 - momentum)"
+    )
   momentum_dtype = None if momentum_dtype is None else jnp.dtype(momentum_dtype)
 
   def init_fn(params):
-    return ScaleBySGDPState(count=jnp.zeros([], jnp.int32),
-                            momentum=optax.tree.zeros_like(params, dtype=momentum_dtype))
+    return ScaleBySGDPState(
+      count=jnp.zeros([], jnp.int32), momentum=optax.tree.zeros_like(params, dtype=momentum_dtype)
+    )
 
   def update_fn(updates, state, params=None):
     require_params(params, "sgdp")
@@ -109,18 +132,26 @@ def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, nesterov: bool 
     decays = bool_mask(weight_decay_mask, params, name="weight_decay_mask")
     outputs = jax.tree.map(leaf, updates, state.momentum, params, decays)
     new_updates, buffers = unzip(updates, outputs, 2)
-    return new_updates, ScaleBySGDPState(count=optax.safe_increment(state.count),
-                                         momentum=buffers)
+    return new_updates, ScaleBySGDPState(count=optax.safe_increment(state.count), momentum=buffers)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 @register("sgdp")
-def sgdp(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.0,
-         dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-         eps: float = 1e-8, delta: float = 0.1, wd_ratio: float = 0.1, *,
-         weight_decay_mask: Any = None, momentum_dtype: Optional[Any] = None,
-         project_momentum: bool = True) -> optax.GradientTransformation:
+def sgdp(
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: float = 0.0,
+  dampening: float = 0.0,
+  weight_decay: float = 0.0,
+  nesterov: bool = False,
+  eps: float = 1e-8,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  *,
+  weight_decay_mask: Any = None,
+  momentum_dtype: Optional[Any] = None,
+  project_momentum: bool = True,
+) -> optax.GradientTransformation:
   """SGDP (defaults of clovaai/AdamP): ``chain(scale_by_sgdp, scale_by_learning_rate)``.
 
   ``update(grads, state, params)`` needs ``params``. ``project_momentum=True`` (default)
@@ -128,7 +159,17 @@ def sgdp(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.0,
   see ``scale_by_sgdp`` and the module docstring.
   """
   return optax.chain(
-      scale_by_sgdp(momentum, dampening, nesterov, eps, delta, wd_ratio, weight_decay,
-                    weight_decay_mask, momentum_dtype=momentum_dtype,
-                    project_momentum=project_momentum),
-      optax.scale_by_learning_rate(learning_rate))
+    scale_by_sgdp(
+      momentum,
+      dampening,
+      nesterov,
+      eps,
+      delta,
+      wd_ratio,
+      weight_decay,
+      weight_decay_mask,
+      momentum_dtype=momentum_dtype,
+      project_momentum=project_momentum,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
+  )

@@ -9,6 +9,7 @@
 * ``add_decayed_weights_after_step``: decoupled weight decay applied after the step
   (HF ``AdamW`` and Conda), as an optax transform.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -23,8 +24,11 @@ from normjax.optim import labels
 def _is_mask_leaf(x) -> bool:
   """Values of a mask tree: bools, None, and dimension numbers (``MatrixAxes`` and the
   like, e.g. ``optax.contrib.MuonDimensionNumbers``), which are NamedTuples."""
-  return x is None or isinstance(x, (bool, labels.MatrixAxes)) or (
-      hasattr(x, "reduction_axis") and hasattr(x, "output_axis"))
+  return (
+    x is None
+    or isinstance(x, (bool, labels.MatrixAxes))
+    or (hasattr(x, "reduction_axis") and hasattr(x, "output_axis"))
+  )
 
 
 def resolve_mask(mask: Any, params, *, name: str, default: Callable | None = None):
@@ -47,18 +51,20 @@ def resolve_mask(mask: Any, params, *, name: str, default: Callable | None = Non
   if callable(mask):
     mask = mask(params)
   try:
-    return jax.tree.map(lambda value, subtree: jax.tree.map(lambda _: value, subtree),
-                        mask, params, is_leaf=_is_mask_leaf)
+    return jax.tree.map(
+      lambda value, subtree: jax.tree.map(lambda _: value, subtree),
+      mask,
+      params,
+      is_leaf=_is_mask_leaf,
+    )
   except (ValueError, TypeError) as e:
-    raise ValueError(f"{name} must have the structure of params (or a prefix of it): "
-                     f"{e}") from None
+    raise ValueError(f"{name} must have the structure of params (or a prefix of it): {e}") from None
 
 
 def bool_mask(mask: Any, params, *, name: str, default: Callable | None = None):
   """``resolve_mask`` as Python bools (None -> False), e.g. for ``optax.masked``."""
   values = resolve_mask(mask, params, name=name, default=default)
-  return jax.tree.map(lambda _, value: bool(value) if value is not None else False,
-                      params, values)
+  return jax.tree.map(lambda _, value: bool(value) if value is not None else False, params, values)
 
 
 def masked(inner: optax.GradientTransformation, mask: Any, *, name: str):
@@ -94,14 +100,16 @@ class DecayAfterStepState(NamedTuple):
   count: jax.Array  # int32 scalar, for a learning-rate schedule
 
 
-def add_decayed_weights_after_step(weight_decay: float, learning_rate: optax.ScalarOrSchedule,
-                                   mask: Any = None) -> optax.GradientTransformation:
+def add_decayed_weights_after_step(
+  weight_decay: float, learning_rate: optax.ScalarOrSchedule, mask: Any = None
+) -> optax.GradientTransformation:
   """Decoupled weight decay of the weights AFTER the step, as HF AdamW and Conda do.
 
   ``W <- (W - lr d)(1 - lr wd)`` is ``W - lr (d + wd (W - lr d))``: this transform maps
   ``d`` to ``d + wd (W - lr_t d)`` and ``scale_by_learning_rate`` supplies the outer
   ``-lr``. ``mask``: bool pytree, ``fn(params)`` or a ``labels.LABELS`` name (None: all).
   """
+
   def init_fn(params):
     del params
     return DecayAfterStepState(count=jnp.zeros([], jnp.int32))
@@ -119,7 +127,7 @@ def add_decayed_weights_after_step(weight_decay: float, learning_rate: optax.Sca
       wd, lr_t = jnp.asarray(weight_decay, dtype), jnp.asarray(lr, dtype)
       d_wide = d.astype(dtype)
       return (d_wide + wd * (p.astype(dtype) - lr_t * d_wide)).astype(d.dtype)
+
     return jax.tree.map(decay, updates, params), DecayAfterStepState(count=count)
 
-  return masked(optax.GradientTransformation(init_fn, update_fn), mask,
-                name="weight_decay_mask")
+  return masked(optax.GradientTransformation(init_fn, update_fn), mask, name="weight_decay_mask")

@@ -18,6 +18,7 @@ learning rate follows the same shape.
 ``config.trainable``: a label name (bool); every other leaf is frozen (its update is
 zero, no weight decay), e.g. ``'norm_affine'`` trains BatchNorm and only BatchNorm.
 """
+
 from __future__ import annotations
 
 import jax
@@ -58,12 +59,17 @@ def _single(spec: dict, key: str, schedule_cfg, total_steps: int, decay_mask):
   kwargs = {k: _plain(v) for k, v in spec.items() if k not in _RESERVED}
   schedule = make_schedule(float(spec["learning_rate"]), schedule_cfg, total_steps)
   try:
-    tx = factory(schedule, weight_decay=float(spec.get("weight_decay", 0.0)),
-                 weight_decay_mask=decay_mask, **kwargs)
+    tx = factory(
+      schedule,
+      weight_decay=float(spec.get("weight_decay", 0.0)),
+      weight_decay_mask=decay_mask,
+      **kwargs,
+    )
   except TypeError as e:
     raise ValueError(
-        f"config key {key} (name={spec['name']!r}) has an argument the optimizer does not "
-        f"accept: {e}. Keys given: {sorted(kwargs)}") from None
+      f"config key {key} (name={spec['name']!r}) has an argument the optimizer does not "
+      f"accept: {e}. Keys given: {sorted(kwargs)}"
+    ) from None
   return tx, schedule
 
 
@@ -80,20 +86,33 @@ def make_optimizer(config, total_steps: int):
   else:
     schedule = make_schedule(float(opt["learning_rate"]), config.schedule, total_steps)
     if not opt.get("labels"):
-      raise ValueError("config key optimizer.labels=None: optimizer.groups needs a label "
-                       f"function name; known: {', '.join(labels.LABELS.names())}")
+      raise ValueError(
+        "config key optimizer.labels=None: optimizer.groups needs a label "
+        f"function name; known: {', '.join(labels.LABELS.names())}"
+      )
     inherited = {k: opt[k] for k in ("name", "learning_rate", "weight_decay") if k in opt}
-    txs = {label: _single({**inherited, **group}, f"optimizer.groups.{label}",
-                          config.schedule, total_steps, decay_mask)[0]
-           for label, group in opt["groups"].items()}
+    txs = {
+      label: _single(
+        {**inherited, **group},
+        f"optimizer.groups.{label}",
+        config.schedule,
+        total_steps,
+        decay_mask,
+      )[0]
+      for label, group in opt["groups"].items()
+    }
     label_fn = labels.resolve(opt["labels"])
+
     def checked_labels(params):
       tree = label_fn(params)
       missing = set(jax.tree.leaves(tree)) - set(txs)
       if missing:
-        raise ValueError(f"config key optimizer.groups: labels {sorted(missing)} produced by "
-                         f"{opt['labels']!r} have no group; groups: {sorted(txs)}")
+        raise ValueError(
+          f"config key optimizer.groups: labels {sorted(missing)} produced by "
+          f"{opt['labels']!r} have no group; groups: {sorted(txs)}"
+        )
       return tree
+
     tx = optax.partition(txs, checked_labels)
   clips = []
   if config.get("grad_clip_norm"):
@@ -105,4 +124,3 @@ def make_optimizer(config, total_steps: int):
   if config.get("trainable"):  # outermost: frozen gradients never enter the clip norm
     tx = _bool_partition(labels.resolve(config.trainable), tx)
   return tx, schedule
-

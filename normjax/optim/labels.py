@@ -26,6 +26,7 @@ model, not of the params tree. Two ways to get it:
   unchanged. Run it once at set-up with a training-mode ``apply_fn`` (batch statistics)
   and a small batch; its result is a plain bool tree to use as a mask.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -89,7 +90,8 @@ def decay_mask(params):
   module whose attribute name contains ``norm``) and other vectors such as gains.
   """
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: x.ndim >= 2 and not is_norm_param(p) and not is_bias(p), params)
+    lambda p, x: x.ndim >= 2 and not is_norm_param(p) and not is_bias(p), params
+  )
 
 
 @register("no_decay")
@@ -130,8 +132,15 @@ def attention_mlp_kernels(params, *, attention_names=ATTENTION_NAMES, mlp_names=
   (case-insensitive substrings).
   """
   tokens = tuple(attention_names) + tuple(mlp_names)
-  return _map(lambda names, x: (x.ndim >= 2 and names[-1] != "bias" and _in_block(names, tokens)
-                                and not any("norm" in n.lower() for n in names[:-1])), params)
+  return _map(
+    lambda names, x: (
+      x.ndim >= 2
+      and names[-1] != "bias"
+      and _in_block(names, tokens)
+      and not any("norm" in n.lower() for n in names[:-1])
+    ),
+    params,
+  )
 
 
 class MatrixAxes(NamedTuple):
@@ -140,12 +149,14 @@ class MatrixAxes(NamedTuple):
   Same fields as ``optax.contrib.MuonDimensionNumbers`` / ``GaLoreDimensionNumbers``:
   the kernel is read as a ``(prod(reduction), prod(output))`` matrix.
   """
+
   reduction_axis: Union[int, Sequence[int]] = 0
   output_axis: Union[int, Sequence[int]] = 1
 
 
-def kernel_axes(names: Sequence[str], x, *,
-                output_projection_names=OUTPUT_PROJECTION_NAMES) -> MatrixAxes:
+def kernel_axes(
+  names: Sequence[str], x, *, output_projection_names=OUTPUT_PROJECTION_NAMES
+) -> MatrixAxes:
   """The matrix view of a Flax kernel ``x`` at path ``names``.
 
   2-D kernels are ``(in, out)``. A 3-D+ attention kernel from ``nnx.MultiHeadAttention``
@@ -163,26 +174,31 @@ def kernel_axes(names: Sequence[str], x, *,
 
 
 @register("attention_mlp_dimension_numbers")
-def attention_mlp_dimension_numbers(params, *, attention_names=ATTENTION_NAMES,
-                                    mlp_names=MLP_NAMES,
-                                    output_projection_names=OUTPUT_PROJECTION_NAMES):
+def attention_mlp_dimension_numbers(
+  params,
+  *,
+  attention_names=ATTENTION_NAMES,
+  mlp_names=MLP_NAMES,
+  output_projection_names=OUTPUT_PROJECTION_NAMES,
+):
   """``MatrixAxes`` for each attention/MLP kernel (see ``kernel_axes``), ``None`` elsewhere.
 
   Pass as ``conda_mask`` to run Conda on 3-D attention kernels too.
   """
   mask = attention_mlp_kernels(params, attention_names=attention_names, mlp_names=mlp_names)
+
   def spec(path, x, m):
     if not m:
       return None
     return kernel_axes(param_names(path), x, output_projection_names=output_projection_names)
+
   return jax.tree_util.tree_map_with_path(spec, params, mask)
 
 
 @register("conda_groups")
 def conda_groups(params, **kwargs):
   """``'conda'`` for attention/MLP kernels, ``'adamw'`` elsewhere (for ``optax.partition``)."""
-  return jax.tree.map(lambda m: "conda" if m else "adamw",
-                      attention_mlp_kernels(params, **kwargs))
+  return jax.tree.map(lambda m: "conda" if m else "adamw", attention_mlp_kernels(params, **kwargs))
 
 
 @register("muon_groups")
@@ -190,8 +206,7 @@ def muon_groups(params, **kwargs):
   """``'muon'`` for attention/MLP kernels, ``'adamw'`` elsewhere: the Muon baseline's grouping
   in jie040109/Conda (``examples/gpt2/train.py``) and Moonlight (embeddings, head, norms and
   biases on AdamW)."""
-  return jax.tree.map(lambda m: "muon" if m else "adamw",
-                      attention_mlp_kernels(params, **kwargs))
+  return jax.tree.map(lambda m: "muon" if m else "adamw", attention_mlp_kernels(params, **kwargs))
 
 
 @register("scale_invariant")
@@ -206,12 +221,19 @@ def scale_invariant(params, patterns: Iterable[str] = ()):
   if isinstance(patterns, str):
     patterns = (patterns,)
   patterns = tuple(patterns)
-  return _map(lambda names, x: any(fnmatch.fnmatchcase("/".join(names), p) for p in patterns),
-              params)
+  return _map(
+    lambda names, x: any(fnmatch.fnmatchcase("/".join(names), p) for p in patterns), params
+  )
 
 
-def probe_scale_invariance(apply_fn: Callable, params, *inputs, candidates=None,
-                           scales: Sequence[float] = (0.5, 2.0), rtol: float = 1e-4):
+def probe_scale_invariance(
+  apply_fn: Callable,
+  params,
+  *inputs,
+  candidates=None,
+  scales: Sequence[float] = (0.5, 2.0),
+  rtol: float = 1e-4,
+):
   """Measures which leaves are layer-wise scale-invariant: ``apply_fn(params, *inputs)``
   is unchanged (to ``rtol`` of its largest entry) when the leaf is multiplied by each of
   ``scales``.
@@ -241,6 +263,7 @@ def probe_scale_invariance(apply_fn: Callable, params, *inputs, candidates=None,
   def output(leaves, multipliers, inputs):
     scaled = treedef.unflatten([x * m.astype(x.dtype) for x, m in zip(leaves, multipliers)])
     return apply_fn(scaled, *inputs)
+
   scaled_output = lambda multipliers: output(leaves, multipliers, inputs)
 
   ones = [jnp.ones((), jnp.float32) for _ in leaves]
@@ -253,8 +276,10 @@ def probe_scale_invariance(apply_fn: Callable, params, *inputs, candidates=None,
       multipliers = list(ones)
       multipliers[i] = jnp.asarray(c, jnp.float32)
       out = jax.tree.leaves(scaled_output(multipliers))
-      diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-                 for a, b in zip(out, base))
+      diff = max(
+        float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+        for a, b in zip(out, base)
+      )
       invariant = invariant and diff <= rtol * size
     result.append(invariant)
   return treedef.unflatten(result)
@@ -270,6 +295,7 @@ def resolve(labels, **kwargs):
     fn = LABELS.get(labels)
     return (lambda params: fn(params, **kwargs)) if kwargs else fn
   if kwargs:
-    raise ValueError(f"label keyword arguments {sorted(kwargs)} need a label name, "
-                     f"got {type(labels).__name__}")
+    raise ValueError(
+      f"label keyword arguments {sorted(kwargs)} need a label name, got {type(labels).__name__}"
+    )
   return labels

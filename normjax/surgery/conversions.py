@@ -25,6 +25,7 @@ the same function: it trains differently, as in the paper.
 
 Parameters are pure dicts (``normjax.state.split``); arithmetic is numpy in the input dtype.
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,9 +64,11 @@ def check_convertible(name: str, kwargs: dict, from_norm: str = "layernorm"):
   if kwargs.get("norm", "layernorm") != from_norm:
     raise ValueError(f"conversion: model norm={kwargs.get('norm')!r}; expected {from_norm!r}")
   if kwargs.get("placement", "pre") != "pre" or kwargs.get("embedding_norm", False):
-    raise ValueError(f"conversion: placement={kwargs.get('placement')!r}, embedding_norm="
-                     f"{kwargs.get('embedding_norm', False)}; only the pre placement without an "
-                     f"embedding norm is equivalent (every read of the stream is normalized)")
+    raise ValueError(
+      f"conversion: placement={kwargs.get('placement')!r}, embedding_norm="
+      f"{kwargs.get('embedding_norm', False)}; only the pre placement without an "
+      f"embedding norm is equivalent (every read of the stream is normalized)"
+    )
 
 
 def _writers(name: str, params: dict) -> list[tuple[tuple, str]]:
@@ -73,8 +76,12 @@ def _writers(name: str, params: dict) -> list[tuple[tuple, str]]:
   if name == "gpt2":
     out = [(("token_embedding",), "embedding"), (("position_embedding",), "embedding")]
   else:
-    out = [(("patch_embedding",), "kernel"), (("patch_embedding",), "bias"), ((), "cls_token"),
-           ((), "position_embedding")]
+    out = [
+      (("patch_embedding",), "kernel"),
+      (("patch_embedding",), "bias"),
+      ((), "cls_token"),
+      ((), "position_embedding"),
+    ]
   for i in params["transformer"]["blocks"]:
     for layer in (("attn", "proj"), ("mlp", "fc2")):
       for key in ("kernel", "bias"):
@@ -96,8 +103,11 @@ def ln_to_rmsnorm(name: str, params: dict) -> dict:
   """
   params = copy.deepcopy(jax_to_numpy(params))
   blocks = params["transformer"]["blocks"]
-  tied_embedding = (np.array(params["token_embedding"]["embedding"])
-                    if name == "gpt2" and "head" not in params else None)
+  tied_embedding = (
+    np.array(params["token_embedding"]["embedding"])
+    if name == "gpt2" and "head" not in params
+    else None
+  )
   for path, key in _writers(name, params):
     node = _node(params, path)
     node[key] = _centered_out(node[key])
@@ -108,8 +118,10 @@ def ln_to_rmsnorm(name: str, params: dict) -> dict:
     dtype = block["attn"]["qkv"]["kernel"].dtype
     block["attn_norm"], block["mlp_norm"] = _unit_norm(width, dtype), _unit_norm(width, dtype)
   final = params["transformer"].pop("final_norm", {})
-  head = params.get("head") or {"kernel": tied_embedding.T,
-                                "bias": np.zeros(tied_embedding.shape[0], tied_embedding.dtype)}
+  head = params.get("head") or {
+    "kernel": tied_embedding.T,
+    "bias": np.zeros(tied_embedding.shape[0], tied_embedding.dtype),
+  }
   width = head["kernel"].shape[0]
   params["head"] = _fold_affine(head, final, width)
   params["transformer"]["final_norm"] = _unit_norm(width, head["kernel"].dtype)
@@ -174,15 +186,19 @@ def build(name: str, kwargs: dict, params: dict, seed: int = 0) -> nnx.Module:
     rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
   names = lambda path: tuple(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
   flat_new = {names(path): v for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
   def take(path, like):
     key = names(path)
     if key not in flat_new:
       raise ValueError(f"conversion: parameter {'/'.join(key)} is missing")
     value = flat_new.pop(key)
     if tuple(np.shape(value)) != tuple(like.shape):
-      raise ValueError(f"conversion: parameter {'/'.join(key)} has shape {np.shape(value)}, "
-                       f"the model expects {like.shape}")
+      raise ValueError(
+        f"conversion: parameter {'/'.join(key)} has shape {np.shape(value)}, "
+        f"the model expects {like.shape}"
+      )
     return jnp.asarray(value, like.dtype)
+
   new = jax.tree_util.tree_map_with_path(take, nnx.to_pure_dict(abstract_params))
   if flat_new:
     raise ValueError(f"conversion: unexpected parameters {sorted(flat_new)[:5]}")

@@ -24,6 +24,7 @@ per token (LayerNorm, RMSNorm, a live FakeLN) or sit where no linear layer is ad
 (post/residual norms, the embedding norm, a PowerNorm output norm) raise a ValueError naming
 the norm.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ from normjax.norms.powernorm import GroupScaling, PowerNorm
 @dataclasses.dataclass
 class EvalMap:
   """y = P(remainder(x)) * scale + shift (see the module docstring)."""
+
   scale: jnp.ndarray
   shift: jnp.ndarray
   centered: bool = False
@@ -51,9 +53,11 @@ def _is_foldable(norm: Norm) -> bool:
 
 
 def _refuse(norm: nnx.Module):
-  raise ValueError(f"{type(norm).__name__} normalizes each token/example by its own statistics "
-                   f"in eval mode; only affine-in-eval norms (BatchNorm, PowerNorm, UnifiedNorm, "
-                   f"frozen FakeLN) can be folded")
+  raise ValueError(
+    f"{type(norm).__name__} normalizes each token/example by its own statistics "
+    f"in eval mode; only affine-in-eval norms (BatchNorm, PowerNorm, UnifiedNorm, "
+    f"frozen FakeLN) can be folded"
+  )
 
 
 def check_foldable(model: nnx.Module):
@@ -64,15 +68,19 @@ def check_foldable(model: nnx.Module):
   for i, block in enumerate(stack.blocks):
     for name in ("attn_residual_norm", "mlp_residual_norm"):
       if getattr(block, name) is not None:
-        raise ValueError(f"blocks[{i}].{name}: a norm after the residual add (post placement) "
-                         f"has no adjacent linear layer to fold into")
+        raise ValueError(
+          f"blocks[{i}].{name}: a norm after the residual add (post placement) "
+          f"has no adjacent linear layer to fold into"
+        )
     for name in ("attn_norm", "mlp_norm", "attn_output_norm", "mlp_output_norm"):
       norm = getattr(block, name)
       if norm is not None and not _is_foldable(norm):
         _refuse(norm)
       if name.endswith("output_norm") and isinstance(norm, PowerNorm):
-        raise ValueError(f"blocks[{i}].{name}: a PowerNorm after a linear layer cannot be "
-                         f"folded into it: GroupScaling sits between the layer and the affine map")
+        raise ValueError(
+          f"blocks[{i}].{name}: a PowerNorm after a linear layer cannot be "
+          f"folded into it: GroupScaling sits between the layer and the affine map"
+        )
   if stack.final_norm is not None and not _is_foldable(stack.final_norm):
     _refuse(stack.final_norm)
 
@@ -85,9 +93,11 @@ def eval_map(norm: nnx.Module, value_path: bool = False) -> EvalMap:
     scale = params.get("scale", jnp.ones((features,), jnp.float32))
     bias = params.get("bias", jnp.zeros((features,), jnp.float32))
     if not bool(norm.is_frozen(value_path)):
-      raise ValueError(f"FakeLN at step {int(norm.step[...])} is still live (freeze step "
-                       f"{norm.value_freeze_step if value_path else norm.freeze_step}): it "
-                       f"normalizes per token and cannot be folded")
+      raise ValueError(
+        f"FakeLN at step {int(norm.step[...])} is still live (freeze step "
+        f"{norm.value_freeze_step if value_path else norm.freeze_step}): it "
+        f"normalizes per token and cannot be folded"
+      )
     return EvalMap(scale / norm.frozen_std(value_path), bias, centered=True)
   if isinstance(norm, PowerNorm):
     a, c = norm.eval_affine()
@@ -108,8 +118,10 @@ def fold_into_next(m: EvalMap, kernel, bias):
 def fold_into_previous(m: EvalMap, kernel, bias):
   """(kernel, bias) of ``h -> map(h @ kernel + bias)`` as one linear layer."""
   if m.remainder is not None:
-    raise ValueError("a PowerNorm after a linear layer cannot be folded into it: GroupScaling "
-                     "sits between the layer and the affine map")
+    raise ValueError(
+      "a PowerNorm after a linear layer cannot be folded into it: GroupScaling "
+      "sits between the layer and the affine map"
+    )
   if m.centered:
     kernel = kernel - jnp.mean(kernel, axis=-1, keepdims=True)
     bias = bias - jnp.mean(bias)
@@ -157,8 +169,10 @@ def _fold_block(block):
     m = eval_map(block.mlp_norm)
     _set(block.mlp.fc1, *fold_into_next(m, block.mlp.fc1.kernel[...], block.mlp.fc1.bias[...]))
     block.mlp_norm = _replacement(m, block.mlp_norm.num_features)
-  for norm_name, linear in (("attn_output_norm", block.attn.proj),
-                            ("mlp_output_norm", block.mlp.fc2)):
+  for norm_name, linear in (
+    ("attn_output_norm", block.attn.proj),
+    ("mlp_output_norm", block.mlp.fc2),
+  ):
     norm = getattr(block, norm_name)
     if norm is not None:
       m = eval_map(norm)
@@ -191,5 +205,12 @@ def fold_norms(model: nnx.Module, untie_head: bool = False) -> nnx.Module:
   return model
 
 
-__all__ = ["ChannelAffine", "EvalMap", "check_foldable", "eval_map", "fold_into_next",
-           "fold_into_previous", "fold_norms"]
+__all__ = [
+  "ChannelAffine",
+  "EvalMap",
+  "check_foldable",
+  "eval_map",
+  "fold_into_next",
+  "fold_into_previous",
+  "fold_norms",
+]

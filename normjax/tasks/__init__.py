@@ -11,6 +11,7 @@ A task is a ``Task`` registered in ``TASKS``:
 * ``summary(final, info)``: the line printed at the end of a run;
 * ``derived(eval_metrics)``: extra eval metrics computed from the averaged ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,21 +46,39 @@ def _language_model(logits, batch):
   return loss, (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32).mean(-1)
 
 
-TASKS.register("classification", Task(
-    inputs=lambda batch: batch["image"], per_example=_classification, metric="accuracy",
-    data_kwargs=lambda info: {"num_classes": info.num_classes, "image_size": info.image_shape[0],
-                              "in_channels": info.image_shape[-1]},
-    summary=lambda final, info: (f"final {info.eval_split} accuracy: "
-                                 f"{final['eval_accuracy']:.4f} (loss {final['eval_loss']:.4f})")))
+TASKS.register(
+  "classification",
+  Task(
+    inputs=lambda batch: batch["image"],
+    per_example=_classification,
+    metric="accuracy",
+    data_kwargs=lambda info: {
+      "num_classes": info.num_classes,
+      "image_size": info.image_shape[0],
+      "in_channels": info.image_shape[-1],
+    },
+    summary=lambda final, info: (
+      f"final {info.eval_split} accuracy: "
+      f"{final['eval_accuracy']:.4f} (loss {final['eval_loss']:.4f})"
+    ),
+  ),
+)
 
-TASKS.register("lm", Task(
-    inputs=lambda batch: batch["inputs"], per_example=_language_model, metric="accuracy",
+TASKS.register(
+  "lm",
+  Task(
+    inputs=lambda batch: batch["inputs"],
+    per_example=_language_model,
+    metric="accuracy",
     data_kwargs=lambda info: {"vocab_size": info.vocab_size, "max_len": info.seq_len},
     summary=lambda final, info: (
-        f"final {info.eval_split} loss: {final['eval_loss']:.4f} nats/token (perplexity "
-        f"{np.exp(final['eval_loss']):.3f}); unigram entropy of the corpus: "
-        f"{info.unigram_entropy:.4f} nats/token"),
-    derived=lambda final: {"eval_perplexity": float(np.exp(final["eval_loss"]))}))
+      f"final {info.eval_split} loss: {final['eval_loss']:.4f} nats/token (perplexity "
+      f"{np.exp(final['eval_loss']):.3f}); unigram entropy of the corpus: "
+      f"{info.unigram_entropy:.4f} nats/token"
+    ),
+    derived=lambda final: {"eval_perplexity": float(np.exp(final["eval_loss"]))},
+  ),
+)
 
 
 def loss_and_sums(task: Task, outputs, batch):
@@ -67,6 +86,9 @@ def loss_and_sums(task: Task, outputs, batch):
   per_ex, metric = task.per_example(outputs, batch)
   mask = batch.get("mask")
   weight = jnp.ones_like(per_ex) if mask is None else mask.astype(jnp.float32)
-  sums = {"loss": (per_ex * weight).sum(), task.metric: (metric * weight).sum(),
-          "count": weight.sum()}
+  sums = {
+    "loss": (per_ex * weight).sum(),
+    task.metric: (metric * weight).sum(),
+    "count": weight.sum(),
+  }
   return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums

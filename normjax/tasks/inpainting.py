@@ -11,6 +11,7 @@ itself (``normjax.models.inpaint.InpaintNet`` blanks them first, as geekyutao/RN
   floored at 1e-10);
 * ``derived``: nothing; the summary line prints PSNR and L1.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -37,10 +38,16 @@ def per_example(outputs, batch):
   return loss, psnr(composite(outputs, image, hole), image, axes)
 
 
-TASKS.register("inpainting", Task(
-    inputs=lambda batch: (batch["image"], batch["hole"]), per_example=per_example,
+TASKS.register(
+  "inpainting",
+  Task(
+    inputs=lambda batch: (batch["image"], batch["hole"]),
+    per_example=per_example,
     metric="psnr",
     data_kwargs=lambda info: {"in_channels": info.image_shape[-1]},
     summary=lambda final, info: (
-        f"final {info.eval_split} PSNR {final['eval_psnr']:.2f} dB (holes filled by the "
-        f"model, known pixels kept), L1 {final['eval_loss']:.4f}")))
+      f"final {info.eval_split} PSNR {final['eval_psnr']:.2f} dB (holes filled by the "
+      f"model, known pixels kept), L1 {final['eval_loss']:.4f}"
+    ),
+  ),
+)

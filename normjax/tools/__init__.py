@@ -7,6 +7,7 @@
 Each one loads runs through ``normjax.checkpoint.load_run`` and evaluates through
 ``normjax.run.evaluate``, the trainer's own set-up and eval loop.
 """
+
 from __future__ import annotations
 
 import runpy

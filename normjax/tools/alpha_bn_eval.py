@@ -28,6 +28,7 @@ corruption on raw pixels (no clipping to the pixel range is applied).
 Measured: contrast accuracy 0.1309 with source statistics, 0.9694 with test-batch ones (one
 run); details in experiments/alpha_bn/README.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,20 +74,28 @@ def gaussian_blur(images: np.ndarray, rng=None) -> np.ndarray:
   return out.astype(np.float32)
 
 
-CORRUPTIONS = {"clean": lambda images, rng=None: images, "noise": gaussian_noise,
-               "contrast": low_contrast, "blur": gaussian_blur}
+CORRUPTIONS = {
+  "clean": lambda images, rng=None: images,
+  "noise": gaussian_noise,
+  "contrast": low_contrast,
+  "blur": gaussian_blur,
+}
 
 
 # ----------------------------------------------------------------------------- evaluation
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config; it must be a BatchNorm model."""
   if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise FileNotFoundError(f"--workdir {workdir!r}: no config.json; give the workdir of a "
-                            f"finished run of configs/resnet_batchnorm.py")
+    raise FileNotFoundError(
+      f"--workdir {workdir!r}: no config.json; give the workdir of a "
+      f"finished run of configs/resnet_batchnorm.py"
+    )
   config = read_config(workdir)
   if config.model.get("norm") != "batchnorm":
-    raise ValueError(f"--workdir {workdir!r}: its model.norm={config.model.get('norm')!r}; "
-                     f"alpha-BN evaluates a BatchNorm model (norm='batchnorm')")
+    raise ValueError(
+      f"--workdir {workdir!r}: its model.norm={config.model.get('norm')!r}; "
+      f"alpha-BN evaluates a BatchNorm model (norm='batchnorm')"
+    )
   return config
 
 
@@ -110,8 +119,14 @@ def eval_batches(config, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]
   return batches
 
 
-def evaluate(workdir: str, *, alphas=DEFAULT_ALPHAS, batch_size: int = 64,
-             corruptions=tuple(CORRUPTIONS), seed: int = 0) -> dict:
+def evaluate(
+  workdir: str,
+  *,
+  alphas=DEFAULT_ALPHAS,
+  batch_size: int = 64,
+  corruptions=tuple(CORRUPTIONS),
+  seed: int = 0,
+) -> dict:
   """Accuracy ``{corruption: {alpha: accuracy}}`` of the run in ``workdir``."""
   if batch_size < 2:
     raise ValueError(f"--batch_size={batch_size}: test-batch statistics need >= 2 examples")
@@ -121,15 +136,22 @@ def evaluate(workdir: str, *, alphas=DEFAULT_ALPHAS, batch_size: int = 64,
   config = load_run_config(workdir)
   num_eval = nj_data.get_info(config.data).num_eval
   batches = eval_batches(config, batch_size)
-  corrupted = {name: [(CORRUPTIONS[name](images, np.random.default_rng([seed, i])), labels)
-                      for i, (images, labels) in enumerate(batches)] for name in corruptions}
+  corrupted = {
+    name: [
+      (CORRUPTIONS[name](images, np.random.default_rng([seed, i])), labels)
+      for i, (images, labels) in enumerate(batches)
+    ]
+    for name in corruptions
+  }
   results = {name: {} for name in corruptions}
   for alpha in alphas:
     graph, state = nnx.split(load_run(workdir, config=with_alpha_bn(config, alpha))[1])
     logits_fn = jax.jit(lambda state, x: nnx.merge(graph, state)(x))
     for name in corruptions:
-      correct = sum(int(jnp.sum(jnp.argmax(logits_fn(state, images), -1) == labels))
-                    for images, labels in corrupted[name])
+      correct = sum(
+        int(jnp.sum(jnp.argmax(logits_fn(state, images), -1) == labels))
+        for images, labels in corrupted[name]
+      )
       results[name][float(alpha)] = correct / num_eval
   return results
 
@@ -141,8 +163,11 @@ def format_table(results: dict, alphas=DEFAULT_ALPHAS) -> str:
     if alpha == 1:
       return "test-batch stats (a=1)"
     return f"alpha-BN (a={alpha:g})"
-  rows = ["| corruption | " + " | ".join(header(a) for a in alphas) + " |",
-          "|---|" + "---|" * len(alphas)]
+
+  rows = [
+    "| corruption | " + " | ".join(header(a) for a in alphas) + " |",
+    "|---|" + "---|" * len(alphas),
+  ]
   for name, by_alpha in results.items():
     rows.append(f"| {name} | " + " | ".join(f"{by_alpha[float(a)]:.4f}" for a in alphas) + " |")
   return "\n".join(rows)
@@ -152,9 +177,13 @@ def format_table(results: dict, alphas=DEFAULT_ALPHAS) -> str:
 def main():
   """The command (flags are defined here, so importing this module defines none)."""
   from absl import app, flags, logging
+
   workdir = flags.DEFINE_string("workdir", None, "Workdir of a configs/resnet_batchnorm.py run.")
-  alphas = flags.DEFINE_list("alphas", [str(a) for a in DEFAULT_ALPHAS],
-                             "Test-batch weights to evaluate (0 = source statistics).")
+  alphas = flags.DEFINE_list(
+    "alphas",
+    [str(a) for a in DEFAULT_ALPHAS],
+    "Test-batch weights to evaluate (0 = source statistics).",
+  )
   batch_size = flags.DEFINE_integer("batch_size", 64, "Test batch size (statistics per batch).")
   seed = flags.DEFINE_integer("seed", 0, "Seed of the noise corruption.")
   verbose = cli.define_verbose_flag()
@@ -167,8 +196,7 @@ def main():
 
     def body():
       chosen = tuple(float(a) for a in alphas.value)
-      results = evaluate(workdir.value, alphas=chosen, batch_size=batch_size.value,
-                         seed=seed.value)
+      results = evaluate(workdir.value, alphas=chosen, batch_size=batch_size.value, seed=seed.value)
       print(f"eval accuracy, test batches of {batch_size.value}, checkpoint in {workdir.value}")
       print(format_table(results, chosen))
 

@@ -19,6 +19,7 @@ LayerNorm run by ``config.init_from``. This script evaluates, on the removal run
 
 It prints a table and writes ``ln_removal.json`` into the run's workdir.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,8 @@ import os
 
 from flax import nnx
 
-from normjax import data as nj_data
 from normjax import cli, run
+from normjax import data as nj_data
 from normjax.checkpoint import load_run, read_config
 from normjax.norms.fakeln import FakeLN
 from normjax.surgery.folding import fold_norms
@@ -49,10 +50,16 @@ def fakeln_status(model: nnx.Module) -> list[dict]:
       name = "/".join(map(str, path))
       paths = [("main", False)] + ([("v", True)] if node.separate_value_path else [])
       for label, value_path in paths:
-        rows.append({"norm": name, "path": label, "step": int(node.step[...]),
-                     "freeze_step": node.value_freeze_step if value_path else node.freeze_step,
-                     "frozen": bool(node.is_frozen(value_path)),
-                     "std": float(node.frozen_std(value_path))})
+        rows.append(
+          {
+            "norm": name,
+            "path": label,
+            "step": int(node.step[...]),
+            "freeze_step": node.value_freeze_step if value_path else node.freeze_step,
+            "frozen": bool(node.is_frozen(value_path)),
+            "std": float(node.frozen_std(value_path)),
+          }
+        )
   return rows
 
 
@@ -61,8 +68,10 @@ def report(workdir: str, control: str | None = None) -> dict:
   config = read_config(workdir)
   pretrained = config.get("init_from", {}).get("workdir")
   if not pretrained:
-    raise ValueError(f"{workdir}: config.init_from.workdir is not set; this report compares a "
-                     f"removal run with the LayerNorm run it was initialised from")
+    raise ValueError(
+      f"{workdir}: config.init_from.workdir is not set; this report compares a "
+      f"removal run with the LayerNorm run it was initialised from"
+    )
   batch = config.get("eval_batch_size", config.batch_size)
   result = {"eval_split": nj_data.get_info(config.data).eval_split}
   result["before"] = eval_loss(load_run(pretrained, data=config.data)[1], config.data, batch)
@@ -81,16 +90,21 @@ def report(workdir: str, control: str | None = None) -> dict:
 
 
 def format_report(result: dict) -> str:
-  lines = [f"LayerNorm removal, eval loss on the {result['eval_split']} split:",
-           f"  pretrained, LayerNorm                 {result['before']:.4f}",
-           f"  after removal (FakeLN, frozen)        {result['after']:.4f}  "
-           f"({result['after'] - result['before']:+.4f})"]
+  lines = [
+    f"LayerNorm removal, eval loss on the {result['eval_split']} split:",
+    f"  pretrained, LayerNorm                 {result['before']:.4f}",
+    f"  after removal (FakeLN, frozen)        {result['after']:.4f}  "
+    f"({result['after'] - result['before']:+.4f})",
+  ]
   if "norm_free" in result:
-    lines.append(f"  same model, FakeLNs folded away       {result['norm_free']:.4f}  "
-                 f"(no normalization left)")
+    lines.append(
+      f"  same model, FakeLNs folded away       {result['norm_free']:.4f}  (no normalization left)"
+    )
   if "control" in result:
-    lines.append(f"  control: fine-tuned with LayerNorm    {result['control']:.4f}  "
-                 f"(removal costs {result['after'] - result['control']:+.4f})")
+    lines.append(
+      f"  control: fine-tuned with LayerNorm    {result['control']:.4f}  "
+      f"(removal costs {result['after'] - result['control']:+.4f})"
+    )
   if result["live_paths"]:
     lines.append(f"  still live (not yet frozen): {', '.join(result['live_paths'])}")
   return "\n".join(lines)
@@ -98,17 +112,19 @@ def format_report(result: dict) -> str:
 
 def main():
   from absl import app, flags, logging
+
   control = flags.DEFINE_string("control", None, "Workdir of the LayerNorm-kept fine-tuning run.")
   verbose = cli.define_verbose_flag()
 
   def run_command(argv):
     if len(argv) != 2:
-      raise app.UsageError("usage: python -m normjax.tools.ln_removal WORKDIR "
-                           "[--control WORKDIR]")
+      raise app.UsageError("usage: python -m normjax.tools.ln_removal WORKDIR [--control WORKDIR]")
     logging.set_verbosity(logging.WARNING)  # orbax's info lines
-    cli.guarded("normjax.tools.ln_removal",
-                lambda: print(format_report(report(argv[1], control.value))),
-                verbose_flag=verbose.value)
+    cli.guarded(
+      "normjax.tools.ln_removal",
+      lambda: print(format_report(report(argv[1], control.value))),
+      verbose_flag=verbose.value,
+    )
 
   app.run(run_command)
 

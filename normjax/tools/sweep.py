@@ -30,6 +30,7 @@ marked), ``summary.json`` and ``summary.png`` (metric against the first numeric 
 line per combination of the other axes, seed spread as error bars) in the sweep workdir;
 each run lives in ``<workdir>/<axis=value,...>/`` with its ``train.log``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -99,8 +100,16 @@ def command(sweep, sweep_file: str, values: dict, workdir: str, python=sys.execu
   if sweep.get("base_arg"):
     config += ":" + sweep.base_arg
   overrides = {**flatten(sweep.get("fixed") or {}), **values}
-  return [python, "-m", "normjax.train", "--config", config, "--workdir", workdir,
-          *(f"--config.{k}={_format(v)}" for k, v in overrides.items())]
+  return [
+    python,
+    "-m",
+    "normjax.train",
+    "--config",
+    config,
+    "--workdir",
+    workdir,
+    *(f"--config.{k}={_format(v)}" for k, v in overrides.items()),
+  ]
 
 
 def read_result(rundir: str, metric: str) -> dict:
@@ -111,8 +120,10 @@ def read_result(rundir: str, metric: str) -> dict:
     with open(path) as f:
       final = json.load(f)
     if metric not in final:
-      raise ValueError(f"sweep config metric={metric!r} is not in {path}; "
-                       f"it has {sorted(k for k in final if k != 'step')}")
+      raise ValueError(
+        f"sweep config metric={metric!r} is not in {path}; "
+        f"it has {sorted(k for k in final if k != 'step')}"
+      )
     return {"status": "done", "value": final[metric], "step": final["step"]}
   status_path = os.path.join(rundir, STATUS_FILE)
   if os.path.exists(status_path):
@@ -131,8 +142,11 @@ def execute(cmd: list[str], rundir: str, metric: str) -> dict:
     # the process died before it could say why (killed, or an import error)
     with open(os.path.join(rundir, "train.log")) as log:
       lines = log.read()[-2000:].strip().splitlines()
-    result = {"status": "failed", "returncode": proc.returncode,
-              "message": lines[-1] if lines else ""}
+    result = {
+      "status": "failed",
+      "returncode": proc.returncode,
+      "message": lines[-1] if lines else "",
+    }
     with open(os.path.join(rundir, STATUS_FILE), "w") as f:
       json.dump(result, f)
     result["value"] = None
@@ -149,10 +163,16 @@ def summarize(sweep, runs: list[dict], results: list[dict]) -> dict:
   for members in groups.values():
     done = [r["value"] for _, r in members if r["status"] == "done"]
     statuses = sorted({r["status"] for _, r in members})
-    rows.append({**{k: members[0][0][k] for k in keys}, "n": len(done), "runs": len(members),
-                 "mean": statistics.fmean(done) if done else None,
-                 "std": statistics.stdev(done) if len(done) > 1 else None,
-                 "status": ",".join(statuses)})
+    rows.append(
+      {
+        **{k: members[0][0][k] for k in keys},
+        "n": len(done),
+        "runs": len(members),
+        "mean": statistics.fmean(done) if done else None,
+        "std": statistics.stdev(done) if len(done) > 1 else None,
+        "status": ",".join(statuses),
+      }
+    )
   scored = [r for r in rows if r["mean"] is not None and r["n"] == r["runs"]]
   pick = min if sweep.goal == "min" else max
   best = pick(scored, key=lambda r: r["mean"]) if scored else None
@@ -166,15 +186,23 @@ def summarize(sweep, runs: list[dict], results: list[dict]) -> dict:
       value = f"**{value}** (best)"
     cells = [_format(r[k]) for k in keys] + [value, f"{r['n']}/{r['runs']}", r["status"]]
     lines.append("| " + " | ".join(cells) + " |")
-  return {"metric": sweep.metric, "goal": sweep.goal, "axes": keys, "rows": rows,
-          "best": best, "table": "\n".join(lines)}
+  return {
+    "metric": sweep.metric,
+    "goal": sweep.goal,
+    "axes": keys,
+    "rows": rows,
+    "best": best,
+    "table": "\n".join(lines),
+  }
 
 
 def plot(summary: dict, path: str) -> bool:
   """``metric`` against the first numeric axis; False when no axis is numeric."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
   axes = summary["axes"]
   x_key = next((k for k in axes if all(numeric(r[k]) for r in summary["rows"])), None)
@@ -188,10 +216,14 @@ def plot(summary: dict, path: str) -> bool:
       lines.setdefault(tuple(_format(r[k]) for k in others), []).append(r)
   for label, rows in lines.items():
     rows.sort(key=lambda r: r[x_key])
-    ax.errorbar([r[x_key] for r in rows], [r["mean"] for r in rows],
-                yerr=[r["std"] or 0.0 for r in rows], marker="o", capsize=3,
-                label=",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(others, label))
-                or None)
+    ax.errorbar(
+      [r[x_key] for r in rows],
+      [r["mean"] for r in rows],
+      yerr=[r["std"] or 0.0 for r in rows],
+      marker="o",
+      capsize=3,
+      label=",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(others, label)) or None,
+    )
   xs = [r[x_key] for r in summary["rows"]]
   if xs and min(xs) > 0 and max(xs) >= 10 * min(xs):
     ax.set_xscale("log")
@@ -258,12 +290,17 @@ def _main():
       if status in ("done", "diverged"):  # a diverged run would diverge again: same seed
         print(f"[{i + 1}/{len(runs)}] {run_name(runs[i])}: {status} already", flush=True)
         continue
-      print(f"[{i + 1}/{len(runs)}] {run_name(runs[i])}: running ({rundir}/train.log)",
-            flush=True)
+      print(f"[{i + 1}/{len(runs)}] {run_name(runs[i])}: running ({rundir}/train.log)", flush=True)
       result = execute(commands[i], rundir, sweep.metric)
-      print(f"    {result['status']}"
-            + (f": {sweep.metric}={result['value']:.4f}" if result["value"] is not None
-               else f": {result.get('message', '')}"), flush=True)
+      print(
+        f"    {result['status']}"
+        + (
+          f": {sweep.metric}={result['value']:.4f}"
+          if result["value"] is not None
+          else f": {result.get('message', '')}"
+        ),
+        flush=True,
+      )
   summary = write_summary(sweep, runs, workdir)
   print(summary["table"])
   print(f"summary: {os.path.join(workdir, 'summary.md')}, summary.png, summary.json")
