@@ -23,6 +23,15 @@ import tqdm
 STATUS_FILE = "status.json"
 
 
+def write_status(workdir: str, status: str, **fields):
+  """Writes ``<workdir>/status.json`` atomically (a reader never sees half a file)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, STATUS_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"status": status, **fields}, f)
+  os.replace(path + ".tmp", path)
+
+
 class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
@@ -61,12 +70,8 @@ class MetricWriter:
         json.dump(row, f, indent=2)
 
   def set_status(self, status: str, **fields):
-    """Writes ``status.json`` (atomically: a reader never sees half a file)."""
     if self.enabled:
-      path = os.path.join(self.workdir, STATUS_FILE)
-      with open(path + ".tmp", "w") as f:
-        json.dump({"status": status, **fields}, f)
-      os.replace(path + ".tmp", path)
+      write_status(self.workdir, status, **fields)
 
   @contextlib.contextmanager
   def status_on_exit(self, diverged: tuple[type, ...] = (), command: str = "normjax.train"):

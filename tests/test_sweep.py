@@ -148,3 +148,70 @@ def test_two_run_sweep_end_to_end(tmp_path):
     l.startswith("python -m normjax.train --config ") for l in emitted
   )
   assert emitted[1].endswith("--config.optimizer.learning_rate=1e+30")
+
+
+def tiny_sweep_args(tmp_path, *extra):
+  fixed = {}
+  for key, value in tu.overrides("gpt2", 3).items():
+    *parents, leaf = key.split(".")
+    node = fixed
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  config = tmp_path / "tiny_sweep.py"
+  config.write_text(TINY_SWEEP.format(base=str(tu.ROOT / "configs" / "gpt2_adamw.py"), fixed=fixed))
+  workdir = tmp_path / "w"
+  args = [
+    sys.executable,
+    "-m",
+    "normjax.tools.sweep",
+    "--config",
+    str(config),
+    "--workdir",
+    str(workdir),
+    *extra,
+  ]
+  return args, workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "launcher",
+  [["--launcher", "local", "--parallel", "2"], ["--launcher", "slurm", "--slurm_cluster", "local"]],
+)
+def test_parallel_and_submitit_sweeps_finish_and_summarise(launcher, tmp_path):
+  if launcher[1] == "slurm":
+    pytest.importorskip("submitit")
+  args, workdir = tiny_sweep_args(tmp_path, *launcher)
+  out = subprocess.run(args, env=tu.env(), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert [r["status"] for r in summary["rows"]] == ["done", "diverged"]
+  statuses = {
+    p.parent.name: json.loads(p.read_text())["status"] for p in workdir.glob("*/status.json")
+  }
+  assert statuses == {"learning_rate=0.001": "finished", "learning_rate=1e+30": "diverged"}
+  assert "diverged: normjax.train: non-finite" in out.stdout
+  if launcher[1] == "slurm":
+    assert list((workdir / "slurm").glob("*_log.out"))  # submitit's own job logs
+
+
+def test_runs_are_queued_before_they_start_and_a_killed_run_is_failed(tmp_path):
+  from normjax.tools import launchers
+
+  seen = []
+  runs = [
+    launchers.Run(i, f"r{i}", (sys.executable, "-c", code), str(tmp_path / f"r{i}"))
+    for i, code in enumerate(["import os; os.kill(os.getpid(), 9)", "print('ok')"])
+  ]
+
+  def report(run, what):
+    seen.append((run.name, what, launchers.read_status(run.rundir).get("status")))
+
+  launchers.run_local(runs, parallel=1, report=report)
+  assert ("r1", "running", "queued") in seen  # queued until its slot came
+  assert launchers.read_status(runs[0].rundir)["status"] == "failed"
+  assert launchers.read_status(runs[0].rundir)["returncode"] == -9
+  assert launchers.read_status(runs[1].rundir)["status"] == "queued"  # no trainer: untouched
+  with pytest.raises(ValueError, match="--parallel=0"):
+    launchers.run_local(runs, parallel=0)

@@ -24,7 +24,14 @@ as ``normjax.train`` always does). A run's state is the trainer's own ``status.j
 (``normjax.metrics_io``): ``diverged`` (non-finite loss) and ``failed`` (any other
 error, retried next time) are recorded without stopping the sweep; a process that died
 before it could write its status is recorded as ``failed`` with its exit code. Then it
-summarises. ``emit`` prints one command line per run for a scheduler.
+summarises. ``--launcher local --parallel N`` runs up to N at once, each on its own
+devices (``--gpus_per_run``); ``--launcher slurm`` submits them as one SLURM array job
+through submitit (``--slurm_partition``, ``--slurm_time_min``, ``--gpus_per_run``, or the
+sweep config's ``slurm = {partition, time_min, gpus_per_run}``; ``--nowait`` returns after
+submission) with the same bookkeeping: each run's ``status.json`` says queued, running,
+finished, diverged or failed (``normjax.tools.launchers``). TPU pods: ``--mode emit`` gives
+one command per run; run each on every worker of a slice with
+``gcloud compute tpus tpu-vm ssh NAME --worker=all --command="cd normjax && CMD"``. ``emit`` prints one command line per run for a scheduler.
 ``summarize`` reads what is there. The summary is ``summary.md`` (a table, best row
 marked), ``summary.json`` and ``summary.png`` (metric against the first numeric axis, one
 line per combination of the other axes, seed spread as error bars) in the sweep workdir;
@@ -38,7 +45,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 
 from absl import app, flags
@@ -46,6 +52,7 @@ from ml_collections import config_flags
 
 from normjax import cli
 from normjax.metrics_io import STATUS_FILE  # the trainer's status.json
+from normjax.tools import launchers
 
 
 def _plain(value):
@@ -130,27 +137,6 @@ def read_result(rundir: str, metric: str) -> dict:
     with open(status_path) as f:
       return {"value": None, **json.load(f)}
   return {"status": "pending", "value": None}
-
-
-def execute(cmd: list[str], rundir: str, metric: str) -> dict:
-  """Runs one training command, its output in ``rundir/train.log``; returns its result."""
-  os.makedirs(rundir, exist_ok=True)
-  with open(os.path.join(rundir, "train.log"), "a") as log:
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-  result = read_result(rundir, metric)
-  if proc.returncode != 0 and result["status"] not in ("diverged", "failed"):
-    # the process died before it could say why (killed, or an import error)
-    with open(os.path.join(rundir, "train.log")) as log:
-      lines = log.read()[-2000:].strip().splitlines()
-    result = {
-      "status": "failed",
-      "returncode": proc.returncode,
-      "message": lines[-1] if lines else "",
-    }
-    with open(os.path.join(rundir, STATUS_FILE), "w") as f:
-      json.dump(result, f)
-    result["value"] = None
-  return result
 
 
 def summarize(sweep, runs: list[dict], results: list[dict]) -> dict:
@@ -252,11 +238,36 @@ def write_summary(sweep, runs, workdir) -> dict:
 
 def define_flags():
   """The command-line flags (defined on demand: ``normjax.train`` owns ``--config`` too)."""
-  global _CONFIG, _WORKDIR, _MODE, _INDEX, _VERBOSE
+  global _CONFIG, _WORKDIR, _MODE, _INDEX, _VERBOSE, _LAUNCHER, _PARALLEL, _GPUS
+  global _PARTITION, _TIME, _CLUSTER, _WAIT
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/).")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (default workdirs/sweeps/NAME).")
   _MODE = flags.DEFINE_enum("mode", "run", ["run", "emit", "summarize"], "What to do.")
   _INDEX = flags.DEFINE_integer("index", None, "Run only this run (0-based) in --mode run.")
+  _LAUNCHER = flags.DEFINE_enum(
+    "launcher", "local", ["local", "slurm"], "Where runs execute (normjax.tools.launchers)."
+  )
+  _PARALLEL = flags.DEFINE_integer(
+    "parallel", 1, "Runs at once (local), array parallelism (slurm)."
+  )
+  _GPUS = flags.DEFINE_integer(
+    "gpus_per_run", None, "GPUs per run (default: sweep config slurm.gpus_per_run, else 0)."
+  )
+  _PARTITION = flags.DEFINE_string(
+    "slurm_partition", None, "SLURM partition (default: sweep config slurm.partition)."
+  )
+  _TIME = flags.DEFINE_integer(
+    "slurm_time_min",
+    None,
+    "SLURM time limit per run, minutes (default: sweep config slurm.time_min, else 60).",
+  )
+  _CLUSTER = flags.DEFINE_enum(
+    "slurm_cluster",
+    "slurm",
+    ["slurm", "local", "debug"],
+    "submitit executor: 'local' runs the array job here.",
+  )
+  _WAIT = flags.DEFINE_bool("wait", True, "Wait for submitted jobs, then summarise.")
   _VERBOSE = cli.define_verbose_flag()
 
 
@@ -282,6 +293,7 @@ def _main():
     return
   if _MODE.value == "run":
     chosen = range(len(runs)) if _INDEX.value is None else [_INDEX.value]
+    pending = []
     for i in chosen:
       if not 0 <= i < len(runs):
         raise ValueError(f"--index {i} out of range (0..{len(runs) - 1})")
@@ -290,17 +302,42 @@ def _main():
       if status in ("done", "diverged"):  # a diverged run would diverge again: same seed
         print(f"[{i + 1}/{len(runs)}] {run_name(runs[i])}: {status} already", flush=True)
         continue
-      print(f"[{i + 1}/{len(runs)}] {run_name(runs[i])}: running ({rundir}/train.log)", flush=True)
-      result = execute(commands[i], rundir, sweep.metric)
-      print(
-        f"    {result['status']}"
-        + (
-          f": {sweep.metric}={result['value']:.4f}"
-          if result["value"] is not None
-          else f": {result.get('message', '')}"
-        ),
-        flush=True,
+      pending.append(launchers.Run(i, run_name(runs[i]), tuple(commands[i]), rundir))
+
+    def report(run, what):
+      line = f"[{run.index + 1}/{len(runs)}] {run.name}: "
+      if what != "ended":
+        return print(line + f"{what} ({run.rundir}/train.log)", flush=True)
+      result = read_result(run.rundir, sweep.metric)
+      tail = (
+        f"{sweep.metric}={result['value']:.4f}"
+        if result["value"] is not None
+        else result.get("message", "")
       )
+      print(line + f"{result['status']}: {tail}", flush=True)
+
+    slurm = sweep.get("slurm") or {}
+    gpus = _GPUS.value if _GPUS.value is not None else int(slurm.get("gpus_per_run", 0))
+    if _LAUNCHER.value == "local":
+      launchers.run_local(pending, parallel=_PARALLEL.value, gpus_per_run=gpus, report=report)
+    elif pending:
+      launchers.run_slurm(
+        pending,
+        os.path.join(workdir, "slurm"),
+        cluster=_CLUSTER.value,
+        partition=_PARTITION.value or slurm.get("partition"),
+        time_min=_TIME.value or int(slurm.get("time_min", 60)),
+        gpus_per_run=gpus,
+        parallel=_PARALLEL.value,
+        wait=_WAIT.value,
+        report=report,
+      )
+      if not _WAIT.value:
+        return print(
+          f"submitted {len(pending)} runs; when they end: python -m "
+          f"normjax.tools.sweep --config {sweep_file} --workdir {workdir} "
+          f"--mode summarize"
+        )
   summary = write_summary(sweep, runs, workdir)
   print(summary["table"])
   print(f"summary: {os.path.join(workdir, 'summary.md')}, summary.png, summary.json")
