@@ -24,6 +24,8 @@ import json
 import os
 import socket
 
+from normjax.config_schema import flatten
+
 RESUMABLE_KEYS = (
   "total_steps",
   "total_epochs",
@@ -46,17 +48,6 @@ class WorkdirError(ValueError):
 
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def flatten(tree, prefix: str = "") -> dict:
-  """``{'a': {'b': v}}`` -> ``{'a.b': v}``."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def as_json(config) -> dict:

@@ -118,17 +118,8 @@ def get_config(arg=None):
 def test_two_run_sweep_end_to_end(tmp_path):
   """One run finishes, one diverges (lr 1e30) without stopping the sweep; a second call
   skips both; emit prints the same commands."""
-  fixed = {}
-  for key, value in tu.overrides("gpt2", 3).items():
-    *parents, leaf = key.split(".")
-    node = fixed
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  config = tmp_path / "tiny_sweep.py"
-  config.write_text(TINY_SWEEP.format(base=str(tu.ROOT / "configs" / "gpt2_adamw.py"), fixed=fixed))
-  workdir = tmp_path / "w"
-  args = [sys.executable, "-m", "normjax.sweep", "--config", str(config), "--workdir", str(workdir)]
+  args, workdir = tiny_sweep_args(tmp_path)
+  args[2] = "normjax.sweep"  # the old path: it still works
   out = subprocess.run(args, env=tu.env(), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "done: eval_loss=" in out.stdout and "diverged: normjax.train: non-finite" in out.stdout

@@ -31,7 +31,8 @@ sweep config's ``slurm = {partition, time_min, gpus_per_run}``; ``--nowait`` ret
 submission) with the same bookkeeping: each run's ``status.json`` says queued, running,
 finished, diverged or failed (``normjax.tools.launchers``). TPU pods: ``--mode emit`` gives
 one command per run; run each on every worker of a slice with
-``gcloud compute tpus tpu-vm ssh NAME --worker=all --command="cd normjax && CMD"``. ``emit`` prints one command line per run for a scheduler.
+``gcloud compute tpus tpu-vm ssh NAME --worker=all --command="cd normjax && CMD"``.
+``emit`` prints one command line per run for a scheduler.
 ``summarize`` reads what is there. The summary is ``summary.md`` (a table, best row
 marked), ``summary.json`` and ``summary.png`` (metric against the first numeric axis, one
 line per combination of the other axes, seed spread as error bars) in the sweep workdir;
