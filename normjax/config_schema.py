@@ -185,6 +185,7 @@ MODEL_LEAVES = {
   "conv": NAME,
   "activation": NAME,
   "ibn": OPTIONAL_NAME,
+  "remat": NAME,
 }
 
 RULES = {

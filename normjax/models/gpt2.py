@@ -58,6 +58,7 @@ class GPT2(nnx.Module):
     embedding_norm: also normalize the summed embeddings before the first block.
     tie_embeddings: logits = h @ wte^T (nanoGPT); False: a separate head with a bias.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
+    remat: per-block rematerialisation policy (``normjax.models.remat``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -80,6 +81,7 @@ class GPT2(nnx.Module):
     embedding_norm: bool = False,
     tie_embeddings: bool = True,
     zero_mean_writers: bool = False,
+    remat: str = "none",
     rngs: nnx.Rngs,
   ):
     self.dtype = compute_dtype(dtype)
@@ -113,6 +115,7 @@ class GPT2(nnx.Module):
       dtype=self.dtype,
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
+      remat=remat,
       rngs=rngs,
     )
     self.head = (

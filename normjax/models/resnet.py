@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, compute_dtype, conv_kernel_init, register
+from normjax.models import remat as remat_lib
 from normjax.models.ws_conv import scaled_ws_conv_layer, ws_conv_layer
 from normjax.norms import NORMS, make_norm
 from normjax.norms.basic import BATCH_NORM_MOMENTUM
@@ -254,6 +255,7 @@ class ResNet(nnx.Module):
     ibn: None, 'a' or 'b': an IBN-Net variant (needs norm='batchnorm'; its IBN layers take
       the model's BatchNorm ``momentum`` -- ``norm_kwargs['momentum']``, else BatchNorm's
       default 0.99 -- and ``epsilon``); see the module docstring.
+    remat: per-block rematerialisation policy (``normjax.models.remat``).
     rngs: ``nnx.Rngs`` for parameters.
   """
 
@@ -274,9 +276,11 @@ class ResNet(nnx.Module):
     dtype: str = "float32",
     conv: str = "standard",
     ibn: str | None = None,
+    remat: str = "none",
     rngs: nnx.Rngs,
   ):
     block_class = BLOCKS[check_choice("block", block, BLOCKS)]
+    self.remat = remat_lib.check(remat)
     check_choice("ibn", ibn, IBN_VARIANTS)
     if ibn is not None and norm != "batchnorm":
       raise ValueError(
@@ -338,5 +342,5 @@ class ResNet(nnx.Module):
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage in self.stages:
       for block in stage:
-        x = block(x)
+        x = remat_lib.call(block, x, remat=self.remat)
     return self.head(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)

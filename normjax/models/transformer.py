@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, check_divisible
+from normjax.models import remat as remat_lib
 from normjax.norms import NORMS, make_norm
 
 Initializer = Callable[..., jax.Array]
@@ -309,7 +310,8 @@ class Transformer(nnx.Module):
   Input: the summed token/patch and position embeddings (B, T, stream width); ``mask`` (B, T),
   True = real token, goes to every norm; ``tokens`` (B, T) int ids, to the final norm when it
   ``needs_tokens``. The final norm exists when the placement asks for one.
-  ``zero_mean_writers`` recentres the input embeddings and every branch output.
+  ``zero_mean_writers`` recentres the input embeddings and every branch output. ``remat``
+  rematerialises each block (``normjax.models.remat``).
   """
 
   def __init__(
@@ -328,10 +330,12 @@ class Transformer(nnx.Module):
     dtype,
     embedding_norm: bool = False,
     zero_mean_writers: bool = False,
+    remat: str = "none",
     rngs: nnx.Rngs,
   ):
     check_choice("placement", placement, PLACEMENTS)
     check_divisible("width", width, "num_heads", num_heads)
+    self.remat = remat_lib.check(remat)
     if depth < 1:
       raise ValueError(f"model argument depth={depth!r}: must be >= 1")
     norm_kwargs = dict(norm_kwargs or {})
@@ -380,7 +384,7 @@ class Transformer(nnx.Module):
     if self.embedding_dropout is not None:
       x = self.embedding_dropout(x)
     for block in self.blocks:
-      x = block(x, mask)
+      x = remat_lib.call(block, x, mask, remat=self.remat)
     if self.final_norm is None:
       return x
     if self.final_norm.needs_tokens:

@@ -42,6 +42,7 @@ class VisionTransformer(nnx.Module):
     dtype: 'float32' or 'bfloat16' activations (parameters stay float32).
     embedding_norm: also normalize the embeddings before the first block.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
+    remat: per-block rematerialisation policy (``normjax.models.remat``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -66,6 +67,7 @@ class VisionTransformer(nnx.Module):
     dtype: str = "float32",
     embedding_norm: bool = False,
     zero_mean_writers: bool = False,
+    remat: str = "none",
     rngs: nnx.Rngs,
   ):
     check_choice("pool", pool, POOLS)
@@ -112,6 +114,7 @@ class VisionTransformer(nnx.Module):
       dtype=self.dtype,
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
+      remat=remat,
       rngs=rngs,
     )
     self.head = nnx.Linear(
