@@ -26,6 +26,7 @@ def get_config(arg=None):
     block="basic",
     width=32,
     stem="cifar",
+    remat="none",  # per-block rematerialisation (normjax.models.remat)
   )
   c.optimizer = dict(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9, nesterov=True)
   c.schedule.warmup_steps = 50

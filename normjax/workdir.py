@@ -39,7 +39,12 @@ RESUMABLE_KEYS = (
 )
 LOCK_FILE = ".lock"
 # Keys added to the trainer after runs were started: absent in an old config.json means this.
-ADDED_DEFAULTS = {"grad_accum_steps": 1, "profile.start_step": 1, "profile.num_steps": 0}
+ADDED_DEFAULTS = {
+  "grad_accum_steps": 1,
+  "profile.start_step": 1,
+  "profile.num_steps": 0,
+  "model.remat": "none",
+}
 
 
 class WorkdirError(ValueError):
