@@ -70,6 +70,12 @@ def mfu(flops_per_step: float | None, steps_per_sec: float, device=None) -> floa
   return flops_per_step * steps_per_sec / peak
 
 
+def speed(flops_per_step: float | None, steps_per_sec: float) -> dict:
+  """``{'flops_per_sec', 'mfu'}`` per device, as the trainer logs them (``None`` if unknown)."""
+  rate = flops_per_step * steps_per_sec if flops_per_step else None
+  return {"flops_per_sec": rate, "mfu": mfu(flops_per_step, steps_per_sec)}
+
+
 def collectives(hlo_text: str) -> dict:
   """``{op: {'count', 'bytes'}}`` of the collectives in an optimized HLO module (bytes of
   each op's result per device, the data it moves in order of magnitude)."""

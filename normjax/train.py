@@ -133,7 +133,8 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
       progress.update(step, metrics)
       if step % config.log_every == 0 or step == total_steps:
         rates = progress.rates()
-        writer.write(step, {**metrics, **rates, "mfu": hardware.mfu(flops, rates["steps_per_sec"])})
+        speed = hardware.speed(flops, rates["steps_per_sec"])  # flops_per_sec and mfu
+        writer.write(step, {**metrics, **rates, **speed})
 
     pending = None  # (step, metrics) of the previous step: read one step late, no stall
     for step in range(start + 1, total_steps + 1):

@@ -64,5 +64,6 @@ def test_profile_trace_and_mfu_in_metrics(tmp_path):
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   logged = [r for r in rows if "loss" in r]
   assert logged and all(r["mfu"] is None for r in logged)  # no CPU peak in the table
+  assert all(r["flops_per_sec"] > 0 for r in logged)
   assert np.isfinite(logged[-1]["steps_per_sec"])
   assert jax.device_count() == 8
