@@ -36,6 +36,14 @@ LayerNorm removal (``normjax.norms.fakeln``):
 * an attention-input norm with ``separate_value_path`` (FakeLN) gives the attention two inputs,
   one for the Q/K projections and one for V (``MultiHeadSelfAttention(x, value_input)``), so
   LayerNorm removal can freeze the two uses of that norm separately.
+
+Padding and decoding (``normjax.tools.sample``): ``mask`` (B, T), True = real token, reaches the
+norms as before and, when given, the attention as a key mask (query i attends key j iff j <= i
+for causal attention and ``mask[b, j]``); ``mask=None`` is the unmasked path, unchanged. With an
+``AttentionCache`` per block (``Transformer(x, cache=...)``), the new tokens' keys and values
+are written into the cache at slots ``index, index + 1, ...`` and the queries attend every
+written slot ``<=`` their own that the cache's slot mask marks real: prefill and one-token
+decode steps with fixed shapes, so a ``lax.fori_loop`` of decode steps compiles once.
 """
 
 from __future__ import annotations
@@ -122,13 +130,54 @@ def stacked_init(init: Initializer, parts: int) -> Initializer:
   return init_fn
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionCache:
+  """One attention layer's key/value cache for decoding (a pytree; see the module docstring).
+
+  ``key``, ``value``: (B, S, heads, head_dim); ``index``: int32 (), the slots written so far
+  (the next token goes to slot ``index``); ``mask``: bool (B, S), False for slots that hold
+  padding (left-padded prompts), True elsewhere.
+  """
+
+  key: jax.Array
+  value: jax.Array
+  index: jax.Array
+  mask: jax.Array
+
+  @classmethod
+  def empty(cls, batch, length, num_heads, head_dim, dtype, mask=None) -> "AttentionCache":
+    zeros = jnp.zeros((batch, length, num_heads, head_dim), dtype)
+    mask = jnp.ones((batch, length), bool) if mask is None else jnp.asarray(mask, bool)
+    return cls(zeros, zeros, jnp.zeros((), jnp.int32), mask)
+
+
+def cached_attention(query, key, value, cache: AttentionCache):
+  """Writes ``key``/``value`` (B, T, H, D) at slots ``cache.index ...`` and attends causally
+  over the written, real slots: ``(out (B, T, H, D), new cache)``."""
+  index = cache.index
+  start = (0, index, 0, 0)
+  keys = jax.lax.dynamic_update_slice(cache.key, key.astype(cache.key.dtype), start)
+  values = jax.lax.dynamic_update_slice(cache.value, value.astype(cache.value.dtype), start)
+  query_slot = index + jnp.arange(query.shape[1])
+  causal = jnp.arange(keys.shape[1])[None, :] <= query_slot[:, None]  # (T, S)
+  allowed = causal[None, None] & cache.mask[:, None, None, :]  # (B, 1, T, S)
+  out = jax.nn.dot_product_attention(
+    query, keys.astype(query.dtype), values.astype(query.dtype), mask=allowed
+  )
+  return out, AttentionCache(keys, values, index + query.shape[1], cache.mask)
+
+
 class MultiHeadSelfAttention(nnx.Module):
   """Self-attention with a fused (stream, 3*width) q|k|v projection and an output projection.
 
-  softmax(q k^T / sqrt(head_dim) [+ causal mask]) v per head, via
+  softmax(q k^T / sqrt(head_dim) [+ causal mask] [+ key padding mask]) v per head, via
   ``jax.nn.dot_product_attention`` (which picks cuDNN flash attention where available).
   ``stream_width`` is the residual stream's width (``width`` except for CRMSNorm models).
   ``value_input``, when given, feeds the V columns of the projection instead of ``x``.
+  ``mask`` (B, T) bool, True = real token: keys that are padding get no attention.
+  ``cache``: an ``AttentionCache`` (causal attention only); the call then returns
+  ``(out, new_cache)``.
   """
 
   def __init__(
@@ -159,12 +208,28 @@ class MultiHeadSelfAttention(nnx.Module):
       axis=-1,
     )
 
-  def __call__(self, x: jax.Array, value_input: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    value_input: jax.Array | None = None,
+    *,
+    mask: jax.Array | None = None,
+    cache: AttentionCache | None = None,
+  ):
     batch, length, _ = x.shape
     qkv = self.qkv(x) if value_input is None else self._split_qkv(x, value_input)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, self.width // self.num_heads)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(query, key, value, is_causal=self.causal)
+    if cache is not None:
+      if not self.causal:
+        raise ValueError("a key/value cache needs causal attention (a decoder)")
+      out, cache = cached_attention(query, key, value, cache)
+      return self.proj(out.reshape(batch, length, self.width)), cache
+    if mask is None:  # the training path
+      out = jax.nn.dot_product_attention(query, key, value, is_causal=self.causal)
+    else:
+      keys = jnp.asarray(mask, bool)[:, None, None, :]  # (B, 1, 1, T)
+      out = jax.nn.dot_product_attention(query, key, value, mask=keys, is_causal=self.causal)
     return self.proj(out.reshape(batch, length, self.width))
 
 
@@ -280,10 +345,22 @@ class TransformerBlock(nnx.Module):
       return self.attn_norm.qk_and_v(x, mask=mask)
     return self.attn_norm(x, mask=mask), None
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, mask: jax.Array | None = None, cache: AttentionCache | None = None
+  ):
+    """x (B, T, stream) -> x, or ``(x, new_cache)`` when a ``cache`` is given."""
+    new_cache = []
+
+    def attend(inputs):
+      if cache is None:
+        return self.attn(*inputs, mask=mask)
+      out, updated = self.attn(*inputs, mask=mask, cache=cache)
+      new_cache.append(updated)
+      return out
+
     x = residual_branch(
       x,
-      lambda h: self.attn(*h),
+      attend,
       input_norm=self._attention_inputs,
       output_norm=self.attn_output_norm,
       residual_norm=self.attn_residual_norm,
@@ -291,7 +368,7 @@ class TransformerBlock(nnx.Module):
       mask=mask,
       zero_mean=self.zero_mean_writers,
     )
-    return residual_branch(
+    x = residual_branch(
       x,
       self.mlp,
       input_norm=self.mlp_norm,
@@ -301,14 +378,17 @@ class TransformerBlock(nnx.Module):
       mask=mask,
       zero_mean=self.zero_mean_writers,
     )
+    return x if cache is None else (x, new_cache[0])
 
 
 class Transformer(nnx.Module):
   """[embedding_norm] -> embedding dropout -> ``depth`` blocks -> [final_norm].
 
   Input: the summed token/patch and position embeddings (B, T, stream width); ``mask`` (B, T),
-  True = real token, goes to every norm; ``tokens`` (B, T) int ids, to the final norm when it
-  ``needs_tokens``. The final norm exists when the placement asks for one.
+  True = real token, goes to every norm and to the attention (padding keys are ignored);
+  ``tokens`` (B, T) int ids, to the final norm when it ``needs_tokens``; ``cache``: one
+  ``AttentionCache`` per block (decoding), then the call returns ``(x, new caches)``. The final
+  norm exists when the placement asks for one.
   ``zero_mean_writers`` recentres the input embeddings and every branch output.
   """
 
@@ -371,18 +451,28 @@ class Transformer(nnx.Module):
     )
 
   def __call__(
-    self, x: jax.Array, mask: jax.Array | None = None, tokens: jax.Array | None = None
-  ) -> jax.Array:
+    self,
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    tokens: jax.Array | None = None,
+    cache: tuple[AttentionCache, ...] | None = None,
+  ):
     if self.embedding_norm is not None:
       x = self.embedding_norm(x, mask=mask)
     if self.zero_mean_writers:
       x = center(x)
     if self.embedding_dropout is not None:
       x = self.embedding_dropout(x)
-    for block in self.blocks:
-      x = block(x, mask)
-    if self.final_norm is None:
-      return x
-    if self.final_norm.needs_tokens:
-      return self.final_norm(x, mask=mask, tokens=tokens)
-    return self.final_norm(x, mask=mask)
+    new_cache = []
+    for i, block in enumerate(self.blocks):
+      if cache is None:
+        x = block(x, mask)
+      else:
+        x, layer_cache = block(x, mask, cache[i])
+        new_cache.append(layer_cache)
+    if self.final_norm is not None:
+      if self.final_norm.needs_tokens:
+        x = self.final_norm(x, mask=mask, tokens=tokens)
+      else:
+        x = self.final_norm(x, mask=mask)
+    return x if cache is None else (x, tuple(new_cache))
