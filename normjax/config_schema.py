@@ -177,6 +177,9 @@ MODEL_LEAVES = {
   "stage_sizes": Rule("ints", low=1),
   "zero_init_residual": BOOL,
   "zero_mean_writers": BOOL,
+  "tie_embeddings": BOOL,
+  "vocab_size": COUNT,
+  "max_len": COUNT,
   "embedding_norm": BOOL,
   "placement": NAME,
   "pool": NAME,
@@ -219,6 +222,7 @@ RULES = {
 
 FREE = {
   "init_from.workdir": "a path, checked when it is read (a missing run is a one-line error)",
+  "init_from.hf": "a path or hub id, checked when it is read (normjax.interop.hf_files.resolve)",
   "data.*": "the data options, each checked by normjax.data with the config key named",
 }
 
