@@ -152,6 +152,22 @@ class AttentionCache:
     return cls(zeros, zeros, jnp.zeros((), jnp.int32), mask)
 
 
+def attention(query, key, value, *, mask=None, is_causal: bool = False):
+  """``jax.nn.dot_product_attention`` (B, T, H, D) -> (B, T, H, D); float64 inputs take a
+  plain einsum softmax instead, because jax's XLA attention computes the scores and softmax in
+  float32 (float64 checks against references would stop at ~1e-7)."""
+  if query.dtype != jnp.float64:
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(query.shape[-1])
+  allowed = jnp.ones(scores.shape, bool)
+  if is_causal:
+    allowed &= jnp.tril(jnp.ones(scores.shape[-2:], bool))
+  if mask is not None:
+    allowed &= mask
+  scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), value)
+
+
 def cached_attention(query, key, value, cache: AttentionCache):
   """Writes ``key``/``value`` (B, T, H, D) at slots ``cache.index ...`` and attends causally
   over the written, real slots: ``(out (B, T, H, D), new cache)``."""
@@ -162,9 +178,7 @@ def cached_attention(query, key, value, cache: AttentionCache):
   query_slot = index + jnp.arange(query.shape[1])
   causal = jnp.arange(keys.shape[1])[None, :] <= query_slot[:, None]  # (T, S)
   allowed = causal[None, None] & cache.mask[:, None, None, :]  # (B, 1, T, S)
-  out = jax.nn.dot_product_attention(
-    query, keys.astype(query.dtype), values.astype(query.dtype), mask=allowed
-  )
+  out = attention(query, keys.astype(query.dtype), values.astype(query.dtype), mask=allowed)
   return out, AttentionCache(keys, values, index + query.shape[1], cache.mask)
 
 
@@ -226,10 +240,10 @@ class MultiHeadSelfAttention(nnx.Module):
       out, cache = cached_attention(query, key, value, cache)
       return self.proj(out.reshape(batch, length, self.width)), cache
     if mask is None:  # the training path
-      out = jax.nn.dot_product_attention(query, key, value, is_causal=self.causal)
+      out = attention(query, key, value, is_causal=self.causal)
     else:
       keys = jnp.asarray(mask, bool)[:, None, None, :]  # (B, 1, 1, T)
-      out = jax.nn.dot_product_attention(query, key, value, mask=keys, is_causal=self.causal)
+      out = attention(query, key, value, mask=keys, is_causal=self.causal)
     return self.proj(out.reshape(batch, length, self.width))
 
 
