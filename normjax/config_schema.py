@@ -153,6 +153,7 @@ NORM_LEAVES = {
   "gap_qk": COUNT,
   "gap_v": COUNT,
   "aux_loss_weight": NONNEGATIVE,
+  "eot_token": Rule("int", low=0, none=True),
   "use_scale": BOOL,
   "use_bias": BOOL,
 }

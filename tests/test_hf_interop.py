@@ -23,6 +23,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from normjax import checkpoint, train  # noqa: E402
+from normjax.config_schema import flatten, rule_for  # noqa: E402
 from normjax.interop import hf, hf_files  # noqa: E402
 from normjax.models.gpt2 import GPT2  # noqa: E402
 from normjax.norms.fakeln import FakeLN  # noqa: E402
@@ -277,8 +278,15 @@ def test_configs_read_the_model_from_the_checkpoint(checkpoints):
     tree = config.to_dict()
     for key, bad in (("model.max_len", 0), ("model.tie_embeddings", 2), ("model.vocab_size", 1.5)):
       assert f"config key {key}=" in refusal(with_value(tree, key, bad))
+  bpe = checkpoints["bpe_untied"][0]
   with pytest.raises(ValueError, match="data=tokens,path=DIR"):
-    tu.load_config("gpt2_ln_removal", f"hf={checkpoints['bpe_untied'][0]}")
+    tu.load_config("gpt2_ln_removal", f"hf={bpe}")
+  config = tu.load_config("gpt2_ln_removal", f"hf={bpe},data=tokens,path=/corpus,aux=0.1")
+  assert (config.data.vocab_size, config.data.seq_len) == (300, POSITIONS)
+  assert config.batch_size * config.data.seq_len <= 2**19 and config.optimizer.learning_rate == 6e-4
+  assert config.model.norm_kwargs.eot_token == 299 and not config.model.tie_embeddings
+  for key in flatten(config.to_dict()):
+    assert rule_for(key) is not None, key
 
 
 def test_init_from_hf_checks_the_model_config(checkpoints):
