@@ -135,9 +135,10 @@ def stacked_init(init: Initializer, parts: int) -> Initializer:
 class AttentionCache:
   """One attention layer's key/value cache for decoding (a pytree; see the module docstring).
 
-  ``key``, ``value``: (B, S, heads, head_dim); ``index``: int32 (), the slots written so far
-  (the next token goes to slot ``index``); ``mask``: bool (B, S), False for slots that hold
-  padding (left-padded prompts), True elsewhere.
+  ``key``, ``value``: (B, heads, S, head_dim), heads-major so that neither the one-slot write
+  nor the attention's contractions make XLA transpose the whole cache each step; ``index``:
+  int32 (), the slots written so far (the next token goes to slot ``index``); ``mask``: bool
+  (B, S), False for slots that hold padding (left-padded prompts), True elsewhere.
   """
 
   key: jax.Array
@@ -147,7 +148,7 @@ class AttentionCache:
 
   @classmethod
   def empty(cls, batch, length, num_heads, head_dim, dtype, mask=None) -> "AttentionCache":
-    zeros = jnp.zeros((batch, length, num_heads, head_dim), dtype)
+    zeros = jnp.zeros((batch, num_heads, length, head_dim), dtype)
     mask = jnp.ones((batch, length), bool) if mask is None else jnp.asarray(mask, bool)
     return cls(zeros, zeros, jnp.zeros((), jnp.int32), mask)
 
@@ -170,15 +171,22 @@ def attention(query, key, value, *, mask=None, is_causal: bool = False):
 
 def cached_attention(query, key, value, cache: AttentionCache):
   """Writes ``key``/``value`` (B, T, H, D) at slots ``cache.index ...`` and attends causally
-  over the written, real slots: ``(out (B, T, H, D), new cache)``."""
+  over the written, real slots: ``(out (B, T, H, D), new cache)``. Scores and softmax in
+  float32 (float64 for float64), as ``jax.nn.dot_product_attention``."""
   index = cache.index
-  start = (0, index, 0, 0)
-  keys = jax.lax.dynamic_update_slice(cache.key, key.astype(cache.key.dtype), start)
-  values = jax.lax.dynamic_update_slice(cache.value, value.astype(cache.value.dtype), start)
+  start = (0, 0, index, 0)
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2).astype(cache.key.dtype)
+  keys = jax.lax.dynamic_update_slice(cache.key, heads_major(key), start)
+  values = jax.lax.dynamic_update_slice(cache.value, heads_major(value), start)
+  wide = jnp.promote_types(query.dtype, jnp.float32)
+  scores = jnp.einsum(
+    "bthd,bhsd->bhts", query, keys.astype(query.dtype), preferred_element_type=wide
+  ) / jnp.sqrt(jnp.asarray(query.shape[-1], wide))
   query_slot = index + jnp.arange(query.shape[1])
-  causal = jnp.arange(keys.shape[1])[None, :] <= query_slot[:, None]  # (T, S)
+  causal = jnp.arange(keys.shape[2])[None, :] <= query_slot[:, None]  # (T, S)
   allowed = causal[None, None] & cache.mask[:, None, None, :]  # (B, 1, T, S)
-  out = attention(query, keys.astype(query.dtype), values.astype(query.dtype), mask=allowed)
+  probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(wide).min), axis=-1)
+  out = jnp.einsum("bhts,bhsd->bthd", probs.astype(query.dtype), values.astype(query.dtype))
   return out, AttentionCache(keys, values, index + query.shape[1], cache.mask)
 
 
