@@ -15,13 +15,22 @@ Measured: val loss 1.8530 nats/byte (one run; Pre-LN 1.6601); details in
 experiments/crmsnorm/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py.
+
+From a Hugging Face GPT-2 (Pre-LN): ``:hf=DIR`` reads the model shape and epsilon from the
+checkpoint and initializes by the exact Pre-LN -> Pre-CRMSNorm conversion (``init_from =
+{'hf': DIR}``, a separate head; step 0 computes what the checkpoint computes), then fine-tunes;
+``python -m normjax.tools.convert --hf DIR --to crmsnorm --workdir W`` writes the converted run
+without training.
 """
 
 from normjax.config_args import base_arg, parse_arg, sibling_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, data="pystdlib", path="")
-  return sibling_config(
-    __file__, "gpt2_layernorm", base_arg(arg, ("data", "path"), norm="crmsnorm")
-  )
+  arg = parse_arg(arg, data="pystdlib", path="", hf="")
+  c = sibling_config(__file__, "gpt2_layernorm", base_arg(arg, ("data", "path"), norm="crmsnorm"))
+  if arg.hf:
+    from normjax.interop import hf
+
+    hf.configure_finetune(c, arg.hf)
+  return c

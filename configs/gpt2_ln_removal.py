@@ -22,6 +22,20 @@ half of it.
 run), after removal, after folding every FakeLN away (a GPT-2 with no normalization), and the
 control.
 
+A Hugging Face GPT-2 instead (``normjax.interop.hf``; model shape, tied head and epsilon from
+its config.json, ``init_from = {'hf': DIR}``, a fresh optimizer):
+
+  python -m normjax.train --config configs/gpt2_ln_removal.py:hf=DIR --workdir /tmp/noln
+  python -m normjax.train --config configs/gpt2_ln_removal.py:hf=DIR,data=tokens,path=OWT
+  python -m normjax.tools.hf export --workdir /tmp/noln --out /tmp/noln_hf   # LN-free export
+
+A byte-level checkpoint (vocab 256) fine-tunes on the embedded pystdlib corpus; a real one
+(GPT-2 small) on a corpus tokenized by its tokenizer (``normjax.tools.prepare_text``), with the
+official GPT-2-small fine-tune: AdamW 6e-4 cosine to 3e-4, 25 warmup steps, wd 0.01, clip
+1.0, 300 steps of 2^19 tokens (batch 512 x 1024), ``aux=0.1`` for the ``*_aux`` variant (EOT
+id from the checkpoint left out of its target); README "Real GPT-2 checkpoints" lists the
+paper's figures.
+
 Measured: eval loss 1.6252 nats/byte after removal, 1.6074 for the LN-kept control (+0.018;
 one run each); details in experiments/ln_removal/README.md.
 """
@@ -52,6 +66,7 @@ def get_config(arg=None):
     steps=300,
     data="pystdlib",
     path="",
+    hf="",
   )
   c = _base_config(f"data={arg.data},path={arg.path}" if arg.path else f"data={arg.data}")
   c.init_from = dict(workdir=arg.init, step=None)
@@ -72,4 +87,14 @@ def get_config(arg=None):
       aux_loss_weight=arg.aux,
       epsilon=1e-5,
     )
+  if arg.hf:
+    from normjax.interop import hf
+
+    hf.configure_finetune(c, arg.hf)  # shape, epsilon and init_from from the checkpoint
+    c.optimizer.learning_rate = 6e-4  # the official GPT-2-small fine-tune's peak LR
+    if arg.data == "tokens":  # official: 2^19 tokens per step; EOT left out of the aux target
+      c.batch_size = 2**19 // c.data.seq_len
+      eos = hf.token_ids(arg.hf).get("eos_token_id")
+      if arg.remove and arg.aux > 0 and isinstance(eos, int):
+        c.model.norm_kwargs.eot_token = eos
   return c

@@ -64,8 +64,9 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding, train_iter):
   """``(state, start_step)``: the latest checkpoint if the run has one (the data iterator is
-  restored in place), else ``config.init_from``'s weights with a fresh optimizer, else
-  ``state`` as given (fresh). Prints which."""
+  restored in place), else ``config.init_from``'s weights with a fresh optimizer (``workdir``:
+  a normjax run, ``load_params``; ``hf``: a Hugging Face GPT-2 directory, ``load_hf_params``),
+  else ``state`` as given (fresh). Prints which."""
   config = setup.config
   target = ocp.args.StandardRestore(
     jax.tree.map(
@@ -79,18 +80,28 @@ def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding,
     print(f"resumed from {manager.directory} at step {start}", flush=True)
     return restored, start
   source = config.get("init_from") or {}
+  if source.get("workdir") and source.get("hf"):
+    raise ValueError(
+      f"config key init_from={dict(source)!r}: give workdir (a normjax run) or hf (a Hugging "
+      f"Face GPT-2 directory), not both"
+    )
   if source.get("workdir"):
     pretrained = load_params(abstract_state, source.workdir, source.get("step"))
-    fresh = jax.device_get(state)
-    loaded = {
-      **fresh,
-      "params": pretrained["params"],
-      "model_state": fill(pretrained["model_state"], fresh["model_state"]),
-      "opt_state": setup.tx.init(pretrained["params"]),
-    }
-    print(f"initialized from {source.workdir} (step {pretrained['step']})", flush=True)
-    return jax.device_put(loaded, state_sharding), 0
-  return state, 0
+    origin = f"{source.workdir} (step {pretrained['step']})"
+  elif source.get("hf"):
+    pretrained = load_hf_params(abstract_state, config.model, source.hf)
+    origin = f"the Hugging Face GPT-2 {source.hf}"
+  else:
+    return state, 0
+  fresh = jax.device_get(state)
+  loaded = {
+    **fresh,
+    "params": pretrained["params"],
+    "model_state": fill(pretrained["model_state"], fresh["model_state"]),
+    "opt_state": setup.tx.init(pretrained["params"]),
+  }
+  print(f"initialized from {origin}", flush=True)
+  return jax.device_put(loaded, state_sharding), 0
 
 
 def _quiet_closed_loop_callbacks():
@@ -252,6 +263,39 @@ def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> 
   params = jax.tree_util.tree_map_with_path(take_param, abstract_state["params"])
   model_state = jax.tree_util.tree_map_with_path(take_state, abstract_state["model_state"])
   return {"params": params, "model_state": model_state, "step": step}
+
+
+def load_hf_params(abstract_state: dict, model_config, path: str) -> dict:
+  """``load_params`` for ``config.init_from.hf``: the Hugging Face GPT-2 at ``path`` as the
+  parameters of ``config.model`` (``normjax.interop.hf.pretrained_params``: LayerNorm/FakeLN as
+  they are, RMSNorm/CRMSNorm by the exact conversion). A checkpoint has no norm state: the
+  model state is all ``None`` (fresh). Every parameter must exist with the same shape, and
+  every checkpoint parameter must be used."""
+  from normjax.interop import hf
+
+  model = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+  saved = hf.pretrained_params(path, model)
+  names = {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  key = f"init_from.hf={path!r}"
+
+  def take_param(p, x):
+    v = names.pop(path_names(p), None)
+    if v is None or v.shape != x.shape:
+      raise ValueError(
+        f"config key {key}: parameter {'/'.join(path_names(p))} "
+        f"{'is missing' if v is None else f'has shape {v.shape}, not {x.shape}'} in the "
+        f"checkpoint; the model config must match it (configs' hf=PATH argument reads it)"
+      )
+    return v
+
+  params = jax.tree_util.tree_map_with_path(take_param, abstract_state["params"])
+  if names:
+    raise ValueError(
+      f"config key {key}: checkpoint parameters {['/'.join(n) for n in sorted(names)][:3]} "
+      f"have no place in the model; the model config must match the checkpoint"
+    )
+  model_state = jax.tree.map(lambda _: None, abstract_state["model_state"])
+  return {"params": params, "model_state": model_state, "step": 0}
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

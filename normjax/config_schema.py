@@ -153,6 +153,7 @@ NORM_LEAVES = {
   "gap_qk": COUNT,
   "gap_v": COUNT,
   "aux_loss_weight": NONNEGATIVE,
+  "eot_token": Rule("int", low=0, none=True),
   "use_scale": BOOL,
   "use_bias": BOOL,
 }
@@ -177,6 +178,9 @@ MODEL_LEAVES = {
   "stage_sizes": Rule("ints", low=1),
   "zero_init_residual": BOOL,
   "zero_mean_writers": BOOL,
+  "tie_embeddings": BOOL,
+  "vocab_size": COUNT,
+  "max_len": COUNT,
   "embedding_norm": BOOL,
   "placement": NAME,
   "pool": NAME,
@@ -220,6 +224,7 @@ RULES = {
 
 FREE = {
   "init_from.workdir": "a path, checked when it is read (a missing run is a one-line error)",
+  "init_from.hf": "a path or hub id, checked when it is read (normjax.interop.hf_files.resolve)",
   "data.*": "the data options, each checked by normjax.data with the config key named",
 }
 

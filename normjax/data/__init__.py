@@ -22,7 +22,7 @@ Keys read from ``config.data`` (a key set to None counts as unset):
 ``num_workers`` (grain worker processes, default 0 = in-process);
 LM: ``seq_len`` (default 128), ``eval_windows`` (cap on eval windows, spread
 evenly over the eval stream; default all); tokens: ``path``, ``vocab_size``
-(default 50304, nanoGPT's padded GPT-2 vocabulary); TFDS images:
+(default: ``meta.json``'s, else 50304, nanoGPT's padded GPT-2 vocabulary); TFDS images:
 ``image_size`` (default: native size for <= 64 px images, else 224),
 ``augment`` (default True). Any other key, or a key that does not apply to the
 chosen dataset, is a ValueError.

@@ -411,7 +411,9 @@ def load_tokens(opts: dict, data_dir: pathlib.Path) -> Loaded:
     tokens.open_token_split(opts["path"], train_split),
     tokens.open_token_split(opts["path"], eval_split),
     opts,
-    opts.get("vocab_size") or tokens.NANOGPT_VOCAB_SIZE,
+    opts.get("vocab_size")
+    or tokens.token_meta(opts["path"]).get("vocab_size")
+    or tokens.NANOGPT_VOCAB_SIZE,
     train_split,
     eval_split,
   )

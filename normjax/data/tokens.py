@@ -2,7 +2,10 @@
 
 A split is one 1-D token stream (pystdlib: the split's files concatenated in
 path order, vocabulary = the 256 byte values; ``tokens``: a nanoGPT
-``{split}.bin`` file of little-endian uint16 ids, memory-mapped). Window ``k``
+``{split}.bin`` file of little-endian uint16 ids, memory-mapped). A ``meta.json``
+beside the files (written by ``python -m normjax.tools.prepare_text``) may say
+``"dtype": "uint32"`` (little-endian uint32 ids, for vocabularies over 65536) and
+give the ``vocab_size``; without it the files are nanoGPT's uint16. Window ``k``
 starts at ``k T`` (T = seq_len) and holds ``T + 1`` tokens:
 ``inputs = w[:-1]``, ``targets = w[1:]``; there are ``(len - 1) // T`` of them,
 so every token but the first is a target exactly once per epoch.
@@ -16,6 +19,7 @@ sum, V the vocabulary size) and ``q`` the eval targets' empirical distribution.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -25,8 +29,11 @@ NANOGPT_VOCAB_SIZE = 50304  # GPT-2's 50257 BPE ids padded to a multiple of 64, 
 COUNT_CAP = 2**26  # train tokens counted for the unigram baseline (in 64 spread chunks)
 _COUNT_CHUNKS = 64
 
+META_FILE = "meta.json"  # the sidecar of normjax.tools.prepare_text
+TOKEN_DTYPES = {"uint16": "<u2", "uint32": "<u4"}
 PREPARE_HINT = (
-  "Write them with nanoGPT's prepare scripts (https://github.com/karpathy/nanoGPT): "
+  "Write them with python -m normjax.tools.prepare_text --tokenizer TOKENIZER --out DIR "
+  "FILES..., or with nanoGPT's prepare scripts (https://github.com/karpathy/nanoGPT): "
   "`python data/openwebtext/prepare.py` (GPT-2 BPE, ~17 GB) or "
   "`python data/shakespeare/prepare.py` (GPT-2 BPE, 1 MB), then set "
   "config.data.path=<nanoGPT>/data/<dataset>. Each file is a flat array of "
@@ -35,14 +42,16 @@ PREPARE_HINT = (
 
 
 class TokenFile:
-  """A uint16 token file, memory-mapped on first use (pickles as its path)."""
+  """A uint16 (or uint32) token file, memory-mapped on first use (pickles as its path)."""
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike, dtype: str = "uint16"):
     self.path = pathlib.Path(path)
+    self.dtype = TOKEN_DTYPES[dtype]
+    width = np.dtype(self.dtype).itemsize
     size = self.path.stat().st_size
-    if size % 2:
-      raise ValueError(f"{self.path}: {size} bytes is not a whole number of uint16 tokens")
-    self._len = size // 2
+    if size % width:
+      raise ValueError(f"{self.path}: {size} bytes is not a whole number of {dtype} tokens")
+    self._len = size // width
     self._array = None
 
   def __len__(self) -> int:
@@ -51,14 +60,27 @@ class TokenFile:
   @property
   def array(self) -> np.ndarray:
     if self._array is None:
-      self._array = np.memmap(self.path, dtype="<u2", mode="r")
+      self._array = np.memmap(self.path, dtype=self.dtype, mode="r")
     return self._array
 
   def __getitem__(self, index):
     return self.array[index]
 
   def __getstate__(self):
-    return {"path": self.path, "_len": self._len, "_array": None}
+    return {"path": self.path, "dtype": self.dtype, "_len": self._len, "_array": None}
+
+
+def token_meta(path: str | os.PathLike) -> dict:
+  """``{path}/meta.json`` (``prepare_text``'s sidecar) as a dict; ``{}`` when absent."""
+  file = pathlib.Path(path).expanduser() / META_FILE
+  if not file.is_file():
+    return {}
+  with open(file) as f:
+    meta = json.load(f)
+  dtype = meta.get("dtype", "uint16")
+  if dtype not in TOKEN_DTYPES:
+    raise ValueError(f"{file}: dtype {dtype!r} is not one of {', '.join(TOKEN_DTYPES)}")
+  return meta
 
 
 def open_token_split(path: str | os.PathLike, split: str) -> TokenFile:
@@ -69,7 +91,7 @@ def open_token_split(path: str | os.PathLike, split: str) -> TokenFile:
       f"token file {file} not found (config.data.path={os.fspath(path)!r}, split "
       f"{split!r}). {PREPARE_HINT}"
     )
-  return TokenFile(file)
+  return TokenFile(file, token_meta(path).get("dtype", "uint16"))
 
 
 def num_windows(stream_length: int, seq_len: int) -> int:

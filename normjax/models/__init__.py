@@ -5,7 +5,8 @@ Contract (what the trainer relies on):
 * factory: ``MODELS.get(name)(*, rngs, **kwargs)`` with ``kwargs`` = ``config.model`` minus
   ``name``; ``make_model`` is the short form and checks the keyword names first.
 * every model takes ``norm`` (a name in ``normjax.norms.NORMS``), ``norm_kwargs`` and ``dtype``
-  ('float32' or 'bfloat16': the activation/compute dtype; parameters are always float32).
+  ('float32' or 'bfloat16': the activation/compute dtype; parameters are always float32;
+  'float64' under ``jax_enable_x64`` for exactness checks against float64 references).
 * ``model(inputs)`` -> logits; ``model.train()`` / ``model.eval()`` switch dropout and
   batch-statistics norms (eval is deterministic).
 """
@@ -34,7 +35,7 @@ MODELS = Registry(
 )
 register = MODELS.register
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def make_model(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
@@ -64,7 +65,7 @@ def check_choice(argument: str, value: Any, choices: Iterable[Any]) -> Any:
 
 
 def compute_dtype(dtype: str):
-  """The jnp dtype for the ``dtype`` model argument ('float32' or 'bfloat16')."""
+  """The jnp dtype for the ``dtype`` model argument ('float32', 'bfloat16' or 'float64')."""
   name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
   return COMPUTE_DTYPES[check_choice("dtype", name, COMPUTE_DTYPES)]
 

@@ -16,6 +16,13 @@ follows flax (1e-6); GPT-2/PyTorch's LayerNorm uses ``norm_kwargs={'epsilon': 1e
 folded final-norm bias after ``normjax.surgery.conversions`` / ``normjax.surgery.folding``).
 With a ``compressed_residual`` norm (CRMSNorm) the embeddings and the residual stream are
 width - 1 wide (``normjax.models.transformer``). ``zero_mean_writers``: see there.
+
+Padding and decoding: ``model(tokens, mask)`` with ``mask`` (B, T), True = real token, masks
+padding keys in every attention and numbers positions from each row's first real token,
+``positions = max(cumsum(mask) - 1, 0)`` (as ``transformers``' GPT-2 ``generate`` does for
+left-padded prompts), so a padded row computes what the row alone computes. ``positions``
+(B, T) may also be given. With ``cache=model.init_cache(batch, length)`` the call returns
+``(logits, cache)``: the prefill and decode steps of ``normjax.tools.sample``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import compute_dtype, register
-from normjax.models.transformer import LinearInits, Transformer, residual_width
+from normjax.models.transformer import AttentionCache, LinearInits, Transformer, residual_width
 
 
 def _embedded_sharding(tokens: jax.Array) -> jax.sharding.PartitionSpec | None:
@@ -124,16 +131,50 @@ class GPT2(nnx.Module):
       else nnx.Linear(stream, vocab_size, kernel_init=normal, dtype=self.dtype, rngs=rngs)
     )
 
-  def __call__(self, tokens: jax.Array) -> jax.Array:
-    """int tokens (B, T) -> float32 logits (B, T, vocab_size)."""
+  def init_cache(self, batch: int, length: int, mask=None) -> tuple[AttentionCache, ...]:
+    """An empty key/value cache of ``length`` slots per block; ``mask`` (B, length) marks the
+    slots that will hold padding (False)."""
+    if length > self.max_len:
+      raise ValueError(f"cache length {length} exceeds the model's max_len={self.max_len}")
+    attn = self.transformer.blocks[0].attn
+    head_dim = attn.width // attn.num_heads
+    return tuple(
+      AttentionCache.empty(batch, length, attn.num_heads, head_dim, self.dtype, mask)
+      for _ in self.transformer.blocks
+    )
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    positions: jax.Array | None = None,
+    cache: tuple[AttentionCache, ...] | None = None,
+  ):
+    """int tokens (B, T) -> float32 logits (B, T, vocab_size) (``(logits, cache)`` with a
+    ``cache``); ``mask`` and ``positions``: see the module docstring."""
     length = tokens.shape[-1]
     if length > self.max_len:
       raise ValueError(f"sequence length {length} exceeds the model's max_len={self.max_len}")
+    if positions is None:
+      if cache is not None:
+        raise ValueError("decoding with a cache needs the tokens' positions (B, T)")
+      positions = (
+        jnp.arange(length)
+        if mask is None
+        else jnp.maximum(jnp.cumsum(jnp.asarray(mask, jnp.int32), axis=-1) - 1, 0)
+      )
     x = self.token_embedding(
       tokens, out_sharding=_embedded_sharding(tokens)
-    ) + self.position_embedding(jnp.arange(length))
-    h = self.transformer(x, tokens=tokens)
+    ) + self.position_embedding(positions)
+    if cache is None:
+      h = self.transformer(x, mask, tokens=tokens)
+    else:
+      h, cache = self.transformer(x, mask, tokens=tokens, cache=cache)
+    logits_dtype = jnp.promote_types(h.dtype, jnp.float32)  # float32, or float64 for float64
     if self.head is not None:
-      return self.head(h).astype(jnp.float32)
-    wte = self.token_embedding.embedding[...].astype(h.dtype)
-    return jnp.einsum("btc,vc->btv", h, wte, preferred_element_type=jnp.float32)
+      logits = self.head(h).astype(logits_dtype)
+    else:
+      wte = self.token_embedding.embedding[...].astype(h.dtype)
+      logits = jnp.einsum("btc,vc->btv", h, wte, preferred_element_type=logits_dtype)
+    return logits if cache is None else (logits, cache)

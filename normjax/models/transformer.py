@@ -36,6 +36,14 @@ LayerNorm removal (``normjax.norms.fakeln``):
 * an attention-input norm with ``separate_value_path`` (FakeLN) gives the attention two inputs,
   one for the Q/K projections and one for V (``MultiHeadSelfAttention(x, value_input)``), so
   LayerNorm removal can freeze the two uses of that norm separately.
+
+Padding and decoding (``normjax.tools.sample``): ``mask`` (B, T), True = real token, reaches the
+norms as before and, when given, the attention as a key mask (query i attends key j iff j <= i
+for causal attention and ``mask[b, j]``); ``mask=None`` is the unmasked path, unchanged. With an
+``AttentionCache`` per block (``Transformer(x, cache=...)``), the new tokens' keys and values
+are written into the cache at slots ``index, index + 1, ...`` and the queries attend every
+written slot ``<=`` their own that the cache's slot mask marks real: prefill and one-token
+decode steps with fixed shapes, so a ``lax.fori_loop`` of decode steps compiles once.
 """
 
 from __future__ import annotations
@@ -123,13 +131,76 @@ def stacked_init(init: Initializer, parts: int) -> Initializer:
   return init_fn
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionCache:
+  """One attention layer's key/value cache for decoding (a pytree; see the module docstring).
+
+  ``key``, ``value``: (B, heads, S, head_dim), heads-major so that neither the one-slot write
+  nor the attention's contractions make XLA transpose the whole cache each step; ``index``:
+  int32 (), the slots written so far (the next token goes to slot ``index``); ``mask``: bool
+  (B, S), False for slots that hold padding (left-padded prompts), True elsewhere.
+  """
+
+  key: jax.Array
+  value: jax.Array
+  index: jax.Array
+  mask: jax.Array
+
+  @classmethod
+  def empty(cls, batch, length, num_heads, head_dim, dtype, mask=None) -> "AttentionCache":
+    zeros = jnp.zeros((batch, num_heads, length, head_dim), dtype)
+    mask = jnp.ones((batch, length), bool) if mask is None else jnp.asarray(mask, bool)
+    return cls(zeros, zeros, jnp.zeros((), jnp.int32), mask)
+
+
+def attention(query, key, value, *, mask=None, is_causal: bool = False):
+  """``jax.nn.dot_product_attention`` (B, T, H, D) -> (B, T, H, D); float64 inputs take a
+  plain einsum softmax instead, because jax's XLA attention computes the scores and softmax in
+  float32 (float64 checks against references would stop at ~1e-7)."""
+  if query.dtype != jnp.float64:
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(query.shape[-1])
+  allowed = jnp.ones(scores.shape, bool)
+  if is_causal:
+    allowed &= jnp.tril(jnp.ones(scores.shape[-2:], bool))
+  if mask is not None:
+    allowed &= mask
+  scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), value)
+
+
+def cached_attention(query, key, value, cache: AttentionCache):
+  """Writes ``key``/``value`` (B, T, H, D) at slots ``cache.index ...`` and attends causally
+  over the written, real slots: ``(out (B, T, H, D), new cache)``. Scores and softmax in
+  float32 (float64 for float64), as ``jax.nn.dot_product_attention``."""
+  index = cache.index
+  start = (0, 0, index, 0)
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2).astype(cache.key.dtype)
+  keys = jax.lax.dynamic_update_slice(cache.key, heads_major(key), start)
+  values = jax.lax.dynamic_update_slice(cache.value, heads_major(value), start)
+  wide = jnp.promote_types(query.dtype, jnp.float32)
+  scores = jnp.einsum(
+    "bthd,bhsd->bhts", query, keys.astype(query.dtype), preferred_element_type=wide
+  ) / jnp.sqrt(jnp.asarray(query.shape[-1], wide))
+  query_slot = index + jnp.arange(query.shape[1])
+  causal = jnp.arange(keys.shape[2])[None, :] <= query_slot[:, None]  # (T, S)
+  allowed = causal[None, None] & cache.mask[:, None, None, :]  # (B, 1, T, S)
+  probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(wide).min), axis=-1)
+  out = jnp.einsum("bhts,bhsd->bthd", probs.astype(query.dtype), values.astype(query.dtype))
+  return out, AttentionCache(keys, values, index + query.shape[1], cache.mask)
+
+
 class MultiHeadSelfAttention(nnx.Module):
   """Self-attention with a fused (stream, 3*width) q|k|v projection and an output projection.
 
-  softmax(q k^T / sqrt(head_dim) [+ causal mask]) v per head, via
+  softmax(q k^T / sqrt(head_dim) [+ causal mask] [+ key padding mask]) v per head, via
   ``jax.nn.dot_product_attention`` (which picks cuDNN flash attention where available).
   ``stream_width`` is the residual stream's width (``width`` except for CRMSNorm models).
   ``value_input``, when given, feeds the V columns of the projection instead of ``x``.
+  ``mask`` (B, T) bool, True = real token: keys that are padding get no attention.
+  ``cache``: an ``AttentionCache`` (causal attention only); the call then returns
+  ``(out, new_cache)``.
   """
 
   def __init__(
@@ -160,12 +231,28 @@ class MultiHeadSelfAttention(nnx.Module):
       axis=-1,
     )
 
-  def __call__(self, x: jax.Array, value_input: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    value_input: jax.Array | None = None,
+    *,
+    mask: jax.Array | None = None,
+    cache: AttentionCache | None = None,
+  ):
     batch, length, _ = x.shape
     qkv = self.qkv(x) if value_input is None else self._split_qkv(x, value_input)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, self.width // self.num_heads)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(query, key, value, is_causal=self.causal)
+    if cache is not None:
+      if not self.causal:
+        raise ValueError("a key/value cache needs causal attention (a decoder)")
+      out, cache = cached_attention(query, key, value, cache)
+      return self.proj(out.reshape(batch, length, self.width)), cache
+    if mask is None:  # the training path
+      out = attention(query, key, value, is_causal=self.causal)
+    else:
+      keys = jnp.asarray(mask, bool)[:, None, None, :]  # (B, 1, 1, T)
+      out = attention(query, key, value, mask=keys, is_causal=self.causal)
     return self.proj(out.reshape(batch, length, self.width))
 
 
@@ -281,10 +368,22 @@ class TransformerBlock(nnx.Module):
       return self.attn_norm.qk_and_v(x, mask=mask)
     return self.attn_norm(x, mask=mask), None
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, mask: jax.Array | None = None, cache: AttentionCache | None = None
+  ):
+    """x (B, T, stream) -> x, or ``(x, new_cache)`` when a ``cache`` is given."""
+    new_cache = []
+
+    def attend(inputs):
+      if cache is None:
+        return self.attn(*inputs, mask=mask)
+      out, updated = self.attn(*inputs, mask=mask, cache=cache)
+      new_cache.append(updated)
+      return out
+
     x = residual_branch(
       x,
-      lambda h: self.attn(*h),
+      attend,
       input_norm=self._attention_inputs,
       output_norm=self.attn_output_norm,
       residual_norm=self.attn_residual_norm,
@@ -292,7 +391,7 @@ class TransformerBlock(nnx.Module):
       mask=mask,
       zero_mean=self.zero_mean_writers,
     )
-    return residual_branch(
+    x = residual_branch(
       x,
       self.mlp,
       input_norm=self.mlp_norm,
@@ -302,16 +401,19 @@ class TransformerBlock(nnx.Module):
       mask=mask,
       zero_mean=self.zero_mean_writers,
     )
+    return x if cache is None else (x, new_cache[0])
 
 
 class Transformer(nnx.Module):
   """[embedding_norm] -> embedding dropout -> ``depth`` blocks -> [final_norm].
 
   Input: the summed token/patch and position embeddings (B, T, stream width); ``mask`` (B, T),
-  True = real token, goes to every norm; ``tokens`` (B, T) int ids, to the final norm when it
-  ``needs_tokens``. The final norm exists when the placement asks for one.
+  True = real token, goes to every norm and to the attention (padding keys are ignored);
+  ``tokens`` (B, T) int ids, to the final norm when it ``needs_tokens``; ``cache``: one
+  ``AttentionCache`` per block (decoding), then the call returns ``(x, new caches)``. The final
+  norm exists when the placement asks for one.
   ``zero_mean_writers`` recentres the input embeddings and every branch output. ``remat``
-  rematerialises each block (``normjax.models.remat``).
+  rematerialises each block in training (``normjax.models.remat``; decoding never does).
   """
 
   def __init__(
@@ -375,18 +477,28 @@ class Transformer(nnx.Module):
     )
 
   def __call__(
-    self, x: jax.Array, mask: jax.Array | None = None, tokens: jax.Array | None = None
-  ) -> jax.Array:
+    self,
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    tokens: jax.Array | None = None,
+    cache: tuple[AttentionCache, ...] | None = None,
+  ):
     if self.embedding_norm is not None:
       x = self.embedding_norm(x, mask=mask)
     if self.zero_mean_writers:
       x = center(x)
     if self.embedding_dropout is not None:
       x = self.embedding_dropout(x)
-    for block in self.blocks:
-      x = remat_lib.call(block, x, mask, remat=self.remat)
-    if self.final_norm is None:
-      return x
-    if self.final_norm.needs_tokens:
-      return self.final_norm(x, mask=mask, tokens=tokens)
-    return self.final_norm(x, mask=mask)
+    new_cache = []
+    for i, block in enumerate(self.blocks):
+      if cache is None:
+        x = remat_lib.call(block, x, mask, remat=self.remat)
+      else:
+        x, layer_cache = block(x, mask, cache[i])
+        new_cache.append(layer_cache)
+    if self.final_norm is not None:
+      if self.final_norm.needs_tokens:
+        x = self.final_norm(x, mask=mask, tokens=tokens)
+      else:
+        x = self.final_norm(x, mask=mask)
+    return x if cache is None else (x, tuple(new_cache))

@@ -2,7 +2,11 @@
 
 * ``sweep``: a grid of training runs, run here, emitted for a scheduler, summarised;
 * ``ln_removal``: the before/after report of a LayerNorm-removal run;
-* ``alpha_bn_eval``: test-time alpha-BN of a trained BatchNorm model on corrupted images.
+* ``alpha_bn_eval``: test-time alpha-BN of a trained BatchNorm model on corrupted images;
+* ``hf``: ``export`` a GPT-2 run as a Hugging Face checkpoint (LN-free runs included);
+* ``convert``: a Hugging Face GPT-2 as an exactly equivalent Pre-RMSNorm / CRMSNorm run;
+* ``prepare_text``: text files to nanoGPT ``train.bin`` / ``val.bin`` with a local tokenizer;
+* ``sample``: text from a run or a Hugging Face GPT-2 (jitted KV-cache decoding).
 
 Each one loads runs through ``normjax.checkpoint.load_run`` and evaluates through
 ``normjax.run.evaluate``, the trainer's own set-up and eval loop.

@@ -9,7 +9,8 @@ The fine-tuning itself is an ordinary trainer run: GPT-2 with ``norm='fakeln'`` 
 schedule and aux-loss weight in ``norm_kwargs``, ``normjax.norms.fakeln``) initialised from the
 LayerNorm run by ``config.init_from``. This script evaluates, on the removal run's eval split:
 
-* the pretrained LayerNorm model (the loss before removal),
+* the pretrained LayerNorm model (the loss before removal): ``init_from.workdir``'s run or
+  ``init_from.hf``'s Hugging Face GPT-2,
 * the fine-tuned model with its FakeLNs (the loss after removal),
 * that model with every FakeLN folded into the adjacent linear layer (``fold_norms``): a GPT-2
   with no normalization at all. It fails if any FakeLN path is still live, and its loss equals
@@ -66,15 +67,21 @@ def fakeln_status(model: nnx.Module) -> list[dict]:
 def report(workdir: str, control: str | None = None) -> dict:
   """Evaluates the runs described in the module docstring; returns (and saves) the numbers."""
   config = read_config(workdir)
-  pretrained = config.get("init_from", {}).get("workdir")
-  if not pretrained:
+  source = config.get("init_from") or {}
+  if not (source.get("workdir") or source.get("hf")):
     raise ValueError(
-      f"{workdir}: config.init_from.workdir is not set; this report compares a "
-      f"removal run with the LayerNorm run it was initialised from"
+      f"{workdir}: config.init_from.workdir (or .hf) is not set; this report compares a "
+      f"removal run with the LayerNorm model it was initialised from"
     )
   batch = config.get("eval_batch_size", config.batch_size)
   result = {"eval_split": nj_data.get_info(config.data).eval_split}
-  result["before"] = eval_loss(load_run(pretrained, data=config.data)[1], config.data, batch)
+  if source.get("workdir"):
+    pretrained = load_run(source.workdir, data=config.data)[1]
+  else:  # a Hugging Face GPT-2 (normjax.interop.hf)
+    from normjax.interop import hf
+
+    pretrained = hf.load_gpt2(source.hf)
+  result["before"] = eval_loss(pretrained, config.data, batch)
   removed = load_run(workdir)[1]
   status = fakeln_status(removed)
   result["after"] = eval_loss(removed, config.data, batch)
