@@ -155,6 +155,12 @@ NORM_LEAVES = {
   "aux_loss_weight": NONNEGATIVE,
   "use_scale": BOOL,
   "use_bias": BOOL,
+  "kappa": FRACTION,
+  "num_tasks": COUNT,
+  "aux_from_task": INDEX,
+  "init_weight": Rule("float"),
+  "renormalize_weights": BOOL,
+  "unbiased_running_var": BOOL,
 }
 MODEL_LEAVES = {
   "name": NAME,
@@ -210,6 +216,10 @@ RULES = {
   "init_from.step": Rule("int", low=0, none=True),
   "profile.start_step": COUNT,
   "profile.num_steps": INDEX,
+  "continual.num_tasks": COUNT,
+  "continual.buffer_size": COUNT,
+  "continual.replay_batch_size": COUNT,
+  "continual.method": NAME,  # checked by normjax.tools.continual (er | er_ace)
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},

@@ -1,4 +1,4 @@
-"""Models resolved by name: ``vit``, ``resnet``, ``gpt2`` (Flax NNX).
+"""Models resolved by name: ``vit``, ``resnet``, ``gpt2``, ``nf_resnet``, ``inpaint``, ``cnn``.
 
 Contract (what the trainer relies on):
 
@@ -30,6 +30,7 @@ MODELS = Registry(
     "normjax.models.gpt2",
     "normjax.models.nf_resnet",
     "normjax.models.inpaint",
+    "normjax.models.cnn",
   ),
 )
 register = MODELS.register
