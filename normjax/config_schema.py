@@ -161,6 +161,11 @@ NORM_LEAVES = {
   "init_weight": Rule("float"),
   "renormalize_weights": BOOL,
   "unbiased_running_var": BOOL,
+  "mode": NAME,
+  "coloring": NAME,
+  "whitening_weight": NONNEGATIVE,
+  "coloring_weight": NONNEGATIVE,
+  "mix_alpha": Rule("float", low=0, high=1, none=True),
 }
 MODEL_LEAVES = {
   "name": NAME,
