@@ -85,7 +85,7 @@ def reference_gdwct(x, s, bias, alpha, groups):
   centring, the block-diagonal X = mask * repeat(S U^T), X c + mu_s, the alpha mix, and the
   official ``reg`` terms mean|cov - I| and mean|U - I|."""
   rows = x.reshape(-1, x.shape[-1])
-  c, n = x.shape[-1], x.shape[-1] // groups
+  n = x.shape[-1] // groups
   centred = rows - rows.mean(0)
   blocks, us, covs = [], [], []
   for g in range(groups):
