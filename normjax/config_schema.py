@@ -134,6 +134,7 @@ OPTIMIZER_LEAVES = {
   "rotated_momentum": BOOL,
   "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
   "project_momentum": BOOL,
+  "gradient": NAME,  # spd_rsgd: 'official' | 'bw', checked by the optimizer
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -196,6 +197,14 @@ MODEL_LEAVES = {
   "conv": NAME,
   "activation": NAME,
   "ibn": OPTIONAL_NAME,
+  "spd_norm": NAME,
+  "theta": POSITIVE,
+  "hidden": COUNT,
+  "bn_momentum": Rule("float", low=0, high=1, open_high=True),
+  "official_power_grad": BOOL,
+  "freeze_bimap": BOOL,
+  "reeig_threshold": POSITIVE,
+  "dtype": NAME,
 }
 
 RULES = {
