@@ -11,7 +11,7 @@ intensity and gradient features per image). Model ``normjax/models/spdnet.py``: 
 (trained on the Stiefel manifold), the batch norm, ReEig (1e-5), LogEig, Linear(25->10). The
 official SPDNet recipe: SGD with momentum 0.9 on the Euclidean parameters, Riemannian SGD on the
 SPD ones (``spd_rsgd``: bias, GBW metric) and the Stiefel ones (``stiefel_rsgd``), one
-learning rate, batch 30; here lr 0.05 constant, 1000 steps (~21 epochs).
+learning rate, batch 30; here lr 0.02 constant, 1000 steps (~21 epochs).
 
 Measured: see experiments/gbw_rbn/README.md.
 """
@@ -44,7 +44,7 @@ def get_config(arg=None):
   )
   c.optimizer = dict(
     name="sgd",
-    learning_rate=0.05,
+    learning_rate=0.02,
     weight_decay=0.0,
     labels="manifold_groups",
     groups={

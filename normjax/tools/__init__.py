@@ -2,9 +2,11 @@
 
 * ``sweep``: a grid of training runs, run here, emitted for a scheduler, summarised;
 * ``ln_removal``: the before/after report of a LayerNorm-removal run;
-* ``alpha_bn_eval``: test-time alpha-BN of a trained BatchNorm model on corrupted images.
+* ``alpha_bn_eval``: test-time alpha-BN of a trained BatchNorm model on corrupted images;
+* ``continual``: online class-incremental learning with a replay buffer (ER / ER-ACE), the
+  home of AdaB²N's experiment (its own loop: a task stream is not the trainer's i.i.d. step).
 
-Each one loads runs through ``normjax.checkpoint.load_run`` and evaluates through
+The first three load runs through ``normjax.checkpoint.load_run`` and evaluate through
 ``normjax.run.evaluate``, the trainer's own set-up and eval loop.
 """
 
