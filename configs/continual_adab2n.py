@@ -7,12 +7,14 @@ r"""Online class-incremental Split-digits with replay, AdaB²N against BN / GN /
 
 Default: 5 tasks of 2 digit classes, each training image seen once in stream batches of 10,
 reservoir buffer of 100 with replay minibatch 10, ER-ACE, the 3-layer width-32 CNN of
-``normjax/models/cnn.py``, plain SGD lr 0.03 (the official recipe); AdaB²N with kappa 0.4,
-lambda 0.1 (aux_loss_weight), PyTorch momentum 0.1 (flax 0.9; batchnorm gets the same).
+``normjax/models/cnn.py``, plain SGD lr 0.1 (the official MiniImageNet value; 0.03 leaves the
+29-step tasks unlearned); AdaB²N with kappa 1, lambda 0.1 (aux_loss_weight; the best of the
+kappa x lambda grid), PyTorch momentum 0.1 (flax 0.9; batchnorm gets the same).
 GroupNorm has 32 groups (official GN32); LayerNorm is normjax's per-position LN over channels
 (the official LN normalizes each example over (C, H, W)).
 
-Measured: see experiments/adab2n/README.md.
+Measured: average accuracy 0.7877 ± 0.0117 (BN 0.7823 ± 0.0115), 10 seeds; details in
+experiments/adab2n/README.md.
 """
 
 from normjax.config_args import check_choice, parse_arg, trainer_defaults
@@ -21,7 +23,7 @@ NORMS = ("batchnorm", "adab2n", "groupnorm", "layernorm")
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, norm="adab2n", kappa=0.4, lam=0.1, buffer=100, method="er_ace", tasks=5)
+  arg = parse_arg(arg, norm="adab2n", kappa=1.0, lam=0.1, buffer=100, method="er_ace", tasks=5)
   check_choice(arg, "norm", NORMS)
   check_choice(arg, "method", ("er", "er_ace"))
   c = trainer_defaults(total_steps=None, total_epochs=1.0, batch_size=10)

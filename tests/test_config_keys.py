@@ -19,6 +19,7 @@ DATA_BAD = {
   "eval_windows": [0, 1.5],
   "hole_size": [0, "x"],
   "regularization": [0, "x"],
+  "spectral_power": [0, "x"],
   "name": [3, ""],
   "path": [],
   "data_dir": [],

@@ -234,12 +234,16 @@ def test_manifold_groups_label_the_spdnet_parameters():
 def test_descriptors_are_spd_and_the_ridge_sets_the_conditioning():
   images = np.random.default_rng(6).integers(0, 17, size=(20, 8, 8))
   well = spd_digits.covariance_descriptors(images, 1e-3)
-  ill = spd_digits.covariance_descriptors(images, 1e-7)
+  ill = spd_digits.covariance_descriptors(images, 1e-7, 3.0)
   feats = spd_digits.pixel_features(images)
   np.testing.assert_allclose(well[3], np.cov(feats[3].T, bias=True) + 1e-3 * np.eye(5), atol=1e-12)
   assert np.linalg.eigvalsh(ill).min() > 0
   cond = lambda c: np.linalg.cond(c).max()
-  assert cond(ill) > 100 * cond(well) or cond(well) < 1e4
+  assert cond(ill) > cond(well) ** 2  # the spectrum is cubed
+  lam, u = np.linalg.eigh(well - 1e-3 * np.eye(5))
+  spectrum = lam**3 / lam.mean(-1, keepdims=True) ** 2
+  stretched = (u * spectrum[:, None, :]) @ np.swapaxes(u, -1, -2)
+  np.testing.assert_allclose(ill, stretched + 1e-7 * np.eye(5), rtol=1e-6, atol=1e-12)
   with pytest.raises(ValueError, match="config key data.regularization=0"):
     spd_digits.load_spd_digits({"regularization": 0}, None)
 

@@ -11,7 +11,7 @@
 ``masked_digits`` the digits with a random square hole (``hole_size``, default 4),
              task 'inpainting' (``masked_digits.py``).
 ``spd_digits`` one 5x5 covariance descriptor per digit (``regularization``, default
-             1e-3), for SPDNet (``spd_digits.py``).
+             1e-3; ``spectral_power``, default 1), for SPDNet (``spd_digits.py``).
 other        a TFDS image-classification dataset prepared (array_record) in
              the data_dir: ``cifar10``, ``imagenet2012``, ...
 ===========  ==============================================================
@@ -85,7 +85,7 @@ KEYS = {
   "tokens": ("name", "train_split", "eval_split", "num_workers", "path", "vocab_size") + _LM_KEYS,
   "tfds": _COMMON_KEYS + ("image_size", "augment"),
   "masked_digits": _COMMON_KEYS + ("hole_size",),
-  "spd_digits": _COMMON_KEYS + ("regularization",),
+  "spd_digits": _COMMON_KEYS + ("regularization", "spectral_power"),
 }
 ALL_KEYS = frozenset(k for keys in KEYS.values() for k in keys)
 # Keys a dataset accepts only with the value it has anyway.
