@@ -11,7 +11,8 @@ with groups of ``group_size`` channels (4: 8, 16 and 32 groups in the three stag
 GDWCT's regularised form (centring, lambda_w * mean|Sigma_g - I| as an aux loss; official
 lambda_w 0.001). Running statistics with flax momentum 0.9.
 
-Measured: see experiments/gdwct/README.md.
+Measured (300 steps, 3 seeds): test accuracy 0.9805 ± 0.0028 (BatchNorm 0.9814 ± 0.0025);
+details in experiments/gdwct/README.md.
 """
 
 from normjax.config_args import check_choice, parse_arg, sibling_config
