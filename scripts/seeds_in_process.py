@@ -35,7 +35,13 @@ def load(spec: str, overrides: list[str]):
     node = config
     for p in parents:
       node = node[p]
-    node[leaf] = type(node[leaf])(raw) if node[leaf] is not None else json.loads(raw)
+    old = node[leaf]
+    if isinstance(old, bool):
+      if raw.lower() not in ("true", "false"):
+        raise ValueError(f"--set {key}={raw!r}: expected true or false")
+      node[leaf] = raw.lower() == "true"
+    else:
+      node[leaf] = type(old)(raw) if old is not None else json.loads(raw)
   return config
 
 
