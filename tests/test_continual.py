@@ -135,3 +135,21 @@ def test_a_resumed_stream_continues_exactly(tmp_path):
     np.isnan(acc[np.triu_indices(5, 1)])
   )
   assert 0.3 < straight["average_accuracy"] <= 1.0
+
+
+def test_the_command_fails_with_one_line_naming_the_key(tmp_path):
+  args = [
+    "-m",
+    "normjax.tools.continual",
+    "--config",
+    str(tu.ROOT / "configs" / "continual_adab2n.py"),
+    "--config.continual.buffer_size=5",
+    "--workdir",
+    str(tmp_path),
+  ]
+  import sys
+
+  result = tu.run_cli([sys.executable, *args], tu.env(), timeout=300)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith("normjax.tools.continual: config key continual.buffer_size=5")
