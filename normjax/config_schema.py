@@ -134,6 +134,7 @@ OPTIMIZER_LEAVES = {
   "rotated_momentum": BOOL,
   "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
   "project_momentum": BOOL,
+  "gradient": NAME,  # spd_rsgd: 'official' | 'bw', checked by the optimizer
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -156,6 +157,17 @@ NORM_LEAVES = {
   "eot_token": Rule("int", low=0, none=True),
   "use_scale": BOOL,
   "use_bias": BOOL,
+  "kappa": FRACTION,
+  "num_tasks": COUNT,
+  "aux_from_task": INDEX,
+  "init_weight": Rule("float"),
+  "renormalize_weights": BOOL,
+  "unbiased_running_var": BOOL,
+  "mode": NAME,
+  "coloring": NAME,
+  "whitening_weight": NONNEGATIVE,
+  "coloring_weight": NONNEGATIVE,
+  "mix_alpha": Rule("float", low=0, high=1, none=True),
 }
 MODEL_LEAVES = {
   "name": NAME,
@@ -190,6 +202,14 @@ MODEL_LEAVES = {
   "activation": NAME,
   "ibn": OPTIONAL_NAME,
   "remat": NAME,
+  "spd_norm": NAME,
+  "theta": POSITIVE,
+  "hidden": COUNT,
+  "bn_momentum": Rule("float", low=0, high=1, open_high=True),
+  "official_power_grad": BOOL,
+  "freeze_bimap": BOOL,
+  "reeig_threshold": POSITIVE,
+  "dtype": NAME,
 }
 
 RULES = {
@@ -215,6 +235,10 @@ RULES = {
   "init_from.step": Rule("int", low=0, none=True),
   "profile.start_step": COUNT,
   "profile.num_steps": INDEX,
+  "continual.num_tasks": COUNT,
+  "continual.buffer_size": COUNT,
+  "continual.replay_batch_size": COUNT,
+  "continual.method": NAME,  # checked by normjax.tools.continual (er | er_ace)
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},

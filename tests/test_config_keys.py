@@ -18,6 +18,8 @@ DATA_BAD = {
   "seq_len": [0, "x"],
   "eval_windows": [0, 1.5],
   "hole_size": [0, "x"],
+  "regularization": [0, "x"],
+  "spectral_power": [0, "x"],
   "name": [3, ""],
   "path": [],
   "data_dir": [],

@@ -27,6 +27,7 @@ TRAITS = {
   "fuses_activation": False,
   "records_aux_loss": False,
   "needs_tokens": False,
+  "needs_task_ids": False,
   "eval_affine": None,
 }
 C = 8

@@ -10,6 +10,8 @@
 ``tokens``   nanoGPT ``train.bin`` / ``val.bin`` uint16 files in ``path``.
 ``masked_digits`` the digits with a random square hole (``hole_size``, default 4),
              task 'inpainting' (``masked_digits.py``).
+``spd_digits`` one 5x5 covariance descriptor per digit (``regularization``, default
+             1e-3; ``spectral_power``, default 1), for SPDNet (``spd_digits.py``).
 other        a TFDS image-classification dataset prepared (array_record) in
              the data_dir: ``cifar10``, ``imagenet2012``, ...
 ===========  ==============================================================
@@ -52,7 +54,7 @@ import pathlib
 
 import grain
 
-from normjax.data import masked_digits, pipeline, sources
+from normjax.data import masked_digits, pipeline, sources, spd_digits
 from normjax.data.sources import DataInfo, default_data_dir
 from normjax.registry import Registry
 
@@ -73,6 +75,7 @@ DATASETS.register("digits", sources.load_digits)
 DATASETS.register("pystdlib", sources.load_pystdlib)
 DATASETS.register("tokens", sources.load_tokens)
 DATASETS.register("masked_digits", masked_digits.load_masked_digits)
+DATASETS.register("spd_digits", spd_digits.load_spd_digits)
 
 _COMMON_KEYS = ("name", "data_dir", "train_split", "eval_split", "num_workers")
 _LM_KEYS = ("seq_len", "eval_windows")
@@ -82,6 +85,7 @@ KEYS = {
   "tokens": ("name", "train_split", "eval_split", "num_workers", "path", "vocab_size") + _LM_KEYS,
   "tfds": _COMMON_KEYS + ("image_size", "augment"),
   "masked_digits": _COMMON_KEYS + ("hole_size",),
+  "spd_digits": _COMMON_KEYS + ("regularization", "spectral_power"),
 }
 ALL_KEYS = frozenset(k for keys in KEYS.values() for k in keys)
 # Keys a dataset accepts only with the value it has anyway.

@@ -1,4 +1,4 @@
-"""Models resolved by name: ``vit``, ``resnet``, ``gpt2`` (Flax NNX).
+"""Models resolved by name: vit, resnet, gpt2, nf_resnet, inpaint, cnn, spdnet (Flax NNX).
 
 Contract (what the trainer relies on):
 
@@ -31,6 +31,8 @@ MODELS = Registry(
     "normjax.models.gpt2",
     "normjax.models.nf_resnet",
     "normjax.models.inpaint",
+    "normjax.models.cnn",
+    "normjax.models.spdnet",
   ),
 )
 register = MODELS.register

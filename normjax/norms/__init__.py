@@ -23,6 +23,7 @@ Contract for every registered norm (what models and the trainer rely on):
   - ``fuses_activation`` (False): takes ``apply_act`` and applies its own nonlinearity;
   - ``records_aux_loss`` (False): training calls record an ``AuxLoss``;
   - ``needs_tokens`` (False): the call takes ``tokens=`` (an LM's token ids);
+  - ``needs_task_ids`` (False): the call takes ``task_ids=`` (continual-learning task ids);
   - ``eval_affine`` (None): else a method ``() -> (a, c)``, eval output ``a * x + c``.
   Running statistics live in ``nnx.BatchStat`` variables, backward-pass statistics in
   ``normjax.variables.GradStat``, auxiliary losses in ``normjax.variables.AuxLoss``.

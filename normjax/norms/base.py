@@ -129,6 +129,9 @@ class Norm(nnx.Module):
   * ``needs_tokens`` (False; per instance): the call takes ``tokens=`` (the int token ids
     (B, T) of a language model), which the transformer passes to it (FakeLN's EOT-aware aux
     target).
+  * ``needs_task_ids`` (False; per instance): the call takes ``task_ids=`` (int (N,), the
+    continual-learning task of each example, or None), which models built for task streams
+    (``normjax.models.cnn``) pass to it (AdaB²N's task-weighted batch statistics).
   * ``eval_affine`` (None): else a method ``() -> (a, c)`` with per-channel arrays such that the
     eval-mode output is ``a * x + c`` (PowerNorm: ``a * group_scaling(x) + c``), so
     ``surgery/folding.py`` can fold the norm into an adjacent linear layer.
@@ -141,6 +144,7 @@ class Norm(nnx.Module):
   fuses_activation = False
   records_aux_loss = False
   needs_tokens = False
+  needs_task_ids = False
   eval_affine: Callable | None = None
 
   def __init__(self, num_features: int):
@@ -210,6 +214,11 @@ class StatefulNorm(RunningAverageView, Norm):
 
   def run(self, x, mask=None, **call_kwargs):
     """Collect the state, call the pure function, write the forward state back in training."""
+    return self.run_with_state(x, mask, **call_kwargs)[0]
+
+  def run_with_state(self, x, mask=None, **call_kwargs):
+    """``run`` that also returns the pure function's new state (for values a module reads
+    from it besides the written-back variables, e.g. an auxiliary loss)."""
     self._check_features(x)
     train = not self.use_running_average
     y, new_state = type(self).function(
@@ -226,7 +235,7 @@ class StatefulNorm(RunningAverageView, Norm):
         variable = getattr(self, name)
         if variable is not None:
           variable[...] = new_state[name]
-    return y
+    return y, new_state
 
   def __call__(self, x, mask=None):
     return self.run(x, mask)

@@ -20,6 +20,13 @@ from normjax.optim._adamp import ScaleByAdamPState, adamp, scale_by_adamp
 from normjax.optim._conda import CondaDimensionNumbers, ScaleByCondaState, conda, scale_by_conda
 from normjax.optim._nap import NormalizeAndProjectState, nap, normalize_and_project
 from normjax.optim._registry import OPTIMIZERS, register
+from normjax.optim._riemannian import (
+  RiemannianSGDState,
+  scale_by_spd_bw,
+  scale_by_stiefel,
+  spd_rsgd,
+  stiefel_rsgd,
+)
 from normjax.optim._sgdp import ScaleBySGDPState, scale_by_sgdp, sgdp
 from normjax.optim._transforms import DecayAfterStepState, add_decayed_weights_after_step
 
@@ -42,4 +49,9 @@ __all__ = (
   "NormalizeAndProjectState",
   "nap",
   "normalize_and_project",
+  "RiemannianSGDState",
+  "scale_by_spd_bw",
+  "scale_by_stiefel",
+  "spd_rsgd",
+  "stiefel_rsgd",
 )

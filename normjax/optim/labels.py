@@ -209,6 +209,25 @@ def muon_groups(params, **kwargs):
   return jax.tree.map(lambda m: "muon" if m else "adamw", attention_mlp_kernels(params, **kwargs))
 
 
+MANIFOLD_PREFIXES = {"spd_": "spd", "stiefel_": "stiefel"}
+
+
+@register("manifold_groups")
+def manifold_groups(params):
+  """``'spd'`` for leaves named ``spd_*``, ``'stiefel'`` for ``stiefel_*``, ``'euclidean'``
+  elsewhere: the groups of ``normjax.optim.spd_rsgd`` / ``stiefel_rsgd`` and the Euclidean
+  optimizer (``models/spdnet.py`` names its manifold parameters so; the official
+  ``MixOptimizer`` sorts parameters by their class, ``SPDParameter`` / ``StiefelParameter``)."""
+
+  def label(names, x):
+    for prefix, group in MANIFOLD_PREFIXES.items():
+      if names and names[-1].startswith(prefix):
+        return group
+    return "euclidean"
+
+  return _map(label, params)
+
+
 @register("scale_invariant")
 def scale_invariant(params, patterns: Iterable[str] = ()):
   """True for leaves whose ``'/'``-joined path matches one of ``patterns`` (``fnmatch``).

@@ -6,9 +6,11 @@
 * ``hf``: ``export`` a GPT-2 run as a Hugging Face checkpoint (LN-free runs included);
 * ``convert``: a Hugging Face GPT-2 as an exactly equivalent Pre-RMSNorm / CRMSNorm run;
 * ``prepare_text``: text files to nanoGPT ``train.bin`` / ``val.bin`` with a local tokenizer;
-* ``sample``: text from a run or a Hugging Face GPT-2 (jitted KV-cache decoding).
+* ``sample``: text from a run or a Hugging Face GPT-2 (jitted KV-cache decoding);
+* ``continual``: online class-incremental learning with a replay buffer (ER / ER-ACE), the
+  home of AdaB²N's experiment (its own loop: a task stream is not the trainer's i.i.d. step).
 
-Each one loads runs through ``normjax.checkpoint.load_run`` and evaluates through
+The report tools load runs through ``normjax.checkpoint.load_run`` and evaluate through
 ``normjax.run.evaluate``, the trainer's own set-up and eval loop.
 """
 

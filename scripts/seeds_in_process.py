@@ -1,0 +1,90 @@
+r"""Train one config for several seeds in one process and print the final eval metrics per seed.
+
+  python scripts/seeds_in_process.py --config configs/spdnet_gbwbn.py:bn=gbw --seeds 10 \
+      [--out results.jsonl] [--set model.theta=0.5 ...]
+
+For multi-seed tables of seconds-long runs, where starting ``normjax.train`` once per seed
+(imports, data, compilation) would cost more than the runs: ``normjax.run.build`` once, the
+trainer's ``Setup.train_step`` / ``eval_step`` jitted once, then for seed s = 0..N-1 a fresh
+``init_state(key(s))`` and the train iterator with ``seed=s`` (the trainer's own seeding of
+init and data order), ``total_steps`` steps, ``normjax.run.evaluate`` on the eval split. No
+checkpoints, no workdir. A non-finite loss stops that seed; it is reported as diverged
+(``diverged_at_step``) with no accuracy. One JSON line per seed on stdout (and ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+from normjax import data as nj_data
+from normjax import run
+from normjax.config_args import sibling_config
+
+
+def load(spec: str, overrides: list[str]):
+  path, _, arg = spec.partition(":")
+  config = sibling_config(path, path.rsplit("/", 1)[-1].removesuffix(".py"), arg or None)
+  for item in overrides:
+    key, _, raw = item.partition("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    old = node[leaf]
+    if isinstance(old, bool):
+      if raw.lower() not in ("true", "false"):
+        raise ValueError(f"--set {key}={raw!r}: expected true or false")
+      node[leaf] = raw.lower() == "true"
+    else:
+      node[leaf] = type(old)(raw) if old is not None else json.loads(raw)
+  return config
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--seeds", type=int, default=10)
+  parser.add_argument("--first_seed", type=int, default=0)
+  parser.add_argument("--out", default=None)
+  parser.add_argument("--set", action="append", default=[], help="key=value override")
+  args = parser.parse_args()
+  config = load(args.config, args.set)
+  setup = run.build(config, validate=False)
+  train_step, eval_step = jax.jit(setup.train_step), jax.jit(setup.eval_step)
+  init = jax.jit(setup.init_state)
+  for seed in range(args.first_seed, args.first_seed + args.seeds):
+    start = time.time()
+    state = init(jax.random.key(seed))
+    batches = nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=seed)
+    row = {"config": args.config, "set": args.set, "seed": seed}
+    for step in range(1, setup.total_steps + 1):
+      state, metrics = train_step(state, next(batches))
+      if step % 50 == 0 or step == setup.total_steps:
+        if not np.isfinite(float(metrics["loss"])):
+          row["diverged_at_step"] = step
+          break
+    if "diverged_at_step" not in row:
+      final = run.evaluate(
+        lambda b: eval_step(state, b),
+        config.data,
+        batch_size=config.get("eval_batch_size", config.batch_size),
+        task=setup.task,
+      )
+      row.update({k: float(v) for k, v in final.items()})
+      if not np.isfinite(row.get("eval_loss", 0.0)):
+        row["diverged_at_step"] = setup.total_steps
+    row["seconds"] = round(time.time() - start, 2)
+    line = json.dumps(row)
+    print(line, flush=True)
+    if args.out:
+      with open(args.out, "a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  main()
