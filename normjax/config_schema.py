@@ -37,8 +37,13 @@ class Rule:
   also: tuple = ()  # extra allowed values outside the range (e.g. -1 for "the rest")
 
   def expected(self) -> str:
-    if self.kind in ("bool", "str", "dict"):
-      text = {"bool": "True or False", "str": "a string", "dict": "a mapping"}[self.kind]
+    if self.kind in ("bool", "str", "dict", "strs"):
+      text = {
+        "bool": "True or False",
+        "str": "a string",
+        "dict": "a mapping",
+        "strs": "a non-empty tuple of strings",
+      }[self.kind]
     else:
       noun = {"int": "an integer", "float": "a number", "ints": "a tuple of integers"}[self.kind]
       bounds = []
@@ -69,6 +74,8 @@ class Rule:
       return isinstance(v, str)
     if self.kind == "dict":
       return isinstance(v, dict)
+    if self.kind == "strs":
+      return isinstance(v, (tuple, list)) and len(v) > 0 and all(isinstance(x, str) for x in v)
     if self.kind == "ints":
       return (
         isinstance(v, (tuple, list))
@@ -84,7 +91,7 @@ class Rule:
 
   def bad_values(self) -> list:
     """Values this rule must refuse: a wrong type, and out-of-range numbers (for tests)."""
-    bad: list[Any] = [[1, 2]] if self.kind in ("str", "dict") else ["not-a-value"]
+    bad: list[Any] = [[1, 2]] if self.kind in ("str", "dict", "strs") else ["not-a-value"]
     if self.kind == "int":
       bad.append(1.5)
     if self.kind == "bool":
@@ -239,6 +246,13 @@ RULES = {
   "continual.buffer_size": COUNT,
   "continual.replay_batch_size": COUNT,
   "continual.method": NAME,  # checked by normjax.tools.continual (er | er_ace)
+  "federated.algorithm": NAME,  # checked by normjax.tools.federated (fedavg | fedbn)
+  "federated.domains": Rule("strs"),  # each a normjax.data.corruptions.DOMAINS name
+  "federated.rounds": COUNT,
+  "federated.local_steps": COUNT,
+  "federated.local_epochs": Rule("float", low=0, open_low=True, none=True),
+  "federated.examples_per_client": Rule("int", low=1, none=True),
+  "federated.eval_every": COUNT,
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},

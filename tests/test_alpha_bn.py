@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from normjax import train
+from normjax.data import corruptions
 from normjax.norms import alpha_bn, make_norm
 from normjax.tools import alpha_bn_eval
 from tests import conv_norm_utils as u
@@ -79,17 +80,17 @@ def test_training_mode_is_batchnorm_and_masks_count_only_real_rows():
 
 def test_corruptions_are_deterministic_and_do_what_they_say():
   images = u.data((3, 8, 8, 1))
-  noisy = [alpha_bn_eval.gaussian_noise(images, np.random.default_rng([0, 1])) for _ in range(2)]
+  noisy = [corruptions.gaussian_noise(images, np.random.default_rng([0, 1])) for _ in range(2)]
   np.testing.assert_array_equal(*noisy)
   assert 0.4 < float(np.std(noisy[0] - images)) < 0.6
-  low = alpha_bn_eval.low_contrast(images)
+  low = corruptions.low_contrast(images)
   np.testing.assert_allclose(low.std((1, 2, 3)), 0.3 * images.std((1, 2, 3)), rtol=1e-5)
   np.testing.assert_allclose(low.mean((1, 2, 3)), images.mean((1, 2, 3)), rtol=1e-5, atol=1e-6)
   constant = np.full((1, 8, 8, 1), 2.5, np.float32)
-  np.testing.assert_allclose(alpha_bn_eval.gaussian_blur(constant), constant, rtol=1e-6)
+  np.testing.assert_allclose(corruptions.gaussian_blur(constant), constant, rtol=1e-6)
   impulse = np.zeros((1, 8, 8, 1), np.float32)
   impulse[0, 4, 4, 0] = 1.0
-  blurred = alpha_bn_eval.gaussian_blur(impulse)[0, :, :, 0]
+  blurred = corruptions.gaussian_blur(impulse)[0, :, :, 0]
   k = np.exp(-0.5 * np.arange(-2, 3) ** 2)
   k /= k.sum()
   np.testing.assert_allclose(blurred[2:7, 2:7], np.outer(k, k), rtol=1e-5, atol=1e-7)

@@ -201,3 +201,19 @@ def eval_iterator(
     process_count=process_count,
     num_workers=opts.get("num_workers", 0),
   )
+
+
+def split_arrays(cfg, split_name: str):
+  """Every real example of split ``split_name`` as ``(images, labels)`` NumPy arrays (in the
+  split's order; for the commands that hold a whole split in memory: continual, federated)."""
+  import ml_collections
+  import numpy as np
+
+  cfg = ml_collections.ConfigDict(dict(cfg))
+  cfg.eval_split = split_name
+  images, labels = [], []
+  for batch in eval_iterator(cfg, global_batch_size=256):
+    real = batch["mask"] > 0
+    images.append(batch["image"][real])
+    labels.append(batch["label"][real])
+  return np.concatenate(images), np.concatenate(labels)

@@ -42,44 +42,9 @@ from flax import nnx
 from normjax import cli
 from normjax import data as nj_data
 from normjax.checkpoint import load_run, read_config
+from normjax.data.corruptions import CORRUPTIONS
 
-NOISE_STD = 0.5
-CONTRAST = 0.3
-BLUR_SIGMA = 1.0
-BLUR_RADIUS = 2
 DEFAULT_ALPHAS = (0.0, 1.0, 0.1)
-
-
-# ----------------------------------------------------------------------------- corruptions
-def gaussian_noise(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  return (images + NOISE_STD * rng.standard_normal(images.shape)).astype(np.float32)
-
-
-def low_contrast(images: np.ndarray, rng=None) -> np.ndarray:
-  mean = images.mean(axis=(1, 2, 3), keepdims=True)
-  return (mean + CONTRAST * (images - mean)).astype(np.float32)
-
-
-def gaussian_blur(images: np.ndarray, rng=None) -> np.ndarray:
-  offsets = np.arange(-BLUR_RADIUS, BLUR_RADIUS + 1)
-  kernel = np.exp(-0.5 * (offsets / BLUR_SIGMA) ** 2)
-  kernel /= kernel.sum()
-  out = images.astype(np.float64)
-  for axis in (1, 2):  # separable: rows, then columns
-    pad = [(0, 0)] * out.ndim
-    pad[axis] = (BLUR_RADIUS, BLUR_RADIUS)
-    padded = np.pad(out, pad, mode="reflect")
-    size = out.shape[axis]
-    out = sum(w * np.take(padded, np.arange(size) + i, axis=axis) for i, w in enumerate(kernel))
-  return out.astype(np.float32)
-
-
-CORRUPTIONS = {
-  "clean": lambda images, rng=None: images,
-  "noise": gaussian_noise,
-  "contrast": low_contrast,
-  "blur": gaussian_blur,
-}
 
 
 # ----------------------------------------------------------------------------- evaluation

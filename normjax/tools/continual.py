@@ -63,7 +63,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -124,17 +123,6 @@ class Stream:
     return steps
 
 
-def _split_arrays(data_config, split_name: str):
-  cfg = ml_collections.ConfigDict(dict(data_config))
-  cfg.eval_split = split_name
-  images, labels = [], []
-  for batch in nj_data.eval_iterator(cfg, global_batch_size=256):
-    real = batch["mask"] > 0
-    images.append(batch["image"][real])
-    labels.append(batch["label"][real])
-  return np.concatenate(images), np.concatenate(labels)
-
-
 def make_stream(config, seed: int) -> Stream:
   info = nj_data.get_info(config.data)
   cont = config.continual
@@ -145,8 +133,8 @@ def make_stream(config, seed: int) -> Stream:
       f"config key continual.num_tasks={cont.num_tasks}: must divide the "
       f"{info.num_classes} classes of data.name={config.data.name!r}"
     )
-  train = _split_arrays(config.data, info.train_split)
-  test = _split_arrays(config.data, info.eval_split)
+  train = nj_data.split_arrays(config.data, info.train_split)
+  test = nj_data.split_arrays(config.data, info.eval_split)
   return Stream(
     *train,
     *test,
