@@ -34,7 +34,7 @@ DOMAINS = ("original", "inverted", "rotated", "noisy", "blurred")
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, arm="fedwon", batch=32, rounds=20, epochs=1.0, lr=0.05)
+  arg = parse_arg(arg, arm="fedwon", batch=32, rounds=20, epochs=1.0, lr=0.1)
   check_choice(arg, "arm", tuple(ARMS))
   algorithm, norm, norm_kwargs = ARMS[arg.arm]
   if norm is None:

@@ -142,6 +142,7 @@ OPTIMIZER_LEAVES = {
   "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
   "project_momentum": BOOL,
   "gradient": NAME,  # spd_rsgd: 'official' | 'bw', checked by the optimizer
+  "base": NAME,  # nap: the wrapped optimizer, resolved by the registry
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -253,6 +254,9 @@ RULES = {
   "federated.local_epochs": Rule("float", low=0, open_low=True, none=True),
   "federated.examples_per_client": Rule("int", low=1, none=True),
   "federated.eval_every": COUNT,
+  "plasticity.shift": NAME,  # checked by normjax.tools.plasticity
+  "plasticity.num_tasks": COUNT,
+  "plasticity.steps_per_task": COUNT,
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
