@@ -2,8 +2,8 @@ r"""Loss of plasticity on a sequence of digits tasks (NaP's setting), with and w
 
   python -m normjax.tools.plasticity --config configs/plasticity_digits.py:norm=layernorm,opt=nap \
       --workdir /tmp/plast --seeds 3
-  # arguments: norm=none|layernorm|batchnorm, opt=adam|nap, shift=permute_pixels|shuffle_labels,
-  #            tasks, steps (per task), lr
+  # arguments: norm=none|layernorm|batchnorm, opt=adam|nap, tasks, steps (per task), lr,
+  #            shift=permute_pixels|shuffle_labels|random_labels, examples (0: all)
 
 ``normjax/tools/plasticity.py`` has the protocol: ``tasks`` tasks of ``steps`` Adam steps
 (batch 64, constant learning rate ``lr``) on the embedded digits with a new pixel permutation
@@ -22,11 +22,18 @@ from normjax.config_args import check_choice, parse_arg, trainer_defaults
 
 def get_config(arg=None):
   arg = parse_arg(
-    arg, norm="layernorm", opt="nap", shift="permute_pixels", tasks=10, steps=200, lr=1e-3
+    arg,
+    norm="layernorm",
+    opt="nap",
+    shift="permute_pixels",
+    tasks=10,
+    steps=200,
+    lr=1e-3,
+    examples=0,
   )
   check_choice(arg, "norm", ("none", "layernorm", "batchnorm"))
   check_choice(arg, "opt", ("adam", "nap"))
-  check_choice(arg, "shift", ("permute_pixels", "shuffle_labels"))
+  check_choice(arg, "shift", ("permute_pixels", "shuffle_labels", "random_labels"))
   c = trainer_defaults(total_steps=arg.tasks * arg.steps, batch_size=64)
   c.log_every = 50
   c.grad_clip_norm = None
@@ -37,5 +44,7 @@ def get_config(arg=None):
   c.optimizer = dict(name="adamw", learning_rate=arg.lr, weight_decay=0.0)
   if arg.opt == "nap":
     c.optimizer = dict(name="nap", base="adamw", learning_rate=arg.lr, weight_decay=0.0)
-  c.plasticity = dict(shift=arg.shift, num_tasks=arg.tasks, steps_per_task=arg.steps)
+  c.plasticity = dict(
+    shift=arg.shift, num_tasks=arg.tasks, steps_per_task=arg.steps, examples=arg.examples or None
+  )
   return c

@@ -257,6 +257,7 @@ RULES = {
   "plasticity.shift": NAME,  # checked by normjax.tools.plasticity
   "plasticity.num_tasks": COUNT,
   "plasticity.steps_per_task": COUNT,
+  "plasticity.examples": Rule("int", low=1, none=True),
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},

@@ -16,7 +16,7 @@ def tiny(arg="", **p):
   return c
 
 
-@pytest.mark.parametrize("shift", plasticity.SHIFTS)
+@pytest.mark.parametrize("shift", ["permute_pixels", "shuffle_labels"])
 def test_tasks_are_fixed_permutations_and_task_zero_is_the_data(shift):
   seq = plasticity.TaskSequence(tiny(shift=shift), seed=3)
   images, labels = seq.images[:50], seq.labels[:50]
@@ -35,6 +35,19 @@ def test_tasks_are_fixed_permutations_and_task_zero_is_the_data(shift):
     np.testing.assert_array_equal(moved_labels, labels)
   again = plasticity.TaskSequence(tiny(shift=shift), seed=3)
   np.testing.assert_array_equal(again.batch(1, 7)["image"], seq.batch(1, 7)["image"])
+
+
+def test_random_labels_are_fixed_per_task_and_example():
+  seq = plasticity.TaskSequence(tiny(shift="random_labels", examples=300), seed=3)
+  assert len(seq.labels) == 300
+  full = seq.random_labels(1, 0, 300)
+  images, labels = seq.apply(1, seq.images, seq.labels)
+  np.testing.assert_array_equal(images, seq.images)
+  np.testing.assert_array_equal(labels, full)
+  order = np.random.default_rng([3, 6, 1, 0]).permutation(300)  # task 1's first epoch
+  np.testing.assert_array_equal(seq.batch(1, 2)["label"], full[order[128:192]])
+  assert (seq.random_labels(0, 0, 300) != seq.labels).any()  # task 0 is random too
+  assert (seq.random_labels(2, 0, 300) != full).any()
 
 
 def _rows(workdir):

@@ -10,10 +10,15 @@ sequence of tasks without reset; a network that loses plasticity fits each new t
 * **Tasks** (``plasticity.shift``): task t is the embedded digits' train split with
   - ``permute_pixels``: a fixed random permutation of the H x W x C pixels (task 0: none), or
   - ``shuffle_labels``: a fixed random permutation of the 10 labels (task 0: none; the
-    images stay, so the features must be re-mapped),
-  drawn from ``(seed, t)``. Each task is trained for ``plasticity.steps_per_task`` steps of
-  ``batch_size`` (batches from ``(seed, t, epoch)`` permutations, so a run is exactly
-  repeatable; there are no checkpoints: a run takes a minute or two and a rerun starts over).
+    images stay, so the features must be re-mapped), or
+  - ``random_labels``: a fresh uniformly random label for every image, task 0 included (the
+    memorisation tasks of Lyle et al. 2023, where loss of plasticity is strongest; the test
+    split gets random labels too, so its accuracy is chance by design),
+  drawn from ``(seed, t)``; ``plasticity.examples`` keeps the first n training images (all by
+  default; memorisation is usually run on a small subset). Each task is trained for
+  ``plasticity.steps_per_task`` steps of ``batch_size`` (batches from ``(seed, t, epoch)``
+  permutations, so a run is exactly repeatable; there are no checkpoints: a run takes a
+  minute or two and a rerun starts over).
 * **The step** is the config's own ``normjax.run.Setup.train_step`` (model, norm, optimizer
   incl. ``nap``, schedule over all tasks' steps; the optimizer state carries over tasks).
 * **Measured** at each task end (eval mode): ``train_accuracy`` on the whole task's train
@@ -45,7 +50,7 @@ from normjax import data as nj_data
 from normjax.config_schema import check_keys
 from normjax.optim.labels import decay_mask
 
-SHIFTS = ("permute_pixels", "shuffle_labels")
+SHIFTS = ("permute_pixels", "shuffle_labels", "random_labels")
 
 
 class TaskSequence:
@@ -56,6 +61,9 @@ class TaskSequence:
     if info.task != "classification":
       raise ValueError(f"config key data.name={config.data.name!r}: needs classification data")
     self.images, self.labels = nj_data.split_arrays(config.data, info.train_split)
+    if config.plasticity.get("examples"):
+      n = int(config.plasticity.examples)
+      self.images, self.labels = self.images[:n], self.labels[:n]
     self.test_images, self.test_labels = nj_data.split_arrays(config.data, info.eval_split)
     self.num_classes = info.num_classes
     self.shift = config.plasticity.shift
@@ -68,7 +76,16 @@ class TaskSequence:
       return np.arange(size)
     return np.random.default_rng([self.seed, 5, task]).permutation(size)
 
-  def apply(self, task: int, images: np.ndarray, labels: np.ndarray):
+  def random_labels(self, task: int, split: int, n: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, 7, task, split]).integers(0, self.num_classes, n)
+
+  def apply(self, task: int, images: np.ndarray, labels: np.ndarray, index=None, split=0):
+    """Task ``task``'s version of examples ``index`` (default: all) of a split."""
+    if self.shift == "random_labels":
+      n = len(self.labels) if split == 0 else len(self.test_labels)
+      chosen = self.random_labels(task, split, n)
+      chosen = chosen if index is None else chosen[index]
+      return images, chosen.astype(np.int32)
     perm = self.permutation(task)
     if self.shift == "shuffle_labels":
       return images, perm[labels].astype(np.int32)
@@ -81,7 +98,7 @@ class TaskSequence:
     epoch, pos = divmod(step, per_epoch)
     order = np.random.default_rng([self.seed, 6, task, epoch]).permutation(len(self.labels))
     index = order[pos * self.batch_size : (pos + 1) * self.batch_size]
-    images, labels = self.apply(task, self.images[index], self.labels[index])
+    images, labels = self.apply(task, self.images[index], self.labels[index], index)
     return {"image": images, "label": labels}
 
 
@@ -163,7 +180,7 @@ def run_sequence(config, workdir: str, *, seed: int | None = None, cache=None) -
         window = []
     train_acc.append(float(cache["accuracy"](state, *seq.apply(t, seq.images, seq.labels))))
     test_acc.append(
-      float(cache["accuracy"](state, *seq.apply(t, seq.test_images, seq.test_labels)))
+      float(cache["accuracy"](state, *seq.apply(t, seq.test_images, seq.test_labels, split=1)))
     )
     _write(
       metrics_path, {"task_end": t, "train_accuracy": train_acc[-1], "test_accuracy": test_acc[-1]}
