@@ -210,6 +210,9 @@ MODEL_LEAVES = {
   "freeze_bimap": BOOL,
   "reeig_threshold": POSITIVE,
   "dtype": NAME,
+  "head": NAME,  # 'linear' | 'cosine' | 'grassmann', checked by normjax.models.heads
+  "head_kwargs.subspace_dim": COUNT,
+  "head_kwargs.gamma": POSITIVE,
 }
 
 RULES = {
