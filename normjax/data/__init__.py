@@ -26,9 +26,9 @@ LM: ``seq_len`` (default 128), ``eval_windows`` (cap on eval windows, spread
 evenly over the eval stream; default all); tokens: ``path``, ``vocab_size``
 (default: ``meta.json``'s, else 50304, nanoGPT's padded GPT-2 vocabulary); TFDS images:
 ``image_size`` (default: native size for <= 64 px images, else 224),
-``augment`` (default True); digits and TFDS images: ``classes`` (a tuple of labels kept and
-relabelled 0.. in that order, ``class_subset.py``). Any other key, or a key that does not apply to the
-chosen dataset, is a ValueError.
+``augment`` (default True); digits and TFDS images: ``classes`` (a tuple of labels kept
+and relabelled 0.. in that order, ``class_subset.py``). Any other key, or a key that does
+not apply to the chosen dataset, is a ValueError.
 
 Batches are dicts of numpy arrays: classification ``image`` float32
 (b, H, W, C), ``label`` int32 (b,); LM ``inputs``, ``targets`` int32 (b, T)
