@@ -135,6 +135,9 @@ OPTIMIZER_LEAVES = {
   "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
   "project_momentum": BOOL,
   "gradient": NAME,  # spd_rsgd: 'official' | 'bw', checked by the optimizer
+  "reorth_every": COUNT,  # grassmann_rsgd
+  "lr_factor": POSITIVE,
+  "qr_sign_fix": BOOL,
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -211,6 +214,7 @@ MODEL_LEAVES = {
   "reeig_threshold": POSITIVE,
   "dtype": NAME,
   "head": NAME,  # 'linear' | 'cosine' | 'grassmann', checked by normjax.models.heads
+  "head_kwargs": Rule("dict"),
   "head_kwargs.subspace_dim": COUNT,
   "head_kwargs.gamma": POSITIVE,
 }
