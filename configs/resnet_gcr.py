@@ -6,9 +6,9 @@ r"""ResNet on digits 0-4 with a linear, cosine or Grassmann (GCR) head; transfer
 
 GCR (Wang, Li, Zhang, ICCV 2023, arXiv 2308.01547; innerlee/GCR): each class is a k-dimensional
 subspace, logit = gamma |P_i^T x / |x||, the bases trained by Riemannian SGD on the Grassmannian
-(``grassmann_rsgd``). ``configs/resnet_batchnorm.py`` (3-stage basic-block ResNet, BatchNorm; here width 16)
-trained on ``data.classes=(0, 1, 2, 3, 4)`` of the 8x8 digits (733 train / 168 test images),
-300 steps of batch 128 (~52 epochs), with the official ResNet recipe's optimizer
+(``grassmann_rsgd``). ``configs/resnet_batchnorm.py`` (3-stage basic-block ResNet, BatchNorm;
+here width 16) trained on ``data.classes=(0, 1, 2, 3, 4)`` of the 8x8 digits (733 train / 168
+test images), 300 steps of batch 128 (~52 epochs), with the official ResNet recipe's optimizer
 (``RSGD(lr=0.1, momentum=0.9)`` in ``configs/resnet/*_gcr8.py``): SGD momentum 0.9 (no
 Nesterov: the official RSGD refuses it), coupled L2 5e-4 (digits baseline's) on the Euclidean
 parameters, and for the bases ``grassmann_rsgd`` at the same learning rate and schedule
