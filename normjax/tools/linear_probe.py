@@ -73,13 +73,17 @@ def probe_classes(config, classes=None) -> tuple[int, ...]:
   return held_out
 
 
+def check_C(C) -> None:
+  if not C > 0:
+    raise ValueError(f"linear_probe --C={C!r}: must be > 0")
+
+
 def fit_probe(train, test, C: float = 1.0, seed: int = 0) -> float:
   """Test accuracy of a logistic regression fitted on standardised train features."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.preprocessing import StandardScaler
 
-  if not C > 0:
-    raise ValueError(f"linear_probe --C={C!r}: must be > 0")
+  check_C(C)
   scaler = StandardScaler().fit(train[0])
   clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
   clf.fit(scaler.transform(train[0]), train[1])
@@ -106,6 +110,7 @@ def probe_model(model, data_config, classes, *, C: float = 1.0, batch_size: int 
 
 def evaluate(workdir: str, classes=None, *, C: float = 1.0, batch_size: int = 256) -> dict:
   """The run's own eval metrics and the linear probe on the held-out classes."""
+  check_C(C)
   config = read_config(workdir)
   held_out = probe_classes(config, classes)
   _, model = load_run(workdir, config=config)
