@@ -38,7 +38,7 @@ def get_config(arg=None):
     b2=0.999,
     labels="manifold_groups",
     groups={
-      "euclidean": {},
+      "euclidean": {"name": "adamw"},
       "grassmann": {
         "name": "grassmann_rsgd",
         "weight_decay": 0.0,
