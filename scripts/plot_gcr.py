@@ -4,7 +4,9 @@ over seeds of the accuracy on the trained classes and of the linear-probe transf
   python scripts/plot_gcr.py --out experiments/gcr/transfer.png \
       experiments/gcr/resnet.jsonl experiments/gcr/vit.jsonl
 
-Each file is one panel (titled by its file name); prints a markdown table to stdout.
+Each file is one panel (titled by its file name); prints a markdown table to stdout, then the
+per-seed paired differences between heads (the same seed gives every head the same backbone
+init and data order: the head is built last).
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ def main():
     ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   fig.savefig(args.out, dpi=120)
+  print("\n| model | difference (paired by seed) | accuracy 0-4 | probe 5-9 | probe wins |")
+  print("|---|---|---|---|---|")
+  for path in args.files:
+    by_seed = {h: {r["seed"]: r for r in rs} for h, rs in grouped(path).items()}
+    for a, b in (("grassmann", "linear"), ("grassmann", "cosine"), ("cosine", "linear")):
+      if a not in by_seed or b not in by_seed:
+        continue
+      seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+      diff = lambda m: np.array([by_seed[a][s][m] - by_seed[b][s][m] for s in seeds])
+      cells = [f"{diff(m).mean():+.4f} ± {diff(m).std(ddof=1):.4f}" for m, _ in METRICS]
+      wins = int((diff("probe_accuracy") > 0).sum())
+      model = os.path.basename(path).removesuffix(".jsonl")
+      print(f"| {model} | {a} - {b} | {cells[0]} | {cells[1]} | {wins}/{len(seeds)} |")
 
 
 if __name__ == "__main__":
