@@ -17,7 +17,9 @@ official recipe has none). The same optimizer for all three heads (the bases exi
 ``head=grassmann``). ``normjax.tools.linear_probe`` then fits a logistic regression on the
 frozen pooled features of digits 5-9 (train split) and reports its accuracy on their test split.
 
-Measured: see experiments/gcr/README.md (table over seeds for the three heads).
+Measured (this default, 5 seeds): accuracy on 0-4 0.9940 +- 0.0000, probe on 5-9 0.9236 +-
+0.0230 (linear head 0.9929 / 0.9183, cosine 0.9929 / 0.9319); details and the verdict in
+experiments/gcr/README.md.
 """
 
 from normjax.config_args import check_choice, parse_arg, sibling_config

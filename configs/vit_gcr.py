@@ -16,7 +16,9 @@ cosine), momentum 0.9, ``reorth_every=1``, no weight decay. The same optimizer f
 heads. ``normjax.tools.linear_probe`` fits a logistic regression on the frozen class-token
 features of digits 5-9 and reports its test accuracy.
 
-Measured: see experiments/gcr/README.md (table over seeds for the three heads).
+Measured (this default, 5 seeds): accuracy on 0-4 0.9786 +- 0.0090, probe on 5-9 0.7508 +-
+0.0442 (linear head 0.9714 / 0.6597, cosine 0.9833 / 0.7361); details and the verdict in
+experiments/gcr/README.md.
 """
 
 from normjax.config_args import check_choice, parse_arg, sibling_config, sibling_module
