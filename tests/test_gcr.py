@@ -153,7 +153,9 @@ def test_linear_probe_on_a_run_and_one_line_failures(tmp_path):
   assert result["probe_classes"] == [5, 6, 7, 8, 9] and result["train_classes"] == [0, 1, 2, 3, 4]
   assert result["probe_num_test"] == 191 and 0.2 < result["probe_accuracy"] <= 1.0
   assert 0.0 <= result["eval_accuracy"] <= 1.0
-  for args in (["--workdir", str(tmp_path / "missing")], ["--workdir", str(workdir), "--C", "0"]):
+  with pytest.raises(ValueError, match="--C=0"):
+    linear_probe.evaluate(str(workdir), C=0)
+  for args in (["--workdir", str(tmp_path / "missing")],):
     failed = subprocess.run(
       [sys.executable, "-m", "normjax.tools.linear_probe", *args],
       env=tu.env(),
