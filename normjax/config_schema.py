@@ -143,6 +143,9 @@ OPTIMIZER_LEAVES = {
   "project_momentum": BOOL,
   "gradient": NAME,  # spd_rsgd: 'official' | 'bw', checked by the optimizer
   "base": NAME,  # nap: the wrapped optimizer, resolved by the registry
+  "reorth_every": COUNT,  # grassmann_rsgd
+  "lr_factor": POSITIVE,
+  "qr_sign_fix": BOOL,
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -218,6 +221,10 @@ MODEL_LEAVES = {
   "freeze_bimap": BOOL,
   "reeig_threshold": POSITIVE,
   "dtype": NAME,
+  "head": NAME,  # 'linear' | 'cosine' | 'grassmann', checked by normjax.models.heads
+  "head_kwargs": Rule("dict"),
+  "head_kwargs.subspace_dim": COUNT,
+  "head_kwargs.gamma": POSITIVE,
 }
 
 RULES = {

@@ -20,6 +20,7 @@ DATA_BAD = {
   "hole_size": [0, "x"],
   "regularization": [0, "x"],
   "spectral_power": [0, "x"],
+  "classes": [(), "x", (1, 1)],
   "name": [3, ""],
   "path": [],
   "data_dir": [],

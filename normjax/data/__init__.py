@@ -26,8 +26,9 @@ LM: ``seq_len`` (default 128), ``eval_windows`` (cap on eval windows, spread
 evenly over the eval stream; default all); tokens: ``path``, ``vocab_size``
 (default: ``meta.json``'s, else 50304, nanoGPT's padded GPT-2 vocabulary); TFDS images:
 ``image_size`` (default: native size for <= 64 px images, else 224),
-``augment`` (default True). Any other key, or a key that does not apply to the
-chosen dataset, is a ValueError.
+``augment`` (default True); digits and TFDS images: ``classes`` (a tuple of labels kept
+and relabelled 0.. in that order, ``class_subset.py``). Any other key, or a key that does
+not apply to the chosen dataset, is a ValueError.
 
 Batches are dicts of numpy arrays: classification ``image`` float32
 (b, H, W, C), ``label`` int32 (b,); LM ``inputs``, ``targets`` int32 (b, T)
@@ -54,7 +55,7 @@ import pathlib
 
 import grain
 
-from normjax.data import masked_digits, pipeline, sources, spd_digits
+from normjax.data import class_subset, masked_digits, pipeline, sources, spd_digits
 from normjax.data.sources import DataInfo, default_data_dir
 from normjax.registry import Registry
 
@@ -80,10 +81,10 @@ DATASETS.register("spd_digits", spd_digits.load_spd_digits)
 _COMMON_KEYS = ("name", "data_dir", "train_split", "eval_split", "num_workers")
 _LM_KEYS = ("seq_len", "eval_windows")
 KEYS = {
-  "digits": _COMMON_KEYS,
+  "digits": _COMMON_KEYS + ("classes",),
   "pystdlib": _COMMON_KEYS + _LM_KEYS,
   "tokens": ("name", "train_split", "eval_split", "num_workers", "path", "vocab_size") + _LM_KEYS,
-  "tfds": _COMMON_KEYS + ("image_size", "augment"),
+  "tfds": _COMMON_KEYS + ("image_size", "augment", "classes"),
   "masked_digits": _COMMON_KEYS + ("hole_size",),
   "spd_digits": _COMMON_KEYS + ("regularization", "spectral_power"),
 }
@@ -104,6 +105,7 @@ _CHECKS = {
   "hole_size": _positive_int,
   "vocab_size": _positive_int,
   "num_workers": lambda k, v: _positive_int(k, v, minimum=0),
+  "classes": class_subset.check_classes,
 }
 
 
@@ -138,7 +140,7 @@ def _options(cfg) -> dict:
       _CHECKS[key](key, value)
     if key == "augment" and not isinstance(value, bool):
       raise ValueError(f"config key data.augment={value!r}: must be True or False")
-    opts[key] = value
+    opts[key] = tuple(value) if key == "classes" else value
   return opts
 
 
@@ -152,6 +154,11 @@ def data_dir(cfg) -> pathlib.Path:
 def _load_cached(frozen_options: tuple, directory: str) -> sources.Loaded:
   opts = dict(frozen_options)
   loader = DATASETS.get(opts["name"]) if opts["name"] in DATASETS else sources.load_tfds_images
+  if "classes" in opts:
+    whole = _load_cached(
+      tuple(sorted((k, v) for k, v in opts.items() if k != "classes")), directory
+    )
+    return class_subset.filter_classes(whole, opts["classes"])
   return loader(opts, pathlib.Path(directory))
 
 

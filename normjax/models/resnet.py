@@ -46,6 +46,7 @@ from flax import nnx
 
 from normjax.models import check_choice, compute_dtype, conv_kernel_init, register
 from normjax.models import remat as remat_lib
+from normjax.models.heads import make_head
 from normjax.models.ws_conv import scaled_ws_conv_layer, ws_conv_layer
 from normjax.norms import NORMS, make_norm
 from normjax.norms.basic import BATCH_NORM_MOMENTUM
@@ -256,6 +257,8 @@ class ResNet(nnx.Module):
       the model's BatchNorm ``momentum`` -- ``norm_kwargs['momentum']``, else BatchNorm's
       default 0.99 -- and ``epsilon``); see the module docstring.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    head, head_kwargs: 'linear' | 'cosine' | 'grassmann' (GCR) and its keyword arguments
+      (``normjax.models.heads``).
     rngs: ``nnx.Rngs`` for parameters.
   """
 
@@ -277,6 +280,8 @@ class ResNet(nnx.Module):
     conv: str = "standard",
     ibn: str | None = None,
     remat: str = "none",
+    head: str = "linear",
+    head_kwargs: dict | None = None,
     rngs: nnx.Rngs,
   ):
     block_class = BLOCKS[check_choice("block", block, BLOCKS)]
@@ -333,7 +338,7 @@ class ResNet(nnx.Module):
         in_features = features * block_class.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
-    self.head = nnx.Linear(in_features, num_classes, dtype=self.dtype, rngs=rngs)
+    self.head = make_head(head, in_features, num_classes, head_kwargs, dtype=self.dtype, rngs=rngs)
 
   def __call__(self, images: jax.Array) -> jax.Array:
     """float images (B, H, W, C) -> float32 logits (B, num_classes)."""

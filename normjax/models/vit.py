@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, check_divisible, compute_dtype, conv_kernel_init, register
+from normjax.models.heads import make_head
 from normjax.models.transformer import LinearInits, Transformer, residual_width
 
 POOLS = ("cls", "mean")
@@ -43,6 +44,8 @@ class VisionTransformer(nnx.Module):
     embedding_norm: also normalize the embeddings before the first block.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    head, head_kwargs: 'linear' | 'cosine' | 'grassmann' (GCR) and its keyword arguments
+      (``normjax.models.heads``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -68,6 +71,8 @@ class VisionTransformer(nnx.Module):
     embedding_norm: bool = False,
     zero_mean_writers: bool = False,
     remat: str = "none",
+    head: str = "linear",
+    head_kwargs: dict | None = None,
     rngs: nnx.Rngs,
   ):
     check_choice("pool", pool, POOLS)
@@ -117,8 +122,14 @@ class VisionTransformer(nnx.Module):
       remat=remat,
       rngs=rngs,
     )
-    self.head = nnx.Linear(
-      stream, num_classes, kernel_init=nnx.initializers.zeros_init(), dtype=self.dtype, rngs=rngs
+    self.head = make_head(
+      head,
+      stream,
+      num_classes,
+      head_kwargs,
+      kernel_init=nnx.initializers.zeros_init(),
+      dtype=self.dtype,
+      rngs=rngs,
     )
 
   def __call__(self, images: jax.Array) -> jax.Array:

@@ -18,6 +18,11 @@ from normjax.optim import (
 )
 from normjax.optim._adamp import ScaleByAdamPState, adamp, scale_by_adamp
 from normjax.optim._conda import CondaDimensionNumbers, ScaleByCondaState, conda, scale_by_conda
+from normjax.optim._grassmann import (
+  ScaleByGrassmannRSGDState,
+  grassmann_rsgd,
+  scale_by_grassmann_rsgd,
+)
 from normjax.optim._nap import NormalizeAndProjectState, nap, normalize_and_project
 from normjax.optim._registry import OPTIMIZERS, register
 from normjax.optim._riemannian import (
@@ -49,6 +54,9 @@ __all__ = (
   "NormalizeAndProjectState",
   "nap",
   "normalize_and_project",
+  "ScaleByGrassmannRSGDState",
+  "grassmann_rsgd",
+  "scale_by_grassmann_rsgd",
   "RiemannianSGDState",
   "scale_by_spd_bw",
   "scale_by_stiefel",

@@ -82,15 +82,23 @@ def _map(fn: Callable[[tuple[str, ...], Any], Any], params):
   return jax.tree_util.tree_map_with_path(lambda p, x: fn(param_names(p), x), params)
 
 
+def is_grassmann(path) -> bool:
+  """A GCR class-basis leaf (``grassmann_*``, ``normjax.models.heads``): never decayed."""
+  names = param_names(path)
+  return bool(names) and names[-1].startswith("grassmann_")
+
+
 @register("decay")
 def decay_mask(params):
   """True where weight decay applies: every leaf with ndim >= 2 outside norm layers.
 
   Skips biases (also 2-D ones, named ``bias``), norm scales/biases (any parameter of a
-  module whose attribute name contains ``norm``) and other vectors such as gains.
+  module whose attribute name contains ``norm``), other vectors such as gains, and GCR's
+  orthonormal class bases (``grassmann_*``).
   """
   return jax.tree_util.tree_map_with_path(
-    lambda p, x: x.ndim >= 2 and not is_norm_param(p) and not is_bias(p), params
+    lambda p, x: x.ndim >= 2 and not is_norm_param(p) and not is_bias(p) and not is_grassmann(p),
+    params,
   )
 
 
@@ -209,12 +217,13 @@ def muon_groups(params, **kwargs):
   return jax.tree.map(lambda m: "muon" if m else "adamw", attention_mlp_kernels(params, **kwargs))
 
 
-MANIFOLD_PREFIXES = {"spd_": "spd", "stiefel_": "stiefel"}
+MANIFOLD_PREFIXES = {"spd_": "spd", "stiefel_": "stiefel", "grassmann_": "grassmann"}
 
 
 @register("manifold_groups")
 def manifold_groups(params):
-  """``'spd'`` for leaves named ``spd_*``, ``'stiefel'`` for ``stiefel_*``, ``'euclidean'``
+  """``'spd'`` for leaves named ``spd_*``, ``'stiefel'`` for ``stiefel_*``, ``'grassmann'`` for
+  ``grassmann_*`` (GCR's class bases, ``normjax.optim.grassmann_rsgd``), ``'euclidean'``
   elsewhere: the groups of ``normjax.optim.spd_rsgd`` / ``stiefel_rsgd`` and the Euclidean
   optimizer (``models/spdnet.py`` names its manifold parameters so; the official
   ``MixOptimizer`` sorts parameters by their class, ``SPDParameter`` / ``StiefelParameter``)."""

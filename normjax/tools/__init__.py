@@ -7,6 +7,7 @@
 * ``convert``: a Hugging Face GPT-2 as an exactly equivalent Pre-RMSNorm / CRMSNorm run;
 * ``prepare_text``: text files to nanoGPT ``train.bin`` / ``val.bin`` with a local tokenizer;
 * ``sample``: text from a run or a Hugging Face GPT-2 (jitted KV-cache decoding);
+* ``linear_probe``: transfer of a run's frozen features to held-out classes (GCR's protocol);
 * ``continual``: online class-incremental learning with a replay buffer (ER / ER-ACE), the
   home of AdaB²N's experiment (its own loop: a task stream is not the trainer's i.i.d. step).
 
