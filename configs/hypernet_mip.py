@@ -24,8 +24,10 @@ output_split_init):
 Adam (the paper's optimizer; ``adamw`` with weight decay 0) at a constant lr 1e-3, no warmup,
 no gradient clipping (either would hide the instability under study), batch 128, 3000 steps.
 
-Measured (2 CPU cores, ~40 s): see experiments/mip/README.md for the table over 3 seeds and 4
-learning rates.
+Measured (this default, seed 0, 3000 steps in 30 s at ~100 steps/s on 2 CPU cores): test
+loss averaged over the lambda grid 0.1614, accuracy averaged over the grid 0.9716
+(``param=default``: 0.0823, 0.9610); the table over seeds, learning rates and the four
+parametrizations, with the verdict, is in experiments/mip/README.md.
 """
 
 from normjax.config_args import check_choice, parse_arg, trainer_defaults

@@ -2,12 +2,12 @@ r"""Table and plot of the MIP experiment (scripts/mip_experiment.py's JSON lines
 
   python scripts/plot_mip.py --results experiments/mip/results.jsonl --png experiments/mip/mip.png
 
-Table (markdown on stdout), per parametrization and Adam lr, mean ± std over seeds:
-the objective (1 - lambda) CE + lambda MSE averaged over lambda in {0, .25, .5, .75, 1} on the
-train split at the end, the same on the test split at the end and at its best step, the test
-accuracy at lambda = 0.1 at the end, the first evaluated step with test accuracy >= 90 % at
-lambda = 0.1, and diverged seeds. Plot: the train-split and test-split objective curves at
-``--lr``, the final train objective against lr, and ||theta(lambda)|| at init.
+Table (markdown on stdout), per parametrization and Adam lr, mean ± std over seeds: the
+objective (1 - lambda) CE + lambda MSE averaged over lambda in {0, .25, .5, .75, 1} on the
+train split after 100 and 500 steps and at the end; the same on the test split at the end and
+at its best step; the test accuracy at lambda = 0.1 at the end; the first evaluated step with
+test accuracy >= 90 % at lambda = 0.1; diverged seeds. Plot: the train- and test-split
+objective curves at ``--lr``, the final train objective against lr, ||theta(lambda)|| at init.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def summarize(row):
   i01 = lambdas.index(0.1)
   test = [grid_mean(c["test_loss"], lambdas) for c in curve]
   reach = [c["step"] for c in curve if c["test_accuracy"][i01] >= 0.9]
+  at = {c["step"]: grid_mean(c["train_loss"], lambdas) for c in curve}
   return {
+    "train_100": at.get(100, np.nan),
+    "train_500": at.get(500, np.nan),
     "train_end": grid_mean(curve[-1]["train_loss"], lambdas),
     "test_end": test[-1],
     "test_best": float(np.nanmin(test)),
@@ -65,9 +68,9 @@ def fmt(values, digits=4):
 
 def table(runs) -> str:
   lines = [
-    "| param | lr | train obj. (end) | test obj. (end) | test obj. (best) | test acc. λ=0.1 "
-    "| steps to 90 % (λ=0.1) | diverged |",
-    "|---|---|---|---|---|---|---|---|",
+    "| param | lr | train obj. @100 | train obj. @500 | train obj. (end) | test obj. (end) "
+    "| test obj. (best) | test acc. λ=0.1 | steps to 90 % (λ=0.1) | diverged |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   lrs = sorted({r["lr"] for r in runs})
   for param in ORDER:
@@ -80,7 +83,8 @@ def table(runs) -> str:
         f" ({sum(x is None for x in reach)} never)" if None in reach else ""
       )
       lines.append(
-        f"| {param} | {lr:g} | {fmt([r['train_end'] for r in rows])} | "
+        f"| {param} | {lr:g} | {fmt([r['train_100'] for r in rows])} | "
+        f"{fmt([r['train_500'] for r in rows])} | {fmt([r['train_end'] for r in rows])} | "
         f"{fmt([r['test_end'] for r in rows])} | {fmt([r['test_best'] for r in rows])} | "
         f"{fmt([r['acc01_end'] for r in rows])} | {reach_text} | "
         f"{sum(r['diverged'] for r in rows)}/{len(rows)} |"
