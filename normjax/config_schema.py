@@ -220,6 +220,12 @@ MODEL_LEAVES = {
   "official_power_grad": BOOL,
   "freeze_bimap": BOOL,
   "reeig_threshold": POSITIVE,
+  "primary_hidden": COUNT,  # lambda_hypernet (MIP)
+  "hidden_sizes": Rule("ints", low=1),
+  "encoding": NAME,  # 'cos|sin' | 'z|1-z' | 'none', checked by the model
+  "init_independent_weights": BOOL,
+  "output_split_init": BOOL,
+  "eval_grid": COUNT,
   "dtype": NAME,
   "head": NAME,  # 'linear' | 'cosine' | 'grassmann', checked by normjax.models.heads
   "head_kwargs": Rule("dict"),

@@ -67,7 +67,8 @@ def has_checkpoints(workdir: str) -> bool:
 
 def drift(old: dict, new: dict) -> tuple[dict, dict]:
   """``(resumable, refused)``: the differing keys, each ``{key: (old, new)}``."""
-  a, b = {**ADDED_DEFAULTS, **flatten(old)}, flatten(new)
+  # defaults on both sides: a model without such a key (no ``remat``) lacks it in both
+  a, b = {**ADDED_DEFAULTS, **flatten(old)}, {**ADDED_DEFAULTS, **flatten(new)}
   changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
   resumable = {k: v for k, v in changed.items() if k in RESUMABLE_KEYS}
   return resumable, {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}

@@ -12,6 +12,8 @@
              task 'inpainting' (``masked_digits.py``).
 ``spd_digits`` one 5x5 covariance descriptor per digit (``regularization``, default
              1e-3; ``spectral_power``, default 1), for SPDNet (``spd_digits.py``).
+``digits_reconstruct`` the ``digits`` batches for the task 'classify_and_reconstruct'
+             (lambda-weighted CE + reconstruction; ``digits_reconstruct.py``).
 other        a TFDS image-classification dataset prepared (array_record) in
              the data_dir: ``cifar10``, ``imagenet2012``, ...
 ===========  ==============================================================
@@ -55,7 +57,14 @@ import pathlib
 
 import grain
 
-from normjax.data import class_subset, masked_digits, pipeline, sources, spd_digits
+from normjax.data import (
+  class_subset,
+  digits_reconstruct,
+  masked_digits,
+  pipeline,
+  sources,
+  spd_digits,
+)
 from normjax.data.sources import DataInfo, default_data_dir
 from normjax.registry import Registry
 
@@ -77,6 +86,7 @@ DATASETS.register("pystdlib", sources.load_pystdlib)
 DATASETS.register("tokens", sources.load_tokens)
 DATASETS.register("masked_digits", masked_digits.load_masked_digits)
 DATASETS.register("spd_digits", spd_digits.load_spd_digits)
+DATASETS.register("digits_reconstruct", digits_reconstruct.load_digits_reconstruct)
 
 _COMMON_KEYS = ("name", "data_dir", "train_split", "eval_split", "num_workers")
 _LM_KEYS = ("seq_len", "eval_windows")
@@ -87,6 +97,7 @@ KEYS = {
   "tfds": _COMMON_KEYS + ("image_size", "augment", "classes"),
   "masked_digits": _COMMON_KEYS + ("hole_size",),
   "spd_digits": _COMMON_KEYS + ("regularization", "spectral_power"),
+  "digits_reconstruct": _COMMON_KEYS,
 }
 ALL_KEYS = frozenset(k for keys in KEYS.values() for k in keys)
 # Keys a dataset accepts only with the value it has anyway.

@@ -33,6 +33,7 @@ MODELS = Registry(
     "normjax.models.inpaint",
     "normjax.models.cnn",
     "normjax.models.spdnet",
+    "normjax.models.lambda_hypernet",
   ),
 )
 register = MODELS.register

@@ -23,7 +23,11 @@ import optax
 
 from normjax.registry import Registry
 
-TASKS = Registry("task", "data.name (its task)", lazy_modules=("normjax.tasks.inpainting",))
+TASKS = Registry(
+  "task",
+  "data.name (its task)",
+  lazy_modules=("normjax.tasks.inpainting", "normjax.tasks.classify_and_reconstruct"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
