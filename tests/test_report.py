@@ -36,7 +36,8 @@ def test_seed_value_mean_and_standard_error():
 
 
 def test_diverged_rows_are_counted_not_averaged():
-  rows = [{"m": 1.0}, {"m": 3.0}, {"diverged_at_step": 4}, {"m": float("nan")}]
+  rows = [{"m": 1.0}, {"m": 3.0, "diverged_at_step": None}, {"diverged_at_step": 4}]
+  rows.append({"m": float("nan")})
   assert report.seed_value(rows, "m", None, 1) == "2.0 ± 1.0 (n=4, 2 diverged)"
   assert report.seed_value(rows[2:], "m", None, 1) == "— (n=2, 2 diverged)"
 

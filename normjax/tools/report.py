@@ -22,7 +22,7 @@ files when the index is generated, so re-running an experiment and then this com
 the index without hand edits:
 
 * ``file`` + ``metric`` (+ ``match``): the JSON-lines rows of ``file`` whose keys equal every
-  item of ``match`` (all rows without ``match``); rows carrying ``diverged_at_step`` or lacking
+  item of ``match`` (all rows without ``match``); rows with a non-null ``diverged_at_step`` or lacking
   the metric count as diverged. Rendered ``mean ± s.e. (n=N)`` (s.e. = sample std / sqrt(N);
   ``(n=N, D diverged)`` when some diverged; ``±`` is omitted for N = 1).
 * ``file`` + ``path``: the node of a JSON document along the list of keys: one number, or
@@ -85,7 +85,7 @@ def seed_value(rows: list[dict], metric: str, match: dict | None, digits: int) -
   good = [
     float(r[metric])
     for r in chosen
-    if "diverged_at_step" not in r and r.get(metric) is not None and math.isfinite(r[metric])
+    if r.get("diverged_at_step") is None and r.get(metric) is not None and math.isfinite(r[metric])
   ]
   diverged = len(chosen) - len(good)
   tail = f"n={len(chosen)}" + (f", {diverged} diverged" if diverged else "")
