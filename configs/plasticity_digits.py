@@ -14,7 +14,8 @@ its end measures plasticity. Network: ``normjax/models/cnn.py`` (3 x conv-norm-R
 to its norm at initialization after each step (the paper pairs it with a norm before every
 nonlinearity: ``norm=layernorm``).
 
-Measured and compared in experiments/nap/README.md.
+Measured: 30 random-label tasks, late-task train accuracy 0.9998 (LayerNorm + NaP), 0.9976
+(LayerNorm), 0.1319 (no norm), 3 seeds; details in experiments/nap/README.md.
 """
 
 from normjax.config_args import check_choice, parse_arg, trainer_defaults
