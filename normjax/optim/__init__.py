@@ -19,6 +19,19 @@ from normjax.optim import (
 from normjax.optim._adamp import ScaleByAdamPState, adamp, scale_by_adamp
 from normjax.optim._conda import CondaDimensionNumbers, ScaleByCondaState, conda, scale_by_conda
 from normjax.optim._nap import NormalizeAndProjectState, nap, normalize_and_project
+from normjax.optim._q_galore import (
+  LazyRefreshState,
+  ScaleByQGaLoreState,
+  q_galore,
+  q_galore_stats,
+  scale_by_q_galore,
+)
+from normjax.optim._quantize import (
+  QuantizedArray,
+  WeightStorage,
+  float_weights,
+  quantized_weights,
+)
 from normjax.optim._registry import OPTIMIZERS, register
 from normjax.optim._riemannian import (
   RiemannianSGDState,
@@ -54,4 +67,13 @@ __all__ = (
   "scale_by_stiefel",
   "spd_rsgd",
   "stiefel_rsgd",
+  "LazyRefreshState",
+  "ScaleByQGaLoreState",
+  "q_galore",
+  "q_galore_stats",
+  "scale_by_q_galore",
+  "QuantizedArray",
+  "WeightStorage",
+  "float_weights",
+  "quantized_weights",
 )
