@@ -135,6 +135,18 @@ OPTIMIZER_LEAVES = {
   "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
   "project_momentum": BOOL,
   "gradient": NAME,  # spd_rsgd: 'official' | 'bw', checked by the optimizer
+  # q_galore (normjax/optim/_q_galore.py); side / lazy_cosine are checked by the optimizer
+  "rank": COUNT,
+  "galore_mask": NAME,
+  "side": NAME,
+  "proj_bits": Rule("int", low=1, high=8, none=True),
+  "proj_group_size": COUNT,
+  "proj_pack": BOOL,
+  "lazy_cosine": OPTIONAL_NAME,
+  "cos_threshold": Rule("float", low=-1, high=1),
+  "gamma_proj": Rule("float", low=1),
+  "queue_size": COUNT,
+  "decay_after_step": BOOL,
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -239,6 +251,10 @@ RULES = {
   "continual.buffer_size": COUNT,
   "continual.replay_batch_size": COUNT,
   "continual.method": NAME,  # checked by normjax.tools.continual (er | er_ace)
+  "weight_quant.bits": Rule("int", low=1, high=8, none=True),  # None: float weights
+  "weight_quant.group_size": COUNT,
+  "weight_quant.rounding": NAME,  # 'stochastic' | 'nearest', checked by quantized_weights
+  "weight_quant.mask": NAME,
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},

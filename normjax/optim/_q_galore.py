@@ -74,9 +74,9 @@ class LazyRefreshState(NamedTuple):
   """Per GaLore leaf: the adaptive gap, the cosine FIFO and counters (int32 scalars)."""
 
   gap: jax.Array
-  cos_queue: jax.Array  # (queue_size,) float32, oldest first; valid when queue_len is full
+  cos_queue: jax.Array  # (queue_size,) float32 (or wider), oldest first
   queue_len: jax.Array
-  top_vector: jax.Array  # the previous refresh's top singular vector (float32)
+  top_vector: jax.Array  # the previous refresh's top singular vector
   svd_count: jax.Array
   gap_growths: jax.Array
   signed_passes: jax.Array
@@ -194,7 +194,7 @@ def scale_by_q_galore(
   if lazy_cosine not in LAZY_COSINES:
     raise ValueError(f"lazy_cosine={lazy_cosine!r}: one of {LAZY_COSINES}")
   if proj_bits is not None:
-    check_quantization(proj_bits, proj_group_size, name="projector")
+    check_quantization(proj_bits, proj_group_size, names=("proj_bits", "proj_group_size"))
     if proj_pack and 8 % proj_bits:
       raise ValueError(f"proj_pack=True needs proj_bits in (1, 2, 4, 8), got {proj_bits}")
   if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
@@ -219,7 +219,7 @@ def scale_by_q_galore(
     if proj_bits is None:
       return stored.astype(dtype)
     shape = leaf.projector_shape[::-1] if leaf.left else leaf.projector_shape
-    p = dequantize(stored, shape, jnp.float32, proj_bits, proj_group_size, pack=proj_pack)
+    p = dequantize(stored, shape, stored.scale.dtype, proj_bits, proj_group_size, pack=proj_pack)
     return (p.T if leaf.left else p).astype(dtype)
 
   def init_fn(params):
@@ -231,9 +231,9 @@ def scale_by_q_galore(
         return optax.MaskedNode(), optax.MaskedNode(), jnp.zeros_like(x)
       lazy = LazyRefreshState(
         gap=jnp.asarray(update_proj_gap, jnp.int32),
-        cos_queue=jnp.zeros((queue_size,), jnp.float32),
+        cos_queue=jnp.zeros((queue_size,), compute_dtype(x)),
         queue_len=int0(),
-        top_vector=jnp.zeros((leaf.projector_shape[0],), jnp.float32),
+        top_vector=jnp.zeros((leaf.projector_shape[0],), compute_dtype(x)),
         svd_count=int0(),
         gap_growths=int0(),
         signed_passes=int0(),
@@ -256,7 +256,7 @@ def scale_by_q_galore(
     u, _, vh = jnp.linalg.svd(grad_matrix.astype(dtype), full_matrices=False)
     p = u[:, : leaf.rank] if leaf.left else vh[: leaf.rank].T
     p = p.astype(grad_matrix.dtype)  # the official SVD output, cast to the grad's dtype
-    top = p[:, 0].astype(jnp.float32)
+    top = p[:, 0].astype(lazy.top_vector.dtype)
     has_prev = lazy.svd_count > 0
     cos = _cosine(lazy.top_vector, top)
     queue = jnp.where(has_prev, jnp.append(lazy.cos_queue[1:], cos), lazy.cos_queue)

@@ -23,7 +23,8 @@ sizes that divide give the official groups exactly.
 Storage. ``q`` is uint8; with ``pack=True`` and n in {1, 2, 4}, 8 // n codes share one
 byte (the official code stores one 4-bit code per byte, so its "INT4" projector takes the
 bytes of an INT8 one; ``jnp.uint4`` arrays are not packed on CPU either: ``nbytes`` is one
-byte per entry, measured with jax 0.10.2). Scales and zeros are float32, one each per group.
+byte per entry, measured with jax 0.10.2). Scales and zeros are float32 (float64 for float64
+tensors), one each per group.
 
 Weights (``quantized_weights``): the chosen leaves of the params are stored as
 ``QuantizedArray(q, scale, zero)`` (q with the leaf's shape, uint8; round to nearest at
@@ -50,19 +51,19 @@ ROUNDINGS = ("stochastic", "nearest")
 
 class QuantizedArray(NamedTuple):
   """A group-quantized tensor: codes (uint8; packed or with the tensor's shape), and one
-  float32 scale and zero point per group, shape ``(groups, 1)``."""
+  scale and zero point per group, shape ``(groups, 1)``, float32 (float64 for float64)."""
 
   q: jax.Array
   scale: jax.Array
   zero: jax.Array
 
 
-def check_quantization(bits: int, group_size: int, *, name: str = "") -> None:
-  prefix = f"{name}: " if name else ""
+def check_quantization(bits, group_size, *, names=("bits", "group_size")) -> None:
+  """Fails with a message naming the argument (``names``) unless both are valid."""
   if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-    raise ValueError(f"{prefix}bits={bits!r}: must be an integer in 1..8 (codes are uint8)")
+    raise ValueError(f"{names[0]}={bits!r}: must be an integer in 1..8 (codes are uint8)")
   if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-    raise ValueError(f"{prefix}group_size={group_size!r}: must be a positive integer (e.g. 256)")
+    raise ValueError(f"{names[1]}={group_size!r}: must be a positive integer (e.g. 256)")
 
 
 def _groups(x, group_size: int):
@@ -80,7 +81,8 @@ def quantize(
 ) -> QuantizedArray:
   """``w`` quantized per group (module docstring): stochastic rounding when ``key`` is
   given, round to nearest otherwise. ``pack``: 8 // bits codes per byte (bits 1, 2, 4)."""
-  wg = _groups(w.astype(jnp.promote_types(w.dtype, jnp.float32)), group_size)
+  dtype = jnp.promote_types(w.dtype, jnp.float32)
+  wg = _groups(w.astype(dtype), group_size)
   top = 2**bits - 1
   lo, hi = wg.min(axis=1, keepdims=True), wg.max(axis=1, keepdims=True)
   scale = jnp.maximum(hi - lo, 1e-5) / top
@@ -93,13 +95,13 @@ def quantize(
     codes = down + (jax.random.uniform(key, ratio.shape, ratio.dtype) < ratio - down)
   codes = jnp.clip(codes + zero, 0, top).astype(jnp.uint8)
   codes = pack_codes(codes, bits) if pack else codes.reshape(-1)[: w.size].reshape(w.shape)
-  return QuantizedArray(codes, scale.astype(jnp.float32), zero.astype(jnp.float32))
+  return QuantizedArray(codes, scale.astype(dtype), zero.astype(dtype))
 
 
 def dequantize(
   qa: QuantizedArray, shape, dtype, bits: int, group_size: int, *, pack: bool = False
 ) -> jax.Array:
-  """``s (q - z)`` with ``shape`` and ``dtype`` (computed in float32)."""
+  """``s (q - z)`` with ``shape`` and ``dtype`` (computed in the scales' dtype)."""
   size = 1
   for d in shape:
     size *= d
@@ -108,7 +110,7 @@ def dequantize(
     codes = unpack_codes(qa.q, bits, groups * group_size)
   else:
     codes = _groups(qa.q, group_size)
-  values = qa.scale * (codes.reshape(groups, group_size).astype(jnp.float32) - qa.zero)
+  values = qa.scale * (codes.reshape(groups, group_size).astype(qa.scale.dtype) - qa.zero)
   return values.reshape(-1)[:size].reshape(shape).astype(dtype)
 
 
@@ -179,9 +181,9 @@ def quantized_weights(
     seed: the stochastic rounding's base key; step and leaf index are folded in.
     dtype: the dtype of the decoded weights.
   """
-  check_quantization(bits, group_size, name="weight_quant")
+  check_quantization(bits, group_size, names=("weight_quant.bits", "weight_quant.group_size"))
   if rounding not in ROUNDINGS:
-    raise ValueError(f"weight_quant rounding={rounding!r}: one of {', '.join(ROUNDINGS)}")
+    raise ValueError(f"weight_quant.rounding={rounding!r}: one of {', '.join(ROUNDINGS)}")
   base_key = jax.random.key(seed)
 
   def init(params):
@@ -204,7 +206,8 @@ def quantized_weights(
       if not _is_quantized(x):
         new.append(jnp.asarray(x + u).astype(jnp.asarray(x).dtype))
         continue
-      w = decode_leaf(x).astype(jnp.float32) + u.astype(jnp.float32)
+      wide = jnp.promote_types(dtype, jnp.float32)
+      w = decode_leaf(x).astype(wide) + u.astype(wide)
       leaf_key = jax.random.fold_in(key, i) if rounding == "stochastic" else None
       new.append(quantize(w, bits, group_size, leaf_key))
     return treedef.unflatten(new)
