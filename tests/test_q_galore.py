@@ -171,9 +171,11 @@ def test_official_side_compresses_the_smaller_dimension_and_state_bytes():
   shapes = lambda tx: {k: v.shape for k, v in tx.init(params)[0].base_optimizer_state.mu.items()}
   assert shapes(q_galore(1.0, rank=32)) == {"w": (32, 128), "v": (128, 32)}
   assert shapes(q_galore(1.0, rank=32, side="official")) == {"w": (512, 32), "v": (32, 512)}
-  nbytes = lambda **kw: sum(
-    x.nbytes for x in jax.tree.leaves(q_galore(1.0, rank=32, side="official", **kw).init(params)[0].projector)
-  )  # fmt: skip
+
+  def nbytes(**kw):
+    state = q_galore(1.0, rank=32, side="official", **kw).init(params)[0]
+    return sum(x.nbytes for x in jax.tree.leaves(state.projector))
+
   groups = 2 * 128 * 32 // 256
   assert nbytes() == 2 * 128 * 32 * 4
   assert nbytes(proj_bits=4) == 2 * 128 * 32 + groups * 8  # one code per byte (official)
