@@ -98,7 +98,7 @@ def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding,
     **fresh,
     "params": pretrained["params"],
     "model_state": fill(pretrained["model_state"], fresh["model_state"]),
-    "opt_state": setup.tx.init(pretrained["params"]),
+    "opt_state": setup.tx.init(setup.storage.decode(pretrained["params"])),
   }
   print(f"initialized from {origin}", flush=True)
   return jax.device_put(loaded, state_sharding), 0
@@ -319,6 +319,8 @@ def load_run(
   config = read_config(workdir) if config is None else config
   setup = run.build(config, data=data, validate=False)
   params, model_state = split(setup.make(rngs=nnx.Rngs(0)))
-  loaded = load_params({"params": params, "model_state": model_state}, workdir, step)
+  stored = setup.storage.init(params)  # the checkpoint's form of the weights (quantized?)
+  loaded = load_params({"params": stored, "model_state": model_state}, workdir, step)
   model_state = fill(loaded["model_state"], model_state)
-  return config, setup.model_def.merge(loaded["params"], model_state, train=False)
+  params = setup.storage.decode(loaded["params"])
+  return config, setup.model_def.merge(params, model_state, train=False)

@@ -146,6 +146,18 @@ OPTIMIZER_LEAVES = {
   "reorth_every": COUNT,  # grassmann_rsgd
   "lr_factor": POSITIVE,
   "qr_sign_fix": BOOL,
+  # q_galore (normjax/optim/_q_galore.py); side / lazy_cosine are checked by the optimizer
+  "rank": COUNT,
+  "galore_mask": NAME,
+  "side": NAME,
+  "proj_bits": Rule("int", low=1, high=8, none=True),
+  "proj_group_size": COUNT,
+  "proj_pack": BOOL,
+  "lazy_cosine": OPTIONAL_NAME,
+  "cos_threshold": Rule("float", low=-1, high=1),
+  "gamma_proj": Rule("float", low=1),
+  "queue_size": COUNT,
+  "decay_after_step": BOOL,
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -271,6 +283,10 @@ RULES = {
   "plasticity.num_tasks": COUNT,
   "plasticity.steps_per_task": COUNT,
   "plasticity.examples": Rule("int", low=1, none=True),
+  "weight_quant.bits": Rule("int", low=1, high=8, none=True),  # None: float weights
+  "weight_quant.group_size": COUNT,
+  "weight_quant.rounding": NAME,  # 'stochastic' | 'nearest', checked by quantized_weights
+  "weight_quant.mask": NAME,
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},

@@ -24,7 +24,8 @@ from flax import nnx
 from normjax import data as nj_data
 from normjax.config_check import check_config, model_kwargs, training_steps
 from normjax.models import MODELS
-from normjax.optim.build import make_optimizer
+from normjax.optim import WeightStorage, float_weights
+from normjax.optim.build import make_optimizer, make_weight_storage
 from normjax.state import ModelDef, pop_aux_loss, split, value_and_grad_with_backward_state
 from normjax.tasks import TASKS, Task, loss_and_sums
 
@@ -41,13 +42,16 @@ class Setup:
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   total_steps: int
+  # how state["params"] holds the weights (float, or quantized: ``config.weight_quant``);
+  # the steps decode them for the forward pass and apply updates with ``storage.apply``
+  storage: WeightStorage = dataclasses.field(default_factory=float_weights)
 
   def init_state(self, key) -> dict:
     """A freshly initialized model and optimizer state as one pytree (jit it)."""
     params, model_state = split(self.make(rngs=nnx.Rngs(key)))
     return {
       "step": jnp.zeros((), jnp.int32),
-      "params": params,
+      "params": self.storage.init(params),
       "model_state": model_state,
       "opt_state": self.tx.init(params),
     }
@@ -105,13 +109,12 @@ class Setup:
 
   def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
     """One optimizer update; returns the new state and this step's metrics."""
-    grads, model_state, sums = self.accumulated_gradients(
-      state["params"], state["model_state"], batch
-    )
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = self.storage.decode(state["params"])
+    grads, model_state, sums = self.accumulated_gradients(params, state["model_state"], batch)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], params)
     new_state = {
       "step": state["step"] + 1,
-      "params": optax.apply_updates(state["params"], updates),
+      "params": self.storage.apply(state["params"], updates, state["step"]),
       "model_state": model_state,
       "opt_state": opt_state,
     }
@@ -128,7 +131,8 @@ class Setup:
 
   def eval_step(self, state: dict, batch: dict) -> dict:
     """Sums ``{'loss', metric, 'count'}`` of the eval-mode model over a batch's real rows."""
-    model = self.model_def.merge(state["params"], state["model_state"], train=False)
+    params = self.storage.decode(state["params"])
+    model = self.model_def.merge(params, state["model_state"], train=False)
     return loss_and_sums(self.task, model(self.task.inputs(batch)), batch)[1]
 
 
@@ -157,7 +161,8 @@ def build(config, *, data=None, validate: bool = True, total_steps: int | None =
     )
     raise ValueError(message) from e
   tx, schedule = make_optimizer(config, steps)
-  return Setup(config, info, TASKS.get(info.task), make, model_def, tx, schedule, steps)
+  storage = make_weight_storage(config)
+  return Setup(config, info, TASKS.get(info.task), make, model_def, tx, schedule, steps, storage)
 
 
 def from_model(

@@ -76,9 +76,14 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     abstract_state = jax.eval_shape(setup.init_state, init_key)
     state_sharding = sharding.state_sharding(abstract_state, mesh, config.get("sharding", "data"))
     state = jax.jit(setup.init_state, out_shardings=state_sharding)(init_key)
-    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    n_params = sum(
+      x.size for x in jax.tree.leaves(jax.eval_shape(setup.storage.decode, state["params"]))
+    )
+    megabytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree)) / 2**20
     print(
-      f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters; "
+      f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters "
+      f"({megabytes(state['params']):.2f} MiB), optimizer state "
+      f"{megabytes(state['opt_state']):.2f} MiB; "
       f"{jax.device_count()} devices, mesh {dict(mesh.shape)}",
       flush=True,
     )

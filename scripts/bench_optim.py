@@ -15,11 +15,12 @@ every round times adamw and then each optimizer (``--steps`` steps after a warm-
 fresh state each time); the reported ratio is the median over rounds of
 ``t_opt / t_adamw`` from the same round, the times are medians too.
 
-Conda refreshes its basis (SVDs) when ``count % update_proj_gap == 0``. Both branches of
-that ``lax.cond`` are timed (the step count is an argument of the timed function, so
-nothing is constant-folded): the plain step in every round, the refresh step once at the
-end beside an adamw timing, and they are amortised over one period T:
-``((T - 1) t_plain + t_refresh) / T``.
+Conda refreshes its basis (GaLore and Q-GaLore their projectors) by SVDs when
+``count % update_proj_gap == 0``. Both branches of that ``lax.cond`` are timed (the step
+count is an argument of the timed function, so nothing is constant-folded): the plain
+step in every round, the refresh step once at the end beside an adamw timing, and they
+are amortised over one period T:
+``((T - 1) t_plain + t_refresh) / T``. The optimizer-state bytes of each are printed last.
 
 ``--only grassmann_rsgd``: GCR's Riemannian SGD (``normjax.optim.grassmann_rsgd``) on the
 leaf it is for, an ImageNet-sized Grassmann head (1000 classes, d = ``--width``, k = 8:
@@ -38,7 +39,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from normjax.optim import adamp, conda, grassmann_rsgd, labels, normalize_and_project, sgdp
+from normjax.optim import (
+  adamp,
+  conda,
+  grassmann_rsgd,
+  labels,
+  normalize_and_project,
+  q_galore,
+  sgdp,
+)
 
 
 def gpt2_params(width=768, depth=12, vocab=50257, context=1024, seed=0):
@@ -63,6 +72,9 @@ def gpt2_params(width=768, depth=12, vocab=50257, context=1024, seed=0):
     "h": blocks,
     "ln_f": norm(),
   }
+
+
+REFRESHING = ("conda", "q_galore", "galore")  # SVD refreshes under lax.cond on the count
 
 
 def with_count(state, count):
@@ -131,6 +143,20 @@ def candidates(gap):
       rotated_momentum=True,
     ),
     "conda_all_2d": conda(1e-3, weight_decay=0.1, weight_decay_mask=mask, update_proj_gap=gap),
+    # Q-GaLore's recipe (rank 128, official side, INT4 projector, signed lazy gap) on the
+    # attention/MLP kernels; galore: optax.contrib.galore's defaults (every 2-D leaf)
+    "q_galore": q_galore(
+      1e-3,
+      rank=128,
+      update_proj_gap=gap,
+      scale=0.25,
+      galore_mask="attention_mlp_kernels",
+      side="official",
+      proj_bits=4,
+      lazy_cosine="signed",
+      decay_after_step=True,
+    ),
+    "galore": optax.contrib.galore(1e-3, rank=128, update_proj_gap=gap),
   }
 
 
@@ -176,7 +202,7 @@ def main():
     "sgdp_plain, SGDP without Nesterov, projected buffer; "
     "sgdp_copy, the same with project_momentum=False; "
     "conda_rotated, momentum kept rotated; conda_all_2d, Conda on "
-    "every 2-D leaf)",
+    "every 2-D leaf; q_galore, Q-GaLore's recipe; galore, optax's)",
   )
   args = parser.parse_args()
 
@@ -191,7 +217,7 @@ def main():
   unknown = sorted(set(names) - set(all_tx))
   if unknown:
     raise ValueError(f"--only: unknown {unknown}; known: {sorted(all_tx)}")
-  timed = {k: Timed(all_tx[k], set_count=k.startswith("conda")) for k in ["adamw"] + names}
+  timed = {k: Timed(all_tx[k], set_count=k.startswith(REFRESHING)) for k in ["adamw"] + names}
   print(
     f"{jax.devices()[0].device_kind} ({jax.default_backend()}); GPT-2 tree width "
     f"{args.width}: {n / 1e6:.1f}M parameters; {args.rounds} interleaved rounds",
@@ -203,7 +229,7 @@ def main():
   for _ in range(args.rounds):
     for name in names:
       base = timed["adamw"].seconds_per_step(host_params, grads, 0, args.steps)
-      steps = 1 if name.startswith("conda") else args.steps
+      steps = 1 if name.startswith(REFRESHING) else args.steps
       t = timed[name].seconds_per_step(host_params, grads, 1, steps)  # count 1: no refresh
       times["adamw"].append(base)
       times[name].append(t)
@@ -213,7 +239,7 @@ def main():
   print(f"{'adamw':>13}: {med(times['adamw']) * 1e3:9.1f} ms/step   1.00x adamw")
   for name in names:
     line = f"{name:>13}: {med(times[name]) * 1e3:9.1f} ms/step  {med(ratios[name]):5.2f}x adamw"
-    if name.startswith("conda"):
+    if name.startswith(REFRESHING):
       base = timed["adamw"].seconds_per_step(host_params, grads, 0, args.steps)
       # count 0: the SVD branch; already compiled (count is traced), so no warm-up
       refresh = timed[name].seconds_per_step(host_params, grads, 0, 1, warmup=False)
@@ -225,6 +251,10 @@ def main():
         f"(plain {plain_ratio:.2f}x, refresh {refresh / base:.0f}x)"
       )
     print(line, flush=True)
+  params = jax.tree.map(jnp.asarray, host_params)
+  for name in ["adamw"] + names:  # optimizer-state bytes (q_galore: low-rank + INT4 projectors)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(all_tx[name].init(params)))
+    print(f"{name:>13}: optimizer state {state_bytes / 2**20:8.1f} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,19 @@ from normjax.optim._grassmann import (
   scale_by_grassmann_rsgd,
 )
 from normjax.optim._nap import NormalizeAndProjectState, nap, normalize_and_project
+from normjax.optim._q_galore import (
+  LazyRefreshState,
+  ScaleByQGaLoreState,
+  q_galore,
+  q_galore_stats,
+  scale_by_q_galore,
+)
+from normjax.optim._quantize import (
+  QuantizedArray,
+  WeightStorage,
+  float_weights,
+  quantized_weights,
+)
 from normjax.optim._registry import OPTIMIZERS, register
 from normjax.optim._riemannian import (
   RiemannianSGDState,
@@ -62,4 +75,13 @@ __all__ = (
   "scale_by_stiefel",
   "spd_rsgd",
   "stiefel_rsgd",
+  "LazyRefreshState",
+  "ScaleByQGaLoreState",
+  "q_galore",
+  "q_galore_stats",
+  "scale_by_q_galore",
+  "QuantizedArray",
+  "WeightStorage",
+  "float_weights",
+  "quantized_weights",
 )

@@ -17,6 +17,8 @@ learning rate follows the same shape.
 ``optax.adaptive_grad_clip``) at this ratio, ahead of the optimizer (None = off).
 ``config.trainable``: a label name (bool); every other leaf is frozen (its update is
 zero, no weight decay), e.g. ``'norm_affine'`` trains BatchNorm and only BatchNorm.
+``config.weight_quant``: ``bits`` (None: float weights), ``group_size``, ``rounding``
+('stochastic' | 'nearest'), ``mask`` (a label name): ``make_weight_storage``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from normjax.optim import OPTIMIZERS, labels
+from normjax.optim import OPTIMIZERS, float_weights, labels, quantized_weights
 
 DECAYS = ("cosine", "linear", "constant")
 _RESERVED = ("name", "learning_rate", "weight_decay", "decay_mask", "labels", "groups")
@@ -124,3 +126,22 @@ def make_optimizer(config, total_steps: int):
   if config.get("trainable"):  # outermost: frozen gradients never enter the clip norm
     tx = _bool_partition(labels.resolve(config.trainable), tx)
   return tx, schedule
+
+
+def make_weight_storage(config):
+  """The train state's weight storage: ``quantized_weights`` (Q-GaLore's INT8 weights,
+  stochastic rounding keyed by ``config.seed`` and the step) when ``config.weight_quant.bits``
+  is set, else ``float_weights()``."""
+  quant = config.get("weight_quant") if config is not None else None
+  if not quant or quant.get("bits") is None:
+    return float_weights()
+  try:
+    return quantized_weights(
+      int(quant["bits"]),
+      int(quant.get("group_size", 256)),
+      quant.get("rounding", "stochastic"),
+      quant.get("mask") or "attention_mlp_kernels",
+      seed=int(config.get("seed", 0)),
+    )
+  except ValueError as e:
+    raise ValueError(f"config key {e}") from None
