@@ -23,8 +23,8 @@ the index without hand edits:
 
 * ``file`` + ``metric`` (+ ``match``): the JSON-lines rows of ``file`` whose keys equal every
   item of ``match`` (all rows without ``match``); rows with a non-null ``diverged_at_step``
-  or lacking the metric count as diverged. Rendered ``mean ± s.e. (n=N)`` (s.e. = sample std / sqrt(N);
-  ``(n=N, D diverged)`` when some diverged; ``±`` is omitted for N = 1).
+  or lacking the metric count as diverged. Rendered ``mean ± s.e. (n=N)`` (s.e. = sample
+  std / sqrt(N); ``(n=N, D diverged)`` when some diverged; ``±`` is omitted for N = 1).
 * ``file`` + ``path``: the node of a JSON document along the list of keys: one number, or
   with ``metric`` (+ ``match``) a list of per-seed rows aggregated as above.
 
