@@ -201,6 +201,7 @@ MODEL_LEAVES = {
   "conv": NAME,
   "activation": NAME,
   "ibn": OPTIONAL_NAME,
+  "attention": NAME,  # checked by the model constructor (ResNet: channel_attention.ATTENTIONS)
   "remat": NAME,
   "spd_norm": NAME,
   "theta": POSITIVE,

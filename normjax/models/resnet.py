@@ -27,6 +27,10 @@ conv) -> global average pool -> linear head.
   code uses PyTorch's 0.1, i.e. 0.9 here, everywhere; ``configs/resnet_ibn.py`` sets it, and a
   ResNet without ``norm_kwargs`` uses flax's 0.99 everywhere, as ``configs/resnet_batchnorm.py``).
 
+* ``attention``: a channel attention at the end of every block's residual branch (after the
+  last conv + norm, before the shortcut is added): 'none', 'se', 'ca', 'ela_t' | 'ela_b' |
+  'ela_s' | 'ela_l' (ELA, Xu & Wan 2024), 'ela_bn'; ``models/channel_attention.py``.
+
 ResNet-50 = stage_sizes (3, 4, 6, 3), 'bottleneck', width 64, 'imagenet' stem: 25,557,032
 parameters with 1000 classes. ResNet-18 = (2, 2, 2, 2), 'basic'. The BatchNorm default keeps
 flax's momentum 0.99; torchvision's (PyTorch momentum 0.1) is ``norm_kwargs={'momentum': 0.9}``.
@@ -46,6 +50,7 @@ from flax import nnx
 
 from normjax.models import check_choice, compute_dtype, conv_kernel_init, register
 from normjax.models import remat as remat_lib
+from normjax.models.channel_attention import ATTENTIONS, make_attention
 from normjax.models.ws_conv import scaled_ws_conv_layer, ws_conv_layer
 from normjax.norms import NORMS, make_norm
 from normjax.norms.basic import BATCH_NORM_MOMENTUM
@@ -173,6 +178,7 @@ class BasicBlock(nnx.Module):
     zero_init_residual: bool,
     first_norm_act: NormActFactory | None = None,
     post_add_norm: NormActFactory | None = None,
+    attention: Callable[[int], nnx.Module | None] | None = None,
   ):
     self.conv1 = conv(in_features, features, 3, strides=strides)
     self.norm_act1 = (first_norm_act or norm_act)(features)
@@ -182,6 +188,7 @@ class BasicBlock(nnx.Module):
       in_features, features, strides=strides, conv=conv, norm_act=norm_act
     )
     self.post_add_norm = post_add_norm(features) if post_add_norm else None
+    self.attention = attention(features) if attention else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.norm_act1(self.conv1(x))
@@ -208,6 +215,7 @@ class BottleneckBlock(nnx.Module):
     zero_init_residual: bool,
     first_norm_act: NormActFactory | None = None,
     post_add_norm: NormActFactory | None = None,
+    attention: Callable[[int], nnx.Module | None] | None = None,
   ):
     out_features = features * self.expansion
     self.conv1 = conv(in_features, features, 1)
@@ -220,6 +228,7 @@ class BottleneckBlock(nnx.Module):
       in_features, out_features, strides=strides, conv=conv, norm_act=norm_act
     )
     self.post_add_norm = post_add_norm(out_features) if post_add_norm else None
+    self.attention = attention(out_features) if attention else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.norm_act1(self.conv1(x))
@@ -229,7 +238,8 @@ class BottleneckBlock(nnx.Module):
 
 
 def _add_and_activate(block, y: jax.Array, x: jax.Array) -> jax.Array:
-  """relu(post_add_norm(y + shortcut(x))), the norm only when the block has one (IBN-b)."""
+  """relu(post_add_norm(attention(y) + shortcut(x))), each only when the block has it."""
+  y = y if getattr(block, "attention", None) is None else block.attention(y)
   y = y + (x if block.shortcut is None else block.shortcut(x))
   return jax.nn.relu(y if block.post_add_norm is None else block.post_add_norm(y))
 
@@ -256,6 +266,9 @@ class ResNet(nnx.Module):
       the model's BatchNorm ``momentum`` -- ``norm_kwargs['momentum']``, else BatchNorm's
       default 0.99 -- and ``epsilon``); see the module docstring.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    attention: a channel attention at the end of each residual branch, one of
+      ``channel_attention.ATTENTIONS`` ('none', 'se', 'ca', 'ela_t', 'ela_b', 'ela_s',
+      'ela_l', 'ela_bn'); see the module docstring.
     rngs: ``nnx.Rngs`` for parameters.
   """
 
@@ -277,8 +290,10 @@ class ResNet(nnx.Module):
     conv: str = "standard",
     ibn: str | None = None,
     remat: str = "none",
+    attention: str = "none",
     rngs: nnx.Rngs,
   ):
+    check_choice("attention", attention, ATTENTIONS)
     block_class = BLOCKS[check_choice("block", block, BLOCKS)]
     self.remat = remat_lib.check(remat)
     check_choice("ibn", ibn, IBN_VARIANTS)
@@ -315,6 +330,10 @@ class ResNet(nnx.Module):
       features, blocks = width * 2**stage, []
       for index in range(int(num_blocks)):
         extra = {}
+        if attention != "none":
+          extra["attention"] = functools.partial(
+            make_attention, attention, dtype=self.dtype, rngs=rngs
+          )
         if ibn == "a" and stage < last_stage:
           extra["first_norm_act"] = ibn_norm_act
         if ibn == "b" and stage < min(2, last_stage) and index == int(num_blocks) - 1 and index > 0:
