@@ -135,6 +135,8 @@ OPTIMIZER_LEAVES = {
   "singular_value_rtol": Rule("float", low=0, open_low=True, high=1, none=True),
   "project_momentum": BOOL,
   "gradient": NAME,  # spd_rsgd: 'official' | 'bw', checked by the optimizer
+  "a": POSITIVE,  # compander_adam: Weight Compander's w = a arctan(v / b)
+  "b": POSITIVE,
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -239,6 +241,10 @@ RULES = {
   "continual.num_tasks": COUNT,
   "continual.buffer_size": COUNT,
   "continual.replay_batch_size": COUNT,
+  "weight_compander.a": POSITIVE,  # normjax.models.weight_compander
+  "weight_compander.b": POSITIVE,
+  "weight_compander.learnable": BOOL,
+  "weight_compander.weight_decay": NONNEGATIVE,
   "continual.method": NAME,  # checked by normjax.tools.continual (er | er_ace)
   **{f"optimizer.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
   **{f"optimizer.groups.*.{k}": v for k, v in OPTIMIZER_LEAVES.items()},
