@@ -16,7 +16,8 @@ no gradient clipping, as the paper), lr 0.1 cosine, weight decay ``wd`` (5e-4) i
 ``optimizer=adam``: the arms with Adam lr 1e-3; WC arms then use ``compander_adam`` (the
 Powerpropagation-style step, ``normjax/optim/_compander.py``).
 
-Measured (2 CPU cores): see experiments/weight_compander/README.md (table over seeds).
+Measured (``steps=150``, 3 seeds, shared 2-core CPU): test accuracy 0.930 (baseline), 0.903
+(fixed), 0.830 (learnable); table, plot, verdict: experiments/weight_compander/README.md.
 
 Paper scale: ``:data=cifar10`` (ResNet-18, 200 epochs, full train set; pass ``train_size=0``).
 """
