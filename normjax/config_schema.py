@@ -158,6 +158,8 @@ OPTIMIZER_LEAVES = {
   "gamma_proj": Rule("float", low=1),
   "queue_size": COUNT,
   "decay_after_step": BOOL,
+  "a": POSITIVE,  # compander_adam: Weight Compander's w = a arctan(v / b)
+  "b": POSITIVE,
 }
 NORM_LEAVES = {
   "epsilon": POSITIVE,
@@ -224,6 +226,7 @@ MODEL_LEAVES = {
   "conv": NAME,
   "activation": NAME,
   "ibn": OPTIONAL_NAME,
+  "attention": NAME,  # checked by the model constructor (ResNet: channel_attention.ATTENTIONS)
   "remat": NAME,
   "spd_norm": NAME,
   "theta": POSITIVE,
@@ -271,6 +274,10 @@ RULES = {
   "continual.num_tasks": COUNT,
   "continual.buffer_size": COUNT,
   "continual.replay_batch_size": COUNT,
+  "weight_compander.a": POSITIVE,  # normjax.models.weight_compander
+  "weight_compander.b": POSITIVE,
+  "weight_compander.learnable": BOOL,
+  "weight_compander.weight_decay": NONNEGATIVE,
   "continual.method": NAME,  # checked by normjax.tools.continual (er | er_ace)
   "federated.algorithm": NAME,  # checked by normjax.tools.federated (fedavg | fedbn)
   "federated.domains": Rule("strs"),  # each a normjax.data.corruptions.DOMAINS name

@@ -24,6 +24,7 @@ from flax import nnx
 from normjax import data as nj_data
 from normjax.config_check import check_config, model_kwargs, training_steps
 from normjax.models import MODELS
+from normjax.models.weight_compander import wrap_factory as weight_compander_factory
 from normjax.optim import WeightStorage, float_weights
 from normjax.optim.build import make_optimizer, make_weight_storage
 from normjax.state import ModelDef, pop_aux_loss, split, value_and_grad_with_backward_state
@@ -151,6 +152,7 @@ def build(config, *, data=None, validate: bool = True, total_steps: int | None =
   steps = check_config(config, info) if validate else training_steps(config, info)
   steps = steps if total_steps is None else int(total_steps)
   make = functools.partial(MODELS.get(config.model.name), **model_kwargs(config.model, info))
+  make = weight_compander_factory(make, config.get("weight_compander"))  # None: unchanged
   try:
     model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
   except ValueError as e:  # the constructors name their argument: name the config key

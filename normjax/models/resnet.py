@@ -27,6 +27,10 @@ conv) -> global average pool -> linear head.
   code uses PyTorch's 0.1, i.e. 0.9 here, everywhere; ``configs/resnet_ibn.py`` sets it, and a
   ResNet without ``norm_kwargs`` uses flax's 0.99 everywhere, as ``configs/resnet_batchnorm.py``).
 
+* ``attention``: a channel attention at the end of every block's residual branch (after the
+  last conv + norm, before the shortcut is added): 'none', 'se', 'ca', 'ela_t' | 'ela_b' |
+  'ela_s' | 'ela_l' (ELA, Xu & Wan 2024), 'ela_bn'; ``models/channel_attention.py``.
+
 ResNet-50 = stage_sizes (3, 4, 6, 3), 'bottleneck', width 64, 'imagenet' stem: 25,557,032
 parameters with 1000 classes. ResNet-18 = (2, 2, 2, 2), 'basic'. The BatchNorm default keeps
 flax's momentum 0.99; torchvision's (PyTorch momentum 0.1) is ``norm_kwargs={'momentum': 0.9}``.
@@ -46,6 +50,7 @@ from flax import nnx
 
 from normjax.models import check_choice, compute_dtype, conv_kernel_init, register
 from normjax.models import remat as remat_lib
+from normjax.models.channel_attention import ATTENTIONS, make_attention
 from normjax.models.heads import make_head
 from normjax.models.ws_conv import scaled_ws_conv_layer, ws_conv_layer
 from normjax.norms import NORMS, make_norm
@@ -174,6 +179,7 @@ class BasicBlock(nnx.Module):
     zero_init_residual: bool,
     first_norm_act: NormActFactory | None = None,
     post_add_norm: NormActFactory | None = None,
+    attention: Callable[[int], nnx.Module | None] | None = None,
   ):
     self.conv1 = conv(in_features, features, 3, strides=strides)
     self.norm_act1 = (first_norm_act or norm_act)(features)
@@ -183,6 +189,7 @@ class BasicBlock(nnx.Module):
       in_features, features, strides=strides, conv=conv, norm_act=norm_act
     )
     self.post_add_norm = post_add_norm(features) if post_add_norm else None
+    self.attention = attention(features) if attention else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.norm_act1(self.conv1(x))
@@ -209,6 +216,7 @@ class BottleneckBlock(nnx.Module):
     zero_init_residual: bool,
     first_norm_act: NormActFactory | None = None,
     post_add_norm: NormActFactory | None = None,
+    attention: Callable[[int], nnx.Module | None] | None = None,
   ):
     out_features = features * self.expansion
     self.conv1 = conv(in_features, features, 1)
@@ -221,6 +229,7 @@ class BottleneckBlock(nnx.Module):
       in_features, out_features, strides=strides, conv=conv, norm_act=norm_act
     )
     self.post_add_norm = post_add_norm(out_features) if post_add_norm else None
+    self.attention = attention(out_features) if attention else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.norm_act1(self.conv1(x))
@@ -230,7 +239,8 @@ class BottleneckBlock(nnx.Module):
 
 
 def _add_and_activate(block, y: jax.Array, x: jax.Array) -> jax.Array:
-  """relu(post_add_norm(y + shortcut(x))), the norm only when the block has one (IBN-b)."""
+  """relu(post_add_norm(attention(y) + shortcut(x))), each only when the block has it."""
+  y = y if getattr(block, "attention", None) is None else block.attention(y)
   y = y + (x if block.shortcut is None else block.shortcut(x))
   return jax.nn.relu(y if block.post_add_norm is None else block.post_add_norm(y))
 
@@ -259,6 +269,9 @@ class ResNet(nnx.Module):
     remat: per-block rematerialisation policy (``normjax.models.remat``).
     head, head_kwargs: 'linear' | 'cosine' | 'grassmann' (GCR) and its keyword arguments
       (``normjax.models.heads``).
+    attention: a channel attention at the end of each residual branch, one of
+      ``channel_attention.ATTENTIONS`` ('none', 'se', 'ca', 'ela_t', 'ela_b', 'ela_s',
+      'ela_l', 'ela_bn'); see the module docstring.
     rngs: ``nnx.Rngs`` for parameters.
   """
 
@@ -282,8 +295,10 @@ class ResNet(nnx.Module):
     remat: str = "none",
     head: str = "linear",
     head_kwargs: dict | None = None,
+    attention: str = "none",
     rngs: nnx.Rngs,
   ):
+    check_choice("attention", attention, ATTENTIONS)
     block_class = BLOCKS[check_choice("block", block, BLOCKS)]
     self.remat = remat_lib.check(remat)
     check_choice("ibn", ibn, IBN_VARIANTS)
@@ -320,6 +335,10 @@ class ResNet(nnx.Module):
       features, blocks = width * 2**stage, []
       for index in range(int(num_blocks)):
         extra = {}
+        if attention != "none":
+          extra["attention"] = functools.partial(
+            make_attention, attention, dtype=self.dtype, rngs=rngs
+          )
         if ibn == "a" and stage < last_stage:
           extra["first_norm_act"] = ibn_norm_act
         if ibn == "b" and stage < min(2, last_stage) and index == int(num_blocks) - 1 and index > 0:

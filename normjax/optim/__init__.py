@@ -17,6 +17,7 @@ from normjax.optim import (
   labels,
 )
 from normjax.optim._adamp import ScaleByAdamPState, adamp, scale_by_adamp
+from normjax.optim._compander import compander_adam, scale_by_compander
 from normjax.optim._conda import CondaDimensionNumbers, ScaleByCondaState, conda, scale_by_conda
 from normjax.optim._grassmann import (
   ScaleByGrassmannRSGDState,
@@ -54,6 +55,8 @@ __all__ = (
   "labels",
   "DecayAfterStepState",
   "add_decayed_weights_after_step",
+  "compander_adam",
+  "scale_by_compander",
   "ScaleByAdamPState",
   "adamp",
   "scale_by_adamp",

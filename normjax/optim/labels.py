@@ -88,6 +88,13 @@ def is_grassmann(path) -> bool:
   return bool(names) and names[-1].startswith("grassmann_")
 
 
+def is_kernel(path) -> bool:
+  """A Dense/Conv kernel: a leaf named ``kernel`` outside norm layers (not biases, gains,
+  embeddings); the leaves ``normjax.models.weight_compander`` reparameterizes."""
+  names = param_names(path)
+  return bool(names) and names[-1] == "kernel" and not is_norm_param(path)
+
+
 @register("decay")
 def decay_mask(params):
   """True where weight decay applies: every leaf with ndim >= 2 outside norm layers.
@@ -106,6 +113,19 @@ def decay_mask(params):
 def no_decay(params):
   """True for norm parameters, biases and other vectors: the complement of ``decay_mask``."""
   return jax.tree.map(lambda d: not d, decay_mask(params))
+
+
+@register("kernels")
+def kernels(params):
+  """True for every Dense/Conv kernel (``is_kernel``)."""
+  return jax.tree_util.tree_map_with_path(lambda p, x: is_kernel(p), params)
+
+
+@register("decay_except_kernels")
+def decay_except_kernels(params):
+  """``decay_mask`` without the Dense/Conv kernels: for Weight Compander with fixed (a, b),
+  whose kernels are decayed through Psi(v) by a loss term instead."""
+  return jax.tree.map(lambda d, k: d and not k, decay_mask(params), kernels(params))
 
 
 @register("matrices")
