@@ -210,6 +210,15 @@ MODEL_LEAVES = {
   "freeze_bimap": BOOL,
   "reeig_threshold": POSITIVE,
   "dtype": NAME,
+  "attention": NAME,  # checked by the model: ViT/GPT-2 normjax.models.soft_attention.ATTENTIONS
+  "attention_kwargs": Rule("dict"),
+}
+ATTENTION_LEAVES = {  # SOFT (normjax.models.soft_attention.SoftmaxFreeAttention)
+  "ratio": COUNT,
+  "conv_size": INDEX,
+  "newton_iters": COUNT,
+  "reg": NONNEGATIVE,
+  "distance": NAME,
 }
 
 RULES = {
@@ -244,6 +253,7 @@ RULES = {
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
   **{f"model.decoder_norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
   **{f"model.{k}": v for k, v in MODEL_LEAVES.items()},
+  **{f"model.attention_kwargs.{k}": v for k, v in ATTENTION_LEAVES.items()},
 }
 
 FREE = {
