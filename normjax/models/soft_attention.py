@@ -223,48 +223,46 @@ class SoftmaxFreeAttention(nnx.Module):
     self.proj = linear(width, stream_width, kernel_init=inits.attn_out_kernel)
     conv_init = torch_default_conv_init()
     if kind == "gaussian":
-      self.landmark_conv = self.landmark_norm = nnx.data(None)
-    else:
-      self.landmark_conv = nnx.Conv(
-        head_dim,
-        head_dim,
-        (ratio, ratio),
-        strides=(ratio, ratio),
-        padding="VALID",
-        use_bias=False,
-        kernel_init=conv_init,
-        rngs=rngs,
-      )
+      self.landmark_kernel = self.landmark_norm = nnx.data(None)
+    else:  # Conv2d(d -> d, r, stride r, no bias) as a (r, r, in, out) kernel
+      self.landmark_kernel = nnx.Param(conv_init(rngs.params(), (ratio, ratio, head_dim, head_dim)))
       self.landmark_norm = nnx.LayerNorm(head_dim, epsilon=1e-5, rngs=rngs)
-    self.value_conv = (
+    self.value_conv = (  # Conv2d(h -> h, k, groups h, no bias) as a (k, k, 1, h) kernel
       nnx.Param(conv_init(rngs.params(), (conv_size, conv_size, 1, num_heads)))
       if conv_size
       else nnx.data(None)
     )
 
   def landmarks(self, q: jax.Array) -> jax.Array:
-    """Q~ (B, h, m, d) from the scaled queries q (B, h, N, d)."""
+    """Q~ (B, h, m, d) from the scaled queries q (B, h, N, d).
+
+    The stride-r, kernel-r VALID conv is computed as r x r patches times the kernel (the same
+    sum; XLA's CPU convolution is several times slower here)."""
     b, h, _, d = q.shape
-    maps = self.landmark_conv(q.reshape(b * h, *self.grid, d))
-    out = self.landmark_norm(maps.reshape(b, h, -1, d))
+    kernel = self.landmark_kernel[...].astype(q.dtype)
+    r = kernel.shape[0]
+    rows, cols = self.grid[0] // r, self.grid[1] // r
+    maps = q.reshape(b, h, *self.grid, d)[:, :, : rows * r, : cols * r]
+    patches = maps.reshape(b, h, rows, r, cols, r, d)
+    out = jnp.einsum("bhyixjc,ijco->bhyxo", patches, kernel, precision=HIGHEST)
+    out = self.landmark_norm(out.reshape(b, h, rows * cols, d))
     return jax.nn.gelu(out, approximate=False)
 
   def depthwise_value_conv(self, v: jax.Array) -> jax.Array:
-    """DWConv(V) for v (B, h, N, d): a k x k filter per head, shared by its d channels."""
+    """DWConv(V) for v (B, h, N, d): a k x k filter per head, shared by its d channels,
+    zero padding k//2 (torch's cross-correlation), as a sum of k^2 shifted copies (XLA's CPU
+    grouped convolution is several times slower)."""
     b, h, _, d = v.shape
-    maps = jnp.transpose(v.reshape(b, h, *self.grid, d), (0, 4, 2, 3, 1))  # (B, d, H, W, h)
-    kernel = self.value_conv[...].astype(v.dtype)
-    pad = kernel.shape[0] // 2
-    out = jax.lax.conv_general_dilated(
-      maps.reshape(b * d, *self.grid, h),
-      kernel,
-      (1, 1),
-      [(pad, pad), (pad, pad)],
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=h,
-      precision=HIGHEST,
+    kernel = self.value_conv[...].astype(v.dtype)[:, :, 0, :]  # (k, k, h)
+    k, (rows, cols) = kernel.shape[0], self.grid
+    pad = k // 2
+    maps = jnp.pad(v.reshape(b, h, rows, cols, d), ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = sum(
+      kernel[i, j][None, :, None, None, None] * maps[:, :, i : i + rows, j : j + cols]
+      for i in range(k)
+      for j in range(k)
     )
-    return jnp.transpose(out.reshape(b, d, *self.grid, h), (0, 4, 2, 3, 1)).reshape(v.shape)
+    return out.reshape(v.shape)
 
   def heads(self, x: jax.Array) -> jax.Array:
     """(B, h, N, d) in float32 at least, from (B, N, width)."""
