@@ -10,7 +10,7 @@ token map with SOFT's defaults of ``configs/vit_soft.py`` (2 x 2 stride-2 landma
 m = N / 4 landmarks, a 3 x 3 DWConv, 20 Newton iterations) and also with a FIXED m = 64
 landmarks (an 8 x 8 landmark map, stride sqrt(N)/8: ``soft@64``, ``soft_norm@64``; the official
 stages 1-3 use 49), the linear-complexity regime (with m = N/4 the m x m Newton inverse costs
-O(N^3)).
+O(N^3); skipped above ``--max_quarter_tokens``).
 Forward = ``y = attn(x)``; forward+backward = gradients of sum(y * dy) w.r.t. x and the
 parameters. Time: median of ``--calls`` jitted calls after a warm-up, ``block_until_ready``.
 Memory: the compiled executable's temporary buffer bytes (``memory_analysis()``, XLA's peak
@@ -73,6 +73,9 @@ def main():
   parser.add_argument("--tokens", default="64,256,1024,4096")
   parser.add_argument("--kinds", default="softmax,gaussian,soft,soft_norm,soft@64,soft_norm@64")
   parser.add_argument("--calls", type=int, default=5)
+  parser.add_argument(
+    "--max_quarter_tokens", type=int, default=1024, help="largest N for m = N/4 landmarks"
+  )
   parser.add_argument("--json", default=None)
   args = parser.parse_args()
   rows = []
@@ -84,6 +87,8 @@ def main():
     for spec in args.kinds.split(","):
       kind, _, fixed = spec.partition("@")
       ratio = max(1, side // math.isqrt(int(fixed))) if fixed else 2
+      if kind in ("soft", "soft_norm") and not fixed and n > args.max_quarter_tokens:
+        continue  # m = N/4: 20 Newton steps on (N/4)^2 matrices, O(N^3), minutes on a CPU
       module = build(kind, side, ratio)
       m = 0 if kind in ("softmax", "gaussian") else (side // ratio) ** 2
       fwd, fwd_mem = measure(module, x, args.calls, backward=False)

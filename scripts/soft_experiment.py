@@ -1,11 +1,12 @@
 r"""SOFT on digits: accuracy over seeds, approximation error vs the exact Gaussian attention, and
 gradient agreement of the three inverse backwards, on trained features.
 
-  python scripts/soft_experiment.py --arms soft:post,softmax:post --seeds 3 --steps 1000 \
-      --out experiments/soft/seeds.jsonl
+  python scripts/soft_experiment.py --arms soft:post,softmax:post --seeds 3 --steps 150 \
+      --depth 2 --warmup 15 --out experiments/soft/seeds.jsonl
 
 For every arm ``attention:placement`` (``configs/vit_soft.py:attention=...,placement=...``) and
-seed s: ``normjax.run.build`` once per arm, the trainer's jitted train/eval steps, a fresh
+seed s (``--steps``, ``--warmup`` steps of LR warmup and ``--depth`` blocks override the
+config's 1000, 100 and 4): ``normjax.run.build`` once per arm, the trainer's jitted train/eval steps, a fresh
 ``init_state(key(s))`` with the data order of seed s, ``--steps`` steps, test accuracy. Then, on
 the first 256 test images, for each block whose attention is 'soft' or 'soft_norm', with the
 block's own attention input (``normjax.models.soft_attention`` for the formulas):
@@ -126,16 +127,17 @@ def gradient_agreement(setup, state, batch):
   }
 
 
-def run_arm(arm: str, seeds: range, steps: int, out: str | None):
+def run_arm(arm: str, seeds: range, steps: int, out: str | None, depth: int, warmup: int):
   attention, placement = arm.split(":")
   config = sibling_config(CONFIG, "vit_soft", f"attention={attention},placement={placement}")
-  config.total_steps = steps
+  config.total_steps, config.schedule.warmup_steps, config.model.depth = steps, warmup, depth
   setup = run.build(config, validate=False)
   train_step, eval_step = jax.jit(setup.train_step), jax.jit(setup.eval_step)
   init = jax.jit(setup.init_state)
   swap = None
   if attention in ("soft", "soft_norm"):
     swap_config = sibling_config(CONFIG, "vit_soft", f"attention=gaussian,placement={placement}")
+    swap_config.model.depth = depth
     swap = run.build(swap_config, validate=False)
     swap_eval = jax.jit(swap.eval_step)
   evaluate = lambda fn: run.evaluate(
@@ -149,7 +151,8 @@ def run_arm(arm: str, seeds: range, steps: int, out: str | None):
     for _ in range(steps):
       batch = next(batches)
       state, metrics = train_step(state, batch)
-    row = {"arm": arm, "seed": seed, "steps": steps, "train_loss": float(metrics["loss"])}
+    row = {"arm": arm, "seed": seed, "steps": steps, "depth": depth, "warmup": warmup}
+    row["train_loss"] = float(metrics["loss"])
     row["accuracy"] = evaluate(lambda b: eval_step(state, b))
     row["seconds"] = round(time.time() - start, 1)
     if swap is not None:
@@ -172,10 +175,12 @@ def main():
   parser.add_argument("--arms", default="softmax:post,gaussian:post,soft:post,soft_norm:post")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--depth", type=int, default=4)
+  parser.add_argument("--warmup", type=int, default=100)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   for arm in args.arms.split(","):
-    run_arm(arm, range(args.seeds), args.steps, args.out)
+    run_arm(arm, range(args.seeds), args.steps, args.out, args.depth, args.warmup)
 
 
 if __name__ == "__main__":
