@@ -6,8 +6,8 @@ gradient agreement of the three inverse backwards, on trained features.
 
 For every arm ``attention:placement`` (``configs/vit_soft.py:attention=...,placement=...``) and
 seed s (``--steps``, ``--warmup`` steps of LR warmup and ``--depth`` blocks override the
-config's 1000, 100 and 4): ``normjax.run.build`` once per arm, the trainer's jitted train/eval steps, a fresh
-``init_state(key(s))`` with the data order of seed s, ``--steps`` steps, test accuracy. Then, on
+config's 1000, 100 and 4): ``normjax.run.build`` once per arm, the trainer's jitted train/eval
+steps, a fresh ``init_state(key(s))`` with the data order of seed s, test accuracy. Then, on
 the first 256 test images, for each block whose attention is 'soft' or 'soft_norm', with the
 block's own attention input (``normjax.models.soft_attention`` for the formulas):
 
