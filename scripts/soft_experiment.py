@@ -174,13 +174,15 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--arms", default="softmax:post,gaussian:post,soft:post,soft_norm:post")
   parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--first_seed", type=int, default=0)
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--depth", type=int, default=4)
   parser.add_argument("--warmup", type=int, default=100)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   for arm in args.arms.split(","):
-    run_arm(arm, range(args.seeds), args.steps, args.out, args.depth, args.warmup)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    run_arm(arm, seeds, args.steps, args.out, args.depth, args.warmup)
 
 
 if __name__ == "__main__":
