@@ -226,7 +226,9 @@ MODEL_LEAVES = {
   "conv": NAME,
   "activation": NAME,
   "ibn": OPTIONAL_NAME,
-  "attention": NAME,  # checked by the model constructor (ResNet: channel_attention.ATTENTIONS)
+  # checked by the model constructor: ResNet channel_attention.ATTENTIONS, ViT / GPT-2
+  # soft_attention.ATTENTIONS
+  "attention": NAME,
   "remat": NAME,
   "spd_norm": NAME,
   "theta": POSITIVE,
@@ -246,6 +248,14 @@ MODEL_LEAVES = {
   "head_kwargs": Rule("dict"),
   "head_kwargs.subspace_dim": COUNT,
   "head_kwargs.gamma": POSITIVE,
+  "attention_kwargs": Rule("dict"),
+}
+ATTENTION_LEAVES = {  # SOFT (normjax.models.soft_attention.SoftmaxFreeAttention)
+  "ratio": COUNT,
+  "conv_size": INDEX,
+  "newton_iters": COUNT,
+  "reg": NONNEGATIVE,
+  "distance": NAME,
 }
 
 RULES = {
@@ -299,6 +309,7 @@ RULES = {
   **{f"model.norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
   **{f"model.decoder_norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
   **{f"model.{k}": v for k, v in MODEL_LEAVES.items()},
+  **{f"model.attention_kwargs.{k}": v for k, v in ATTENTION_LEAVES.items()},
 }
 
 FREE = {

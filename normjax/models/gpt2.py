@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models import compute_dtype, register
+from normjax.models import check_choice, compute_dtype, register
+from normjax.models.soft_attention import ATTENTIONS
 from normjax.models.transformer import AttentionCache, LinearInits, Transformer, residual_width
 
 
@@ -66,6 +67,7 @@ class GPT2(nnx.Module):
     tie_embeddings: logits = h @ wte^T (nanoGPT); False: a separate head with a bias.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    attention: 'softmax' only (SOFT's attentions are non-causal; ``normjax.models.vit``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -89,8 +91,14 @@ class GPT2(nnx.Module):
     tie_embeddings: bool = True,
     zero_mean_writers: bool = False,
     remat: str = "none",
+    attention: str = "softmax",
     rngs: nnx.Rngs,
   ):
+    if check_choice("attention", attention, ATTENTIONS) != "softmax":
+      raise ValueError(
+        f"model argument attention={attention!r}: SOFT attention is non-causal (its landmarks "
+        "pool a 2-D token map), so GPT-2 supports attention='softmax' only"
+      )
     self.dtype = compute_dtype(dtype)
     self.max_len = max_len
     stream = residual_width(norm, width)

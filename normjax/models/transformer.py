@@ -335,6 +335,7 @@ class TransformerBlock(nnx.Module):
     index: int = 0,
     depth: int = 1,
     zero_mean_writers: bool = False,
+    attention: Callable[..., nnx.Module] | None = None,
   ):
     where = PLACEMENTS[check_choice("placement", placement, PLACEMENTS)]
     stream = residual_width(norm, width)
@@ -348,7 +349,7 @@ class TransformerBlock(nnx.Module):
 
     self.zero_mean_writers = zero_mean_writers
     self.attn_norm = maybe_norm(where.input_norm, "attn_input")
-    self.attn = MultiHeadSelfAttention(
+    self.attn = (attention or MultiHeadSelfAttention)(
       width, num_heads, causal=causal, inits=inits, dtype=dtype, rngs=rngs, stream_width=stream
     )
     self.attn_output_norm = maybe_norm(where.output_norm, "attn_output")
@@ -414,6 +415,8 @@ class Transformer(nnx.Module):
   norm exists when the placement asks for one.
   ``zero_mean_writers`` recentres the input embeddings and every branch output. ``remat``
   rematerialises each block in training (``normjax.models.remat``; decoding never does).
+  ``attention``: a factory with ``MultiHeadSelfAttention``'s signature (default: that class),
+  e.g. SOFT's (``normjax.models.soft_attention.attention_factory``).
   """
 
   def __init__(
@@ -433,6 +436,7 @@ class Transformer(nnx.Module):
     embedding_norm: bool = False,
     zero_mean_writers: bool = False,
     remat: str = "none",
+    attention: Callable[..., nnx.Module] | None = None,
     rngs: nnx.Rngs,
   ):
     check_choice("placement", placement, PLACEMENTS)
@@ -466,6 +470,7 @@ class Transformer(nnx.Module):
           index=i,
           depth=depth,
           zero_mean_writers=zero_mean_writers,
+          attention=attention,
         )
         for i in range(depth)
       ]

@@ -12,6 +12,8 @@ google-research/vision_transformer), so ViT-B/16 at 224 px with 1000 classes has
 parameters, the standard count. With a ``compressed_residual`` norm (CRMSNorm) the patch
 embedding, class token, position embedding and residual stream are width - 1 wide;
 ``zero_mean_writers``: the zero-mean reparameterisation (``normjax.models.transformer``).
+``attention`` other than 'softmax' is SOFT's softmax-free attention
+(``normjax.models.soft_attention``; it needs ``pool='mean'``: the tokens form the H x W map).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from flax import nnx
 
 from normjax.models import check_choice, check_divisible, compute_dtype, conv_kernel_init, register
 from normjax.models.heads import make_head
+from normjax.models.soft_attention import attention_factory
 from normjax.models.transformer import LinearInits, Transformer, residual_width
 
 POOLS = ("cls", "mean")
@@ -46,6 +49,8 @@ class VisionTransformer(nnx.Module):
     remat: per-block rematerialisation policy (``normjax.models.remat``).
     head, head_kwargs: 'linear' | 'cosine' | 'grassmann' (GCR) and its keyword arguments
       (``normjax.models.heads``).
+    attention: 'softmax' | 'soft' | 'soft_norm' | 'gaussian' (``normjax.models.soft_attention``);
+      attention_kwargs: its options (ratio, conv_size, newton_iters, reg, distance).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -73,10 +78,16 @@ class VisionTransformer(nnx.Module):
     remat: str = "none",
     head: str = "linear",
     head_kwargs: dict | None = None,
+    attention: str = "softmax",
+    attention_kwargs: dict | None = None,
     rngs: nnx.Rngs,
   ):
     check_choice("pool", pool, POOLS)
     check_divisible("image_size", image_size, "patch_size", patch_size)
+    grid = (image_size // patch_size,) * 2
+    attention_module = attention_factory(attention, attention_kwargs, grid)
+    if attention_module is not None and pool != "mean":
+      raise ValueError(f"model argument attention={attention!r} needs pool='mean' (no class token)")
     self.dtype = compute_dtype(dtype)
     self.image_size, self.in_channels, self.pool = image_size, in_channels, pool
     lecun = nnx.initializers.lecun_normal()
@@ -120,6 +131,7 @@ class VisionTransformer(nnx.Module):
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
       remat=remat,
+      attention=attention_module,
       rngs=rngs,
     )
     self.head = make_head(
