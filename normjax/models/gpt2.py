@@ -66,6 +66,9 @@ class GPT2(nnx.Module):
     tie_embeddings: logits = h @ wte^T (nanoGPT); False: a separate head with a bias.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    sharing: 'none' | 'weights' | 'all', parameter sharing across depth
+      (``normjax.models.sharing``); moe: None or the fields of ``normjax.models.moe.MoeConfig``
+      (the MLPs become mixtures of experts: WideNet, ``configs/gpt2_widenet.py``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -89,6 +92,8 @@ class GPT2(nnx.Module):
     tie_embeddings: bool = True,
     zero_mean_writers: bool = False,
     remat: str = "none",
+    sharing: str = "none",
+    moe: dict | None = None,
     rngs: nnx.Rngs,
   ):
     self.dtype = compute_dtype(dtype)
@@ -123,6 +128,8 @@ class GPT2(nnx.Module):
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
       remat=remat,
+      sharing=sharing,
+      moe=moe,
       rngs=rngs,
     )
     self.head = (

@@ -43,6 +43,9 @@ class VisionTransformer(nnx.Module):
     embedding_norm: also normalize the embeddings before the first block.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    sharing: 'none' | 'weights' | 'all', parameter sharing across depth
+      (``normjax.models.sharing``); moe: None or the fields of ``normjax.models.moe.MoeConfig``
+      (the MLPs become mixtures of experts: WideNet, ``configs/vit_widenet.py``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -68,6 +71,8 @@ class VisionTransformer(nnx.Module):
     embedding_norm: bool = False,
     zero_mean_writers: bool = False,
     remat: str = "none",
+    sharing: str = "none",
+    moe: dict | None = None,
     rngs: nnx.Rngs,
   ):
     check_choice("pool", pool, POOLS)
@@ -115,6 +120,8 @@ class VisionTransformer(nnx.Module):
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
       remat=remat,
+      sharing=sharing,
+      moe=moe,
       rngs=rngs,
     )
     self.head = nnx.Linear(
