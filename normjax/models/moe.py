@@ -174,14 +174,16 @@ class Experts(nnx.Module):
 
 
 class Router(nnx.Module):
-  """logits = x W_r, W_r (d, E) without bias, Glorot-uniform (Keras ``Dense`` default)."""
+  """logits = x W_r, W_r (d, E) without bias, Glorot-uniform (Keras ``Dense`` default);
+  computed in float32 (float64 for float64 inputs) whatever the model's dtype."""
 
   def __init__(self, width: int, num_experts: int, *, rngs: nnx.Rngs):
     init = nnx.initializers.xavier_uniform()
     self.kernel = nnx.Param(init(rngs.params(), (width, num_experts), jnp.float32))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return x.astype(jnp.float32) @ self.kernel[...]
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    return x.astype(dtype) @ self.kernel[...].astype(dtype)
 
 
 class MixtureOfExperts(nnx.Module):
