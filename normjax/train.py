@@ -76,10 +76,12 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     abstract_state = jax.eval_shape(setup.init_state, init_key)
     state_sharding = sharding.state_sharding(abstract_state, mesh, config.get("sharding", "data"))
     state = jax.jit(setup.init_state, out_shardings=state_sharding)(init_key)
-    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))  # shared: counted once
+    shared = config.model.get("sharing") or "none"  # normjax.models.sharing
     print(
-      f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters; "
-      f"{jax.device_count()} devices, mesh {dict(mesh.shape)}",
+      f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters"
+      + (f" (sharing={shared}: each shared module counted once)" if shared != "none" else "")
+      + f"; {jax.device_count()} devices, mesh {dict(mesh.shape)}",
       flush=True,
     )
 

@@ -79,3 +79,14 @@ def share_across_depth(blocks, sharing: str) -> None:
   for block in blocks[1:]:
     for name in names:
       setattr(block, name, getattr(first, name))
+
+
+# The five arms of the WideNet study (configs/vit_widenet.py, configs/gpt2_widenet.py):
+# name -> (model.sharing, whether the FFN is a mixture of experts).
+WIDENET_ARMS = {
+  "unshared": ("none", False),  # (a) the standard transformer
+  "shared_all": ("all", False),  # (b) ALBERT / universal: everything shared, norms too
+  "shared_weights": ("weights", False),  # (c) shared attention + dense FFN, individual norms
+  "widenet": ("weights", True),  # (d) WideNet: shared attention + MoE, individual norms
+  "widenet_shared_ln": ("all", True),  # (e) WideNet with shared norms
+}
