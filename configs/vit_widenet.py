@@ -6,8 +6,8 @@ r"""WideNet ViT (Xue et al., AAAI 2022, arXiv 2107.11817) on the embedded digits
 Default: WideNet, one attention and one mixture of experts (4 experts, top-2, capacity factor
 1.2, balance weight 0.01, one router, GELU on the expert outputs: WideNet-B's settings in
 XueFuzhao/WideNet_Code widenet/submit_tpu.sh) shared by all 6 blocks, each block with its own
-two LayerNorms; ViT width 64, 4 heads, MLP 128, 2x2 patches, class token; AdamW, 1000 steps of
-batch 64 (configs/vit_layernorm.py's recipe at depth 6).
+two LayerNorms; ViT width 64, 4 heads, MLP 128, 2x2 patches, class token; AdamW, 400 steps of
+batch 64 (configs/vit_layernorm.py's recipe at depth 6, shorter).
 
 ``arm`` picks the ablation (normjax.models.sharing.WIDENET_ARMS): ``unshared`` (ViT),
 ``shared_all`` (ALBERT-style, norms shared too), ``shared_weights`` (shared attention + dense
@@ -57,4 +57,6 @@ def get_config(arg=None):
   arg = parse_arg(arg, data="digits", norm="layernorm", depth=6, **MOE_ARGS)
   c = sibling_config(__file__, "vit_layernorm", base_arg(arg, ("data", "norm")))
   c.model.depth = arg.depth
+  if arg.data == "digits":
+    c.total_steps = 400  # the experiment's length (experiments/widenet)
   return widenet_model(c, arg)
