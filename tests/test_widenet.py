@@ -73,6 +73,9 @@ def test_router_matches_the_official_code_on_fixed_logits(top_k):
     np.testing.assert_array_equal(np.asarray(dispatch), ref_dispatch)
     np.testing.assert_allclose(np.asarray(combine), ref_combine, rtol=1e-14, atol=0)
     np.testing.assert_allclose(0.01 * float(routing.balance_loss), ref_aux, rtol=1e-13)
+    # each choice is kept iff its slot exists in the official dense tensors
+    kept = ref_dispatch.sum(-1)[np.arange(24)[:, None], np.asarray(routing.expert_index)] > 0
+    np.testing.assert_array_equal(np.asarray(routing.kept), kept)
   assert ref_dispatch.sum() < 24 * top_k  # some choices were dropped
   per_expert = ref_dispatch.sum(axis=(0, 2))
   assert per_expert.max() <= cap - 1  # the official 1-based positions: slot 0 stays empty
