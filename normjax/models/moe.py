@@ -51,7 +51,8 @@ class MoeConfig:
   """``model.moe``; defaults are WideNet-B's (``widenet/submit_tpu.sh``): E = 4, top-2,
   capacity factor 1.2, alpha = 0.01, one router shared by every layer, GELU on the expert
   output. ``expert_mlp_dim``: hidden width of an expert (None: the model's MLP width; the
-  official WideNet-B uses 4096 for experts against 3072 for the dense MLP)."""
+  official WideNet-B uses 4096 for experts against 3072 for the dense MLP). With
+  ``model.sharing='none'`` every layer owns its experts and router (``share_router`` unused)."""
 
   num_experts: int = 4
   top_k: int = 2
