@@ -15,7 +15,8 @@ MLP, individual norms), ``widenet`` (default), ``widenet_shared_ln`` (WideNet wi
 norms). ``share_router=False`` gives every layer its own router (ColossalAI's re-implementation);
 ``norm`` any registered norm (``shared_all`` refuses norms with per-block state).
 
-Measured: test accuracy 0.8914 (seed 0, 440 s on the shared 2-core CPU); the five arms over 3 seeds in experiments/widenet/README.md.
+Measured: test accuracy 0.8914 (seed 0, 440 s on the shared 2-core CPU); the five arms over
+3 seeds in experiments/widenet/README.md.
 """
 
 from normjax.config_args import base_arg, check_choice, parse_arg, sibling_config
