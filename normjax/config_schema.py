@@ -256,6 +256,17 @@ ATTENTION_LEAVES = {  # SOFT (normjax.models.soft_attention.SoftmaxFreeAttention
   "newton_iters": COUNT,
   "reg": NONNEGATIVE,
   "distance": NAME,
+  "sharing": NAME,  # normjax.models.sharing: none | weights | all
+  "moe": Rule("dict", none=True),  # normjax.models.moe.MoeConfig; None / {}: no MoE
+}
+MOE_LEAVES = {
+  "num_experts": COUNT,
+  "top_k": COUNT,
+  "capacity_factor": POSITIVE,
+  "aux_weight": NONNEGATIVE,
+  "share_router": BOOL,
+  "expert_out_gelu": BOOL,
+  "expert_mlp_dim": Rule("int", low=1, none=True),
 }
 
 RULES = {
@@ -310,6 +321,7 @@ RULES = {
   **{f"model.decoder_norm_kwargs.{k}": v for k, v in NORM_LEAVES.items()},
   **{f"model.{k}": v for k, v in MODEL_LEAVES.items()},
   **{f"model.attention_kwargs.{k}": v for k, v in ATTENTION_LEAVES.items()},
+  **{f"model.moe.{k}": v for k, v in MOE_LEAVES.items()},
 }
 
 FREE = {

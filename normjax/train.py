@@ -76,13 +76,15 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     abstract_state = jax.eval_shape(setup.init_state, init_key)
     state_sharding = sharding.state_sharding(abstract_state, mesh, config.get("sharding", "data"))
     state = jax.jit(setup.init_state, out_shardings=state_sharding)(init_key)
-    n_params = sum(
+    n_params = sum(  # shared modules (model.sharing) are stored, so counted, once
       x.size for x in jax.tree.leaves(jax.eval_shape(setup.storage.decode, state["params"]))
     )
     megabytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree)) / 2**20
+    shared = config.model.get("sharing") or "none"  # normjax.models.sharing
     print(
-      f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters "
-      f"({megabytes(state['params']):.2f} MiB), optimizer state "
+      f"{config.model.name} with norm={config.model.get('norm')}: {n_params:,} parameters"
+      + (f" (sharing={shared}: each shared module counted once)" if shared != "none" else "")
+      + f" ({megabytes(state['params']):.2f} MiB), optimizer state "
       f"{megabytes(state['opt_state']):.2f} MiB; "
       f"{jax.device_count()} devices, mesh {dict(mesh.shape)}",
       flush=True,

@@ -68,6 +68,9 @@ class GPT2(nnx.Module):
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
     attention: 'softmax' only (SOFT's attentions are non-causal; ``normjax.models.vit``).
+    sharing: 'none' | 'weights' | 'all', parameter sharing across depth
+      (``normjax.models.sharing``); moe: None or the fields of ``normjax.models.moe.MoeConfig``
+      (the MLPs become mixtures of experts: WideNet, ``configs/gpt2_widenet.py``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -92,6 +95,8 @@ class GPT2(nnx.Module):
     zero_mean_writers: bool = False,
     remat: str = "none",
     attention: str = "softmax",
+    sharing: str = "none",
+    moe: dict | None = None,
     rngs: nnx.Rngs,
   ):
     if check_choice("attention", attention, ATTENTIONS) != "softmax":
@@ -131,6 +136,8 @@ class GPT2(nnx.Module):
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
       remat=remat,
+      sharing=sharing,
+      moe=moe,
       rngs=rngs,
     )
     self.head = (

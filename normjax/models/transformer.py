@@ -56,7 +56,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, check_divisible
+from normjax.models import moe as moe_lib
 from normjax.models import remat as remat_lib
+from normjax.models import sharing as sharing_lib
 from normjax.norms import NORMS, make_norm
 
 Initializer = Callable[..., jax.Array]
@@ -417,6 +419,9 @@ class Transformer(nnx.Module):
   rematerialises each block in training (``normjax.models.remat``; decoding never does).
   ``attention``: a factory with ``MultiHeadSelfAttention``'s signature (default: that class),
   e.g. SOFT's (``normjax.models.soft_attention.attention_factory``).
+  ``sharing`` ('none' | 'weights' | 'all', ``normjax.models.sharing``) shares modules across
+  depth; ``moe`` (``normjax.models.moe.MoeConfig`` fields) replaces the MLPs by mixtures of
+  experts (WideNet, arXiv 2107.11817).
   """
 
   def __init__(
@@ -437,9 +442,13 @@ class Transformer(nnx.Module):
     zero_mean_writers: bool = False,
     remat: str = "none",
     attention: Callable[..., nnx.Module] | None = None,
+    sharing: str = "none",
+    moe=None,
     rngs: nnx.Rngs,
   ):
     check_choice("placement", placement, PLACEMENTS)
+    check_choice("sharing", sharing, sharing_lib.SHARING)
+    moe = moe_lib.MoeConfig.parse(moe)
     check_divisible("width", width, "num_heads", num_heads)
     self.remat = remat_lib.check(remat)
     if depth < 1:
@@ -475,6 +484,18 @@ class Transformer(nnx.Module):
         for i in range(depth)
       ]
     )
+    if moe is not None:  # WideNet: the FFN becomes a mixture of experts (normjax.models.moe)
+      moe_lib.install(
+        self.blocks,
+        moe,
+        shared=sharing != "none",
+        width=stream,
+        hidden=mlp_dim,
+        inits=inits,
+        dtype=dtype,
+        rngs=rngs,
+      )
+    sharing_lib.share_across_depth(self.blocks, sharing)  # normjax.models.sharing
     self.final_norm = (
       build_norm(norm, stream, norm_kwargs, NormSite("final", None, depth), rngs)
       if PLACEMENTS[placement].final_norm

@@ -51,6 +51,9 @@ class VisionTransformer(nnx.Module):
       (``normjax.models.heads``).
     attention: 'softmax' | 'soft' | 'soft_norm' | 'gaussian' (``normjax.models.soft_attention``);
       attention_kwargs: its options (ratio, conv_size, newton_iters, reg, distance).
+    sharing: 'none' | 'weights' | 'all', parameter sharing across depth
+      (``normjax.models.sharing``); moe: None or the fields of ``normjax.models.moe.MoeConfig``
+      (the MLPs become mixtures of experts: WideNet, ``configs/vit_widenet.py``).
     rngs: ``nnx.Rngs`` for parameters (and dropout, when dropout > 0).
   """
 
@@ -80,6 +83,8 @@ class VisionTransformer(nnx.Module):
     head_kwargs: dict | None = None,
     attention: str = "softmax",
     attention_kwargs: dict | None = None,
+    sharing: str = "none",
+    moe: dict | None = None,
     rngs: nnx.Rngs,
   ):
     check_choice("pool", pool, POOLS)
@@ -132,6 +137,8 @@ class VisionTransformer(nnx.Module):
       zero_mean_writers=zero_mean_writers,
       remat=remat,
       attention=attention_module,
+      sharing=sharing,
+      moe=moe,
       rngs=rngs,
     )
     self.head = make_head(

@@ -132,6 +132,8 @@ def generate(
     )
   model = nnx.clone(model)
   model.eval()
+  # mixture-of-experts FFNs (normjax.models.moe) route every token: no capacity in decoding
+  model.set_attributes(dropless=True, raise_if_not_found=False)
   graph, state = nnx.split(model)
   out = _generate(
     state,
