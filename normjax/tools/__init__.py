@@ -9,7 +9,11 @@
 * ``sample``: text from a run or a Hugging Face GPT-2 (jitted KV-cache decoding);
 * ``linear_probe``: transfer of a run's frozen features to held-out classes (GCR's protocol);
 * ``continual``: online class-incremental learning with a replay buffer (ER / ER-ACE), the
-  home of AdaB²N's experiment (its own loop: a task stream is not the trainer's i.i.d. step).
+  home of AdaB²N's experiment (its own loop: a task stream is not the trainer's i.i.d. step);
+* ``federated``: multi-domain federated learning (FedAvg, FedBN, normalizer-free FedWon);
+* ``plasticity``: loss of plasticity over a task sequence, with and without NaP;
+* ``hypernet_eval``: a MIP hypernetwork's losses over its conditioning grid;
+* ``report``: ``experiments/README.md`` regenerated from every folder's ``summary.json``.
 
 The report tools load runs through ``normjax.checkpoint.load_run`` and evaluate through
 ``normjax.run.evaluate``, the trainer's own set-up and eval loop.
