@@ -12,9 +12,9 @@ embedded digits' train split (287 images each) as original, inverted, rotated, n
 blurred images; ``rounds`` FedAvg rounds of ``epochs`` local epochs; per-domain test accuracy.
 The network is ``configs/resnet_batchnorm.py``'s 3-stage ResNet (width 32) with the arm's norm,
 or for ``fedwon`` ``configs/resnet_nf.py``'s normalizer-free ResNet (Scaled WS convs, AGC with
-lambda 0.16, the residual branches on from the start: ``skip_gain_init=1``). Plain SGD (the
-FedBN code's optimizer; no global-norm clipping for the normalized arms, as there), learning
-rate ``lr`` at batch 32 scaled linearly with the batch, cosine decay over all local steps
+lambda 0.16, the residual branches on from the start: ``skip_gain_init=1``). As in the FedBN
+code: plain SGD, BatchNorm with PyTorch's momentum 0.1 (flax 0.9), no global-norm clipping
+for the normalized arms. Learning rate ``lr`` at batch 32 scaled linearly with the batch, cosine decay over all local steps
 (the tool sets the schedule's length). FedWon's paper uses Digits-Five / Office-Caltech-10 /
 DomainNet with a 6-layer CNN or AlexNet; this is the same protocol at digits scale.
 
@@ -24,8 +24,8 @@ Measured and compared in experiments/fedwon/README.md.
 from normjax.config_args import check_choice, parse_arg, sibling_config
 
 ARMS = {
-  "fedavg": ("fedavg", "batchnorm", {}),
-  "fedbn": ("fedbn", "batchnorm", {}),
+  "fedavg": ("fedavg", "batchnorm", {"momentum": 0.9}),  # PyTorch's BN momentum 0.1, as FedBN
+  "fedbn": ("fedbn", "batchnorm", {"momentum": 0.9}),
   "fedavg_gn": ("fedavg", "groupnorm", {"num_groups": 8}),
   "fedavg_ln": ("fedavg", "layernorm", {}),
   "fedwon": ("fedavg", None, {}),
