@@ -14,8 +14,8 @@ The network is ``configs/resnet_batchnorm.py``'s 3-stage ResNet (width 32) with 
 or for ``fedwon`` ``configs/resnet_nf.py``'s normalizer-free ResNet (Scaled WS convs, AGC with
 lambda 0.16, the residual branches on from the start: ``skip_gain_init=1``). As in the FedBN
 code: plain SGD, BatchNorm with PyTorch's momentum 0.1 (flax 0.9), no global-norm clipping
-for the normalized arms. Learning rate ``lr`` at batch 32 scaled linearly with the batch, cosine decay over all local steps
-(the tool sets the schedule's length). FedWon's paper uses Digits-Five / Office-Caltech-10 /
+for the normalized arms. Learning rate ``lr`` at batch 32 scaled linearly with the batch,
+cosine decay over all local steps (the tool sets the schedule's length). FedWon's paper uses Digits-Five / Office-Caltech-10 /
 DomainNet with a 6-layer CNN or AlexNet; this is the same protocol at digits scale.
 
 Measured and compared in experiments/fedwon/README.md.
