@@ -15,8 +15,9 @@ or for ``fedwon`` ``configs/resnet_nf.py``'s normalizer-free ResNet (Scaled WS c
 lambda 0.16, the residual branches on from the start: ``skip_gain_init=1``). As in the FedBN
 code: plain SGD, BatchNorm with PyTorch's momentum 0.1 (flax 0.9), no global-norm clipping
 for the normalized arms. Learning rate ``lr`` at batch 32 scaled linearly with the batch,
-cosine decay over all local steps (the tool sets the schedule's length). FedWon's paper uses Digits-Five / Office-Caltech-10 /
-DomainNet with a 6-layer CNN or AlexNet; this is the same protocol at digits scale.
+cosine decay over all local steps (the tool sets the schedule's length). FedWon's paper uses
+Digits-Five / Office-Caltech-10 / DomainNet with a 6-layer CNN or AlexNet; this is the same
+protocol at digits scale.
 
 Measured and compared in experiments/fedwon/README.md.
 """
