@@ -249,6 +249,8 @@ MODEL_LEAVES = {
   "head_kwargs.subspace_dim": COUNT,
   "head_kwargs.gamma": POSITIVE,
   "attention_kwargs": Rule("dict"),
+  "sharing": NAME,  # normjax.models.sharing: none | weights | all
+  "moe": Rule("dict", none=True),  # normjax.models.moe.MoeConfig; None / {}: no MoE
 }
 ATTENTION_LEAVES = {  # SOFT (normjax.models.soft_attention.SoftmaxFreeAttention)
   "ratio": COUNT,
@@ -256,8 +258,6 @@ ATTENTION_LEAVES = {  # SOFT (normjax.models.soft_attention.SoftmaxFreeAttention
   "newton_iters": COUNT,
   "reg": NONNEGATIVE,
   "distance": NAME,
-  "sharing": NAME,  # normjax.models.sharing: none | weights | all
-  "moe": Rule("dict", none=True),  # normjax.models.moe.MoeConfig; None / {}: no MoE
 }
 MOE_LEAVES = {
   "num_experts": COUNT,

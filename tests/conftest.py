@@ -6,3 +6,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+_SLOW = os.path.join(os.path.dirname(__file__), "slow_first.txt")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """Modules holding the slowest tests run first (whole modules, in their own order), so that
+  ``-n 2`` does not end with one worker alone on a long test. ``slow_first.txt``: seconds and
+  node id per line, from ``pytest --durations=40`` (only the order matters; stale is harmless)."""
+  if not os.path.exists(_SLOW):
+    return
+  weight: dict[str, float] = {}
+  with open(_SLOW) as f:
+    for line in f:
+      seconds, _, nodeid = line.strip().partition(" ")
+      module = nodeid.split("::")[0]
+      weight[module] = weight.get(module, 0.0) + float(seconds)
+  position = {id(item): i for i, item in enumerate(items)}
+  items.sort(key=lambda it: (-weight.get(it.nodeid.split("::")[0], 0.0), position[id(it)]))
