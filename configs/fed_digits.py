@@ -19,7 +19,8 @@ cosine decay over all local steps (the tool sets the schedule's length). FedWon'
 Digits-Five / Office-Caltech-10 / DomainNet with a 6-layer CNN or AlexNet; this is the same
 protocol at digits scale.
 
-Measured and compared in experiments/fedwon/README.md.
+Measured (batch 32, 3 seeds): mean per-domain test accuracy FedAvg+BN 0.532, FedBN 0.749,
+FedWon 0.903; details in experiments/fedwon/README.md.
 """
 
 from normjax.config_args import check_choice, parse_arg, sibling_config
