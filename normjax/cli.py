@@ -57,3 +57,47 @@ def guarded(command: str, body: Callable[[], object], *, verbose_flag: bool = Fa
     sys.stdout.flush()
     print(one_line(command, e), file=sys.stderr, flush=True)
     os._exit(1)
+
+
+def mean_and_se(rows: list[dict], keys) -> dict:
+  """``{key: {'mean', 'se'}}`` over per-seed ``rows`` (s.e. = sample std / sqrt(n); 0 for n=1)."""
+  import numpy as np
+
+  out = {}
+  for k in keys:
+    values = np.array([r[k] for r in rows], np.float64)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    out[k] = {"mean": float(values.mean()), "se": se}
+  return out
+
+
+def seeds_command(command: str, run_seeds: Callable, shown: Callable[[dict], list[str]]):
+  """``main`` of a ``--config --workdir [--seeds N]`` command (continual, federated,
+  plasticity): ``run_seeds(config, workdir, seeds)`` returns a summary of ``mean_and_se``
+  entries; the keys ``shown(summary)`` names are printed as ``key mean ± se``. Flags are
+  defined when the command runs, so importing its module defines none."""
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  config_flag = config_flags.DEFINE_config_file("config", None, "Config file [:arg].")
+  workdir = flags.DEFINE_string("workdir", None, "Output directory.")
+  seeds = flags.DEFINE_integer("seeds", 1, "Runs with seeds config.seed, config.seed + 1, ...")
+  verbose_flag = define_verbose_flag()
+
+  def run_command(argv):
+    del argv
+    if config_flag.value is None or not workdir.value:
+      raise app.UsageError("--config and --workdir are required")
+    logging.set_verbosity(logging.WARNING)
+
+    def body():
+      if seeds.value < 1:
+        raise ValueError(f"--seeds={seeds.value}: must be >= 1")
+      summary = run_seeds(config_flag.value, workdir.value, seeds.value)
+      print(
+        " | ".join(f"{k} {summary[k]['mean']:.4f} ± {summary[k]['se']:.4f}" for k in shown(summary))
+      )
+
+    guarded(command, body, verbose_flag=verbose_flag.value)
+
+  app.run(run_command)

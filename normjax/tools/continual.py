@@ -493,10 +493,8 @@ def run_seeds(config, workdir: str, seeds: int) -> dict:
       flush=True,
     )
   summary = {"seeds": [int(config.seed) + i for i in range(seeds)], "runs": rows}
-  for k in ("average_accuracy", "final_accuracy", "train_stat_accuracy", "forgetting"):
-    values = np.array([r[k] for r in rows])
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-    summary[k] = {"mean": float(values.mean()), "se": se}
+  keys = ("average_accuracy", "final_accuracy", "train_stat_accuracy", "forgetting")
+  summary.update(cli.mean_and_se(rows, keys))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
@@ -504,35 +502,11 @@ def run_seeds(config, workdir: str, seeds: int) -> dict:
 
 
 def main():
-  """The command (flags are defined here, so importing this module defines none)."""
-  from absl import app, flags, logging
-  from ml_collections import config_flags
-
-  config_flag = config_flags.DEFINE_config_file("config", None, "Config file [:arg].")
-  workdir = flags.DEFINE_string("workdir", None, "Output directory.")
-  seeds = flags.DEFINE_integer("seeds", 1, "Runs with seeds config.seed, config.seed + 1, ...")
-  verbose = cli.define_verbose_flag()
-
-  def run_command(argv):
-    del argv
-    if config_flag.value is None or not workdir.value:
-      raise app.UsageError("--config and --workdir are required")
-    logging.set_verbosity(logging.WARNING)
-
-    def body():
-      if seeds.value < 1:
-        raise ValueError(f"--seeds={seeds.value}: must be >= 1")
-      summary = run_seeds(config_flag.value, workdir.value, seeds.value)
-      print(
-        " | ".join(
-          f"{k} {summary[k]['mean']:.4f} ± {summary[k]['se']:.4f}"
-          for k in ("average_accuracy", "final_accuracy", "forgetting")
-        )
-      )
-
-    cli.guarded("normjax.tools.continual", body, verbose_flag=verbose.value)
-
-  app.run(run_command)
+  cli.seeds_command(
+    "normjax.tools.continual",
+    run_seeds,
+    lambda s: ("average_accuracy", "final_accuracy", "forgetting"),
+  )
 
 
 if __name__ == "__main__":

@@ -313,44 +313,14 @@ def run_seeds(config, workdir: str, seeds: int) -> dict:
     rows.append({"seed": seed, **{k: v for k, v in result.items() if k != "clients"}})
     print(f"seed {seed}: mean accuracy {rows[-1]['mean_accuracy']:.4f}", flush=True)
   summary: dict[str, Any] = {"runs": rows}
-  for k in [k for k in rows[0] if "accuracy" in k]:
-    values = np.array([r[k] for r in rows])
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-    summary[k] = {"mean": float(values.mean()), "se": se}
+  summary.update(cli.mean_and_se(rows, [k for k in rows[0] if "accuracy" in k]))
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary
 
 
 def main():
-  """The command (flags are defined here, so importing this module defines none)."""
-  from absl import app, flags, logging
-  from ml_collections import config_flags
-
-  config_flag = config_flags.DEFINE_config_file("config", None, "Config file [:arg].")
-  workdir = flags.DEFINE_string("workdir", None, "Output directory.")
-  seeds = flags.DEFINE_integer("seeds", 1, "Runs with seeds config.seed, config.seed + 1, ...")
-  verbose = cli.define_verbose_flag()
-
-  def run_command(argv):
-    del argv
-    if config_flag.value is None or not workdir.value:
-      raise app.UsageError("--config and --workdir are required")
-    logging.set_verbosity(logging.WARNING)
-
-    def body():
-      if seeds.value < 1:
-        raise ValueError(f"--seeds={seeds.value}: must be >= 1")
-      summary = run_seeds(config_flag.value, workdir.value, seeds.value)
-      print(
-        " | ".join(
-          f"{k} {v['mean']:.4f} ± {v['se']:.4f}" for k, v in summary.items() if k != "runs"
-        )
-      )
-
-    cli.guarded("normjax.tools.federated", body, verbose_flag=verbose.value)
-
-  app.run(run_command)
+  cli.seeds_command("normjax.tools.federated", run_seeds, lambda s: [k for k in s if k != "runs"])
 
 
 if __name__ == "__main__":

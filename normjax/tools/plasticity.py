@@ -211,50 +211,20 @@ def run_seeds(config, workdir: str, seeds: int) -> dict:
       f"late tasks {rows[-1]['late_train_accuracy']:.4f}",
       flush=True,
     )
-  summary: dict = {"runs": rows}
-  for k in (
+  keys = (
     "first_task_train_accuracy",
     "late_train_accuracy",
     "plasticity_change",
     "late_test_accuracy",
-  ):
-    values = np.array([r[k] for r in rows])
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-    summary[k] = {"mean": float(values.mean()), "se": se}
+  )
+  summary: dict = {"runs": rows, **cli.mean_and_se(rows, keys)}
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary
 
 
 def main():
-  """The command (flags are defined here, so importing this module defines none)."""
-  from absl import app, flags, logging
-  from ml_collections import config_flags
-
-  config_flag = config_flags.DEFINE_config_file("config", None, "Config file [:arg].")
-  workdir = flags.DEFINE_string("workdir", None, "Output directory.")
-  seeds = flags.DEFINE_integer("seeds", 1, "Runs with seeds config.seed, config.seed + 1, ...")
-  verbose = cli.define_verbose_flag()
-
-  def run_command(argv):
-    del argv
-    if config_flag.value is None or not workdir.value:
-      raise app.UsageError("--config and --workdir are required")
-    logging.set_verbosity(logging.WARNING)
-
-    def body():
-      if seeds.value < 1:
-        raise ValueError(f"--seeds={seeds.value}: must be >= 1")
-      summary = run_seeds(config_flag.value, workdir.value, seeds.value)
-      print(
-        " | ".join(
-          f"{k} {v['mean']:.4f} ± {v['se']:.4f}" for k, v in summary.items() if k != "runs"
-        )
-      )
-
-    cli.guarded("normjax.tools.plasticity", body, verbose_flag=verbose.value)
-
-  app.run(run_command)
+  cli.seeds_command("normjax.tools.plasticity", run_seeds, lambda s: [k for k in s if k != "runs"])
 
 
 if __name__ == "__main__":
