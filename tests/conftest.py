@@ -7,6 +7,19 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent XLA compilation cache for the whole test session (the xdist workers and the
+# trainer subprocesses inherit the variable): a resumed run, a second process or a second
+# test of the same config reuses the compiled step instead of compiling it again. Compiled
+# executables are keyed by their HLO and flags, so results are those of a fresh compile.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_MADE_HERE = tempfile.mkdtemp(
+    prefix="normjax-xla-cache-"
+  )
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 _SLOW = os.path.join(os.path.dirname(__file__), "slow_first.txt")
 
 
@@ -24,3 +37,12 @@ def pytest_collection_modifyitems(session, config, items):
       weight[module] = weight.get(module, 0.0) + float(seconds)
   position = {id(item): i for i, item in enumerate(items)}
   items.sort(key=lambda it: (-weight.get(it.nodeid.split("::")[0], 0.0), position[id(it)]))
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache removes it (not the xdist workers)."""
+  made = globals().get("_CACHE_MADE_HERE")
+  if made and not hasattr(config, "workerinput"):
+    import shutil
+
+    shutil.rmtree(made, ignore_errors=True)
