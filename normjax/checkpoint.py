@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from normjax import run
+from normjax.models import layer_stack
 from normjax.optim.labels import path_names
 from normjax.state import split
 
@@ -225,7 +226,8 @@ def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> 
   Returns ``{'params', 'model_state', 'step'}``: every parameter must exist with the same
   shape (else a ValueError naming it); model-state leaves present in both with equal shapes
   come from the checkpoint, the others (e.g. a new norm's statistics) are ``None`` (``fill``).
-  Keys are matched by name, so a checkpoint's string keys meet the model's int keys.
+  Keys are matched by name, so a checkpoint's string keys meet the model's int keys; a
+  checkpoint of the other transformer layout (``model.scan_layers``) is converted first.
   """
   manager = ocp.CheckpointManager(directory(workdir))
   step = manager.latest_step() if step is None else step
@@ -244,7 +246,11 @@ def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> 
   def by_name(tree):
     return {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
-  saved_params, saved_state = by_name(saved["params"]), by_name(saved.get("model_state", {}))
+  # a scanned stack's checkpoint into an unrolled model or back (normjax.models.layer_stack)
+  saved_params = by_name(layer_stack.match_layout(saved["params"], abstract_state["params"]))
+  saved_state = by_name(
+    layer_stack.match_layout(saved.get("model_state", {}), abstract_state["model_state"])
+  )
 
   def take_param(path, x):
     v = saved_params.get(path_names(path))

@@ -230,6 +230,7 @@ MODEL_LEAVES = {
   # soft_attention.ATTENTIONS
   "attention": NAME,
   "remat": NAME,
+  "scan_layers": BOOL,  # ViT / GPT-2: normjax.models.layer_stack
   "spd_norm": NAME,
   "theta": POSITIVE,
   "hidden": COUNT,

@@ -17,6 +17,7 @@ and temporaries of a GPU or TPU compile differ, so read them as the order of mag
 from __future__ import annotations
 
 import math
+import time
 
 import jax
 import numpy as np
@@ -48,11 +49,13 @@ def plan(config) -> dict:
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), sample
   )
   with jax.set_mesh(mesh):
-    compiled = (
-      jax.jit(setup.train_step, donate_argnums=(0,), out_shardings=(state_sharding, None))
-      .lower(state_spec, batch_spec)
-      .compile()
-    )
+    start = time.perf_counter()
+    lowered = jax.jit(
+      setup.train_step, donate_argnums=(0,), out_shardings=(state_sharding, None)
+    ).lower(state_spec, batch_spec)
+    traced = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
   memory = compiled.memory_analysis()
   n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   return {
@@ -72,6 +75,8 @@ def plan(config) -> dict:
     "code_bytes": int(memory.generated_code_size_in_bytes),
     "flops_per_step": hardware.step_flops(compiled),
     "collectives": hardware.collectives(compiled.as_text()),
+    "trace_seconds": traced - start,  # tracing + lowering to StableHLO
+    "compile_seconds": done - traced,  # XLA's compile
   }
 
 
@@ -106,4 +111,7 @@ def format_plan(p: dict) -> str:
     )
   else:
     lines.append("  collectives per step none")
+  lines.append(
+    f"compile: trace + lower {p['trace_seconds']:.1f} s, XLA compile {p['compile_seconds']:.1f} s"
+  )
   return "\n".join(lines)

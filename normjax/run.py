@@ -23,7 +23,7 @@ from flax import nnx
 
 from normjax import data as nj_data
 from normjax.config_check import check_config, model_kwargs, training_steps
-from normjax.models import MODELS
+from normjax.models import MODELS, layer_stack
 from normjax.models.weight_compander import wrap_factory as weight_compander_factory
 from normjax.optim import WeightStorage, float_weights
 from normjax.optim.build import make_optimizer, make_weight_storage
@@ -164,6 +164,13 @@ def build(config, *, data=None, validate: bool = True, total_steps: int | None =
     raise ValueError(message) from e
   tx, schedule = make_optimizer(config, steps)
   storage = make_weight_storage(config)
+  scanned = layer_stack.layout(nnx.to_pure_dict(model_def.abstract_params)) == "scanned"
+  if scanned and (config.get("weight_quant") or {}).get("bits") is not None:
+    raise ValueError(
+      "config key weight_quant: quantized weights are stored per layer; use "
+      "model.scan_layers=False with them"
+    )
+  tx = layer_stack.view_for(tx, nnx.to_pure_dict(model_def.abstract_params))
   return Setup(config, info, TASKS.get(info.task), make, model_def, tx, schedule, steps, storage)
 
 
@@ -178,6 +185,7 @@ def from_model(
   the same state, train step and eval step as a config's. ``make(rngs=...)`` builds it."""
   schedule = schedule or optax.constant_schedule(0.0)
   model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
+  tx = layer_stack.view_for(tx, nnx.to_pure_dict(model_def.abstract_params))  # scanned stacks
   return Setup(None, None, TASKS.get(task), make, model_def, tx, schedule, 0)
 
 

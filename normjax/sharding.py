@@ -57,10 +57,13 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXES))
 
 
-def _leaf_spec(x, fsdp_size: int) -> P:
+def _leaf_spec(x, fsdp_size: int, stacked: bool = False) -> P:
+  """FSDP: the largest axis the fsdp size divides; never the depth axis of a scanned stack
+  (``stacked``: the scan slices it, so sharding it would gather every layer each step)."""
   if fsdp_size == 1 or x.ndim == 0 or x.size < FSDP_MIN_SIZE:
     return P()
-  for dim in np.argsort(x.shape)[::-1]:
+  skip = 1 if stacked else 0
+  for dim in np.argsort(x.shape[skip:])[::-1] + skip:
     if x.shape[dim] % fsdp_size == 0:
       spec = [None] * x.ndim
       spec[dim] = "fsdp"
@@ -72,7 +75,13 @@ def state_sharding(abstract_state, mesh, rule: str):
   if rule not in RULES:
     raise ValueError(f"config key sharding={rule!r}: valid choices are {RULES}")
   fsdp = mesh.shape["fsdp"] if rule == "fsdp" else 1
-  return jax.tree.map(lambda x: NamedSharding(mesh, _leaf_spec(x, fsdp)), abstract_state)
+  from normjax.models.layer_stack import is_stacked_path
+  from normjax.optim.labels import path_names
+
+  return jax.tree_util.tree_map_with_path(
+    lambda p, x: NamedSharding(mesh, _leaf_spec(x, fsdp, is_stacked_path(path_names(p)))),
+    abstract_state,
+  )
 
 
 def initialize_distributed(coordinator, num_processes, process_id):

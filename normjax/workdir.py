@@ -44,6 +44,7 @@ ADDED_DEFAULTS = {
   "profile.start_step": 1,
   "profile.num_steps": 0,
   "model.remat": "none",
+  "model.scan_layers": False,
 }
 
 

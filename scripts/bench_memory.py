@@ -1,6 +1,6 @@
 r"""Per-device memory of the compiled training step, from ``--dry_run`` (normjax.plan).
 
-  python scripts/bench_memory.py --corpus DIR [--tables remat,xl]
+  python scripts/bench_memory.py --corpus DIR [--tables remat,xl,compile]
 
 ``remat``: GPT-2 small (124M, context 1024) at batch 8 x 1024 on one device, AdamW, one row
 per ``model.remat`` policy: XLA's temporaries (activations, gradients, workspace) and the
@@ -8,6 +8,8 @@ peak estimate, and FLOPs per step (recomputation shows up as extra FLOPs), each 
 to ``remat='none'`` in the same run.
 ``xl``: GPT-2 XL (1.56B with the padded 50304 vocabulary) with AdamW under FSDP on 8, 64
 and 256 virtual CPU devices, batch 1 x 1024 per device, without and with ``remat='block'``.
+``compile``: GPT-2 small's step at depth 12 / 24 / 48, unrolled and ``model.scan_layers``:
+seconds to trace + lower and to compile (XLA:CPU), and the ratios.
 
 Each row is a fresh ``python -m normjax.train ... --dry_run`` process (the device count is
 fixed when jax starts). ``DIR`` holds nanoGPT-style ``train.bin`` / ``val.bin``; the dry run
@@ -58,6 +60,8 @@ def dry_run(corpus: str, devices: int, overrides: dict) -> dict:
     "flops": float(re.search(r"FLOPs per step\s+([\d.e+]+)", text).group(1)),
     "collectives": re.search(r"collectives per step (.*)", text).group(1),
     "seconds": time.perf_counter() - start,
+    "trace": float(re.search(r"trace \+ lower ([\d.]+) s", text).group(1)),
+    "compile": float(re.search(r"XLA compile ([\d.]+) s", text).group(1)),
   }
 
 
@@ -103,13 +107,34 @@ def xl_table(corpus: str):
       )
 
 
+def compile_table(corpus: str):
+  """GPT-2 small's train step (AdamW, batch 8 x 1024, one device) at depth 12 / 24 / 48,
+  unrolled and scanned (``model.scan_layers``): seconds to trace + lower and to compile."""
+  print(
+    "| depth | unrolled trace s | unrolled compile s | scanned trace s | scanned compile s | "
+    "compile scanned / unrolled | total scanned / unrolled |"
+  )
+  print("|---|---|---|---|---|---|---|")
+  for depth in (12, 24, 48):
+    u, s = (
+      dry_run(corpus, 1, {**SMALL, "model.depth": depth, "model.scan_layers": scan})
+      for scan in (False, True)
+    )
+    print(
+      f"| {depth} | {u['trace']:.1f} | {u['compile']:.1f} | {s['trace']:.1f} | "
+      f"{s['compile']:.1f} | {s['compile'] / u['compile']:.2f} | "
+      f"{(s['trace'] + s['compile']) / (u['trace'] + u['compile']):.2f} |",
+      flush=True,
+    )
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--corpus", required=True, help="dir with train.bin and val.bin")
   parser.add_argument("--tables", default="remat,xl")
   args = parser.parse_args()
   for table in args.tables.split(","):
-    {"remat": remat_table, "xl": xl_table}[table](args.corpus)
+    {"remat": remat_table, "xl": xl_table, "compile": compile_table}[table](args.corpus)
     print()
 
 

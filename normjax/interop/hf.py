@@ -309,7 +309,7 @@ def _check_exportable(model):
   if not isinstance(model, GPT2):
     raise ValueError(f"save_gpt2: a normjax GPT2 is needed, not {type(model).__name__}")
   stack = model.transformer
-  width = stack.blocks[0].attn.width
+  width = stack.block_list("save_gpt2 (Hugging Face export)")[0].attn.width
   if model.token_embedding.embedding.shape[1] != width:
     raise ValueError(
       "save_gpt2: the residual stream is compressed to width - 1 coordinates (CRMSNorm); HF "

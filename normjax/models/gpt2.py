@@ -67,6 +67,8 @@ class GPT2(nnx.Module):
     tie_embeddings: logits = h @ wte^T (nanoGPT); False: a separate head with a bias.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    scan_layers: store the blocks stacked and run them in ``nnx.scan``
+      (``normjax.models.layer_stack``).
     attention: 'softmax' only (SOFT's attentions are non-causal; ``normjax.models.vit``).
     sharing: 'none' | 'weights' | 'all', parameter sharing across depth
       (``normjax.models.sharing``); moe: None or the fields of ``normjax.models.moe.MoeConfig``
@@ -94,6 +96,7 @@ class GPT2(nnx.Module):
     tie_embeddings: bool = True,
     zero_mean_writers: bool = False,
     remat: str = "none",
+    scan_layers: bool = False,
     attention: str = "softmax",
     sharing: str = "none",
     moe: dict | None = None,
@@ -136,6 +139,7 @@ class GPT2(nnx.Module):
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
       remat=remat,
+      scan_layers=scan_layers,
       sharing=sharing,
       moe=moe,
       rngs=rngs,
@@ -146,17 +150,12 @@ class GPT2(nnx.Module):
       else nnx.Linear(stream, vocab_size, kernel_init=normal, dtype=self.dtype, rngs=rngs)
     )
 
-  def init_cache(self, batch: int, length: int, mask=None) -> tuple[AttentionCache, ...]:
+  def init_cache(self, batch: int, length: int, mask=None):
     """An empty key/value cache of ``length`` slots per block; ``mask`` (B, length) marks the
     slots that will hold padding (False)."""
     if length > self.max_len:
       raise ValueError(f"cache length {length} exceeds the model's max_len={self.max_len}")
-    attn = self.transformer.blocks[0].attn
-    head_dim = attn.width // attn.num_heads
-    return tuple(
-      AttentionCache.empty(batch, length, attn.num_heads, head_dim, self.dtype, mask)
-      for _ in self.transformer.blocks
-    )
+    return self.transformer.init_cache(batch, length, self.dtype, mask)
 
   def __call__(
     self,

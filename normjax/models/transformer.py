@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models import check_choice, check_divisible
+from normjax.models import check_choice, check_divisible, layer_stack
 from normjax.models import moe as moe_lib
 from normjax.models import remat as remat_lib
 from normjax.models import sharing as sharing_lib
@@ -421,7 +421,9 @@ class Transformer(nnx.Module):
   e.g. SOFT's (``normjax.models.soft_attention.attention_factory``).
   ``sharing`` ('none' | 'weights' | 'all', ``normjax.models.sharing``) shares modules across
   depth; ``moe`` (``normjax.models.moe.MoeConfig`` fields) replaces the MLPs by mixtures of
-  experts (WideNet, arXiv 2107.11817).
+  experts (WideNet, arXiv 2107.11817). ``scan_layers`` stores the blocks as one block whose
+  variables lead with a depth axis and runs them in ``nnx.scan`` (``normjax.models.layer_stack``):
+  one block to compile instead of ``depth``.
   """
 
   def __init__(
@@ -444,6 +446,7 @@ class Transformer(nnx.Module):
     attention: Callable[..., nnx.Module] | None = None,
     sharing: str = "none",
     moe=None,
+    scan_layers: bool = False,
     rngs: nnx.Rngs,
   ):
     check_choice("placement", placement, PLACEMENTS)
@@ -462,28 +465,34 @@ class Transformer(nnx.Module):
       else None
     )
     self.embedding_dropout = _dropout(dropout, rngs)
-    self.blocks = nnx.List(
-      [
-        TransformerBlock(
-          width,
-          num_heads,
-          mlp_dim,
-          norm=norm,
-          norm_kwargs=norm_kwargs,
-          placement=placement,
-          causal=causal,
-          dropout=dropout,
-          inits=inits,
-          dtype=dtype,
-          rngs=rngs,
-          index=i,
-          depth=depth,
-          zero_mean_writers=zero_mean_writers,
-          attention=attention,
-        )
-        for i in range(depth)
-      ]
-    )
+
+    def block(i, rngs):
+      return TransformerBlock(
+        width,
+        num_heads,
+        mlp_dim,
+        norm=norm,
+        norm_kwargs=norm_kwargs,
+        placement=placement,
+        causal=causal,
+        dropout=dropout,
+        inits=inits,
+        dtype=dtype,
+        rngs=rngs,
+        index=i,
+        depth=depth,
+        zero_mean_writers=zero_mean_writers,
+        attention=attention,
+      )
+
+    self.depth = depth
+    self.scan_layers = bool(scan_layers)
+    if self.scan_layers:  # one block whose variables have a leading depth axis
+      layer_stack.check_scannable(sharing=sharing, moe=moe)
+      self.blocks = layer_stack.stacked(lambda r: block(0, r), depth, rngs)
+      layer_stack.check_scannable_block(self.blocks)
+    else:
+      self.blocks = nnx.List([block(i, rngs) for i in range(depth)])
     if moe is not None:  # WideNet: the FFN becomes a mixture of experts (normjax.models.moe)
       moe_lib.install(
         self.blocks,
@@ -495,12 +504,31 @@ class Transformer(nnx.Module):
         dtype=dtype,
         rngs=rngs,
       )
-    sharing_lib.share_across_depth(self.blocks, sharing)  # normjax.models.sharing
+    if not self.scan_layers:
+      sharing_lib.share_across_depth(self.blocks, sharing)  # normjax.models.sharing
     self.final_norm = (
       build_norm(norm, stream, norm_kwargs, NormSite("final", None, depth), rngs)
       if PLACEMENTS[placement].final_norm
       else None
     )
+
+  def block_list(self, what: str) -> list:
+    """The blocks as a list of modules, for code that edits or reads them one by one
+    (surgery, Hugging Face export); a scanned stack is refused with the way out."""
+    if self.scan_layers:
+      raise ValueError(layer_stack.refusal(what))
+    return list(self.blocks)
+
+  def init_cache(self, batch: int, length: int, dtype, mask=None):
+    """An empty key/value cache of ``length`` slots per block: a tuple of ``AttentionCache``
+    (unrolled), or one ``AttentionCache`` whose leaves lead with the depth axis (scanned)."""
+    attn = self.blocks.attn if self.scan_layers else self.blocks[0].attn
+    one = AttentionCache.empty(
+      batch, length, attn.num_heads, attn.width // attn.num_heads, dtype, mask
+    )
+    if self.scan_layers:
+      return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.depth, *a.shape)), one)
+    return tuple(one for _ in range(self.depth))
 
   def __call__(
     self,
@@ -515,6 +543,18 @@ class Transformer(nnx.Module):
       x = center(x)
     if self.embedding_dropout is not None:
       x = self.embedding_dropout(x)
+    if self.scan_layers:
+      x, new_cache = layer_stack.apply(self.blocks, x, mask, cache, remat=self.remat)
+    else:
+      x, new_cache = self._unrolled(x, mask, cache)
+    if self.final_norm is not None:
+      if self.final_norm.needs_tokens:
+        x = self.final_norm(x, mask=mask, tokens=tokens)
+      else:
+        x = self.final_norm(x, mask=mask)
+    return x if cache is None else (x, new_cache)
+
+  def _unrolled(self, x, mask, cache):
     new_cache = []
     for i, block in enumerate(self.blocks):
       if cache is None:
@@ -522,9 +562,4 @@ class Transformer(nnx.Module):
       else:
         x, layer_cache = block(x, mask, cache[i])
         new_cache.append(layer_cache)
-    if self.final_norm is not None:
-      if self.final_norm.needs_tokens:
-        x = self.final_norm(x, mask=mask, tokens=tokens)
-      else:
-        x = self.final_norm(x, mask=mask)
-    return x if cache is None else (x, tuple(new_cache))
+    return x, tuple(new_cache)

@@ -47,6 +47,8 @@ class VisionTransformer(nnx.Module):
     embedding_norm: also normalize the embeddings before the first block.
     zero_mean_writers: the zero-mean reparameterisation of the residual-stream writers.
     remat: per-block rematerialisation policy (``normjax.models.remat``).
+    scan_layers: store the blocks stacked and run them in ``nnx.scan``
+      (``normjax.models.layer_stack``).
     head, head_kwargs: 'linear' | 'cosine' | 'grassmann' (GCR) and its keyword arguments
       (``normjax.models.heads``).
     attention: 'softmax' | 'soft' | 'soft_norm' | 'gaussian' (``normjax.models.soft_attention``);
@@ -79,6 +81,7 @@ class VisionTransformer(nnx.Module):
     embedding_norm: bool = False,
     zero_mean_writers: bool = False,
     remat: str = "none",
+    scan_layers: bool = False,
     head: str = "linear",
     head_kwargs: dict | None = None,
     attention: str = "softmax",
@@ -136,6 +139,7 @@ class VisionTransformer(nnx.Module):
       embedding_norm=embedding_norm,
       zero_mean_writers=zero_mean_writers,
       remat=remat,
+      scan_layers=scan_layers,
       attention=attention_module,
       sharing=sharing,
       moe=moe,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from normjax.models import make_model
+from normjax.models import layer_stack, make_model
 
 MODELS = ("gpt2", "vit")
 
@@ -95,6 +95,7 @@ def _node(tree, path):
   return tree
 
 
+@layer_stack.on_unrolled
 def ln_to_rmsnorm(name: str, params: dict) -> dict:
   """Pre-LN ``params`` -> Pre-RMSNorm params (steps 1 and 2 of the module docstring).
 
@@ -128,6 +129,7 @@ def ln_to_rmsnorm(name: str, params: dict) -> dict:
   return params
 
 
+@layer_stack.on_unrolled
 def rmsnorm_to_crmsnorm(name: str, params: dict) -> dict:
   """Pre-RMSNorm params with a zero-mean stream -> Pre-CRMSNorm params (step 3)."""
   params = copy.deepcopy(jax_to_numpy(params))

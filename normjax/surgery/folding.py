@@ -65,7 +65,7 @@ def check_foldable(model: nnx.Module):
   stack = model.transformer
   if stack.embedding_norm is not None:
     raise ValueError("embedding_norm: folding it into the embeddings is not implemented")
-  for i, block in enumerate(stack.blocks):
+  for i, block in enumerate(stack.block_list("fold_norms")):
     for name in ("attn_residual_norm", "mlp_residual_norm"):
       if getattr(block, name) is not None:
         raise ValueError(
