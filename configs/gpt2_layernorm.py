@@ -31,6 +31,7 @@ def get_config(arg=None):
     mlp_ratio=4,
     dropout=0.0,
     remat="none",  # per-block rematerialisation (normjax.models.remat)
+    scan_layers=False,  # True: blocks stacked, run in nnx.scan (normjax.models.layer_stack)
   )
   c.optimizer = dict(name="adamw", learning_rate=3e-3, weight_decay=0.1, b1=0.9, b2=0.95)
   c.schedule.update(warmup_steps=100, final_fraction=0.1)

@@ -31,6 +31,7 @@ def get_config(arg=None):
     pool="cls",
     dropout=0.0,
     remat="none",  # per-block rematerialisation (normjax.models.remat)
+    scan_layers=False,  # True: blocks stacked, run in nnx.scan (normjax.models.layer_stack)
   )
   c.optimizer = dict(name="adamw", learning_rate=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999)
   c.schedule.warmup_steps = 100

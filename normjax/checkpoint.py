@@ -29,8 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from normjax import run
-from normjax.models import layer_stack
+from normjax import run, stack_layout
 from normjax.optim.labels import path_names
 from normjax.state import split
 
@@ -247,9 +246,9 @@ def load_params(abstract_state: dict, workdir: str, step: int | None = None) -> 
     return {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
   # a scanned stack's checkpoint into an unrolled model or back (normjax.models.layer_stack)
-  saved_params = by_name(layer_stack.match_layout(saved["params"], abstract_state["params"]))
+  saved_params = by_name(stack_layout.match_layout(saved["params"], abstract_state["params"]))
   saved_state = by_name(
-    layer_stack.match_layout(saved.get("model_state", {}), abstract_state["model_state"])
+    stack_layout.match_layout(saved.get("model_state", {}), abstract_state["model_state"])
   )
 
   def take_param(path, x):

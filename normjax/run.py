@@ -170,7 +170,9 @@ def build(config, *, data=None, validate: bool = True, total_steps: int | None =
       "config key weight_quant: quantized weights are stored per layer; use "
       "model.scan_layers=False with them"
     )
-  tx = layer_stack.view_for(tx, nnx.to_pure_dict(model_def.abstract_params))
+  tx = layer_stack.view_for(
+    tx, nnx.to_pure_dict(model_def.abstract_params), native=layer_stack.stack_safe(config)
+  )
   return Setup(config, info, TASKS.get(info.task), make, model_def, tx, schedule, steps, storage)
 
 

@@ -24,6 +24,9 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from normjax.optim.labels import path_names
+from normjax.stack_layout import is_stacked_path
+
 AXES = ("data", "fsdp")
 RULES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**14
@@ -75,9 +78,6 @@ def state_sharding(abstract_state, mesh, rule: str):
   if rule not in RULES:
     raise ValueError(f"config key sharding={rule!r}: valid choices are {RULES}")
   fsdp = mesh.shape["fsdp"] if rule == "fsdp" else 1
-  from normjax.models.layer_stack import is_stacked_path
-  from normjax.optim.labels import path_names
-
   return jax.tree_util.tree_map_with_path(
     lambda p, x: NamedSharding(mesh, _leaf_spec(x, fsdp, is_stacked_path(path_names(p)))),
     abstract_state,

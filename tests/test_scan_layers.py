@@ -28,11 +28,12 @@ def setups(name, model, **extra):
   return run.build(unrolled), run.build(scanned), unrolled
 
 
-def as_scanned(state):
+def as_scanned(state, like):
   return {
     **state,
     "params": layer_stack.to_scanned(state["params"]),
     "model_state": layer_stack.to_scanned(state["model_state"]),
+    "opt_state": layer_stack.match_layout_all(state["opt_state"], like["opt_state"]),
   }
 
 
@@ -54,13 +55,18 @@ def assert_close(a, b, rtol=2e-5, atol=1e-6):
 def test_train_steps_equal_the_unrolled_model_from_the_same_weights(name, model, extra):
   unrolled, scanned, config = setups(name, model, **extra)
   state_u = jax.jit(unrolled.init_state)(jax.random.key(0))
-  state_s = as_scanned(state_u)
   fresh_s = jax.eval_shape(scanned.init_state, jax.random.key(0))
+  state_s = as_scanned(state_u, fresh_s)
   assert jax.tree.structure(state_s) == jax.tree.structure(fresh_s)
   leaf = state_s["params"]["transformer"]["blocks"]["attn"]["qkv"]["kernel"]
   assert leaf.shape[0] == DEPTH
-  # the optimizer state has the unrolled layout in both (layer_stack.unrolled_view)
-  assert jax.tree.structure(state_s["opt_state"]) == jax.tree.structure(state_u["opt_state"])
+  # AdamW runs on the stacked leaves (its moments stacked); Muon through the unrolled view
+  native = layer_stack.stack_safe(scanned.config)
+  assert native == (name != "gpt2_muon")
+  same_opt_layout = jax.tree.structure(fresh_s["opt_state"]) == jax.tree.structure(
+    state_u["opt_state"]
+  )
+  assert same_opt_layout != native
   batches = nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=0)
   step_u, step_s = jax.jit(unrolled.train_step), jax.jit(scanned.train_step)
   for _ in range(3):
@@ -71,7 +77,7 @@ def test_train_steps_equal_the_unrolled_model_from_the_same_weights(name, model,
   # Adam-type steps turn the rounding of near-zero gradients into O(lr) steps: 1e-5 absolute
   # (a per-layer rule applied to the whole stack, e.g. decay of a stacked norm scale, is 1e-4)
   assert_close(state_s["params"], layer_stack.to_scanned(state_u["params"]), 1e-4, 1e-5)
-  assert_close(state_s["opt_state"], state_u["opt_state"], 1e-4, 1e-5)
+  assert_close(state_s["opt_state"], as_scanned(state_u, fresh_s)["opt_state"], 1e-4, 1e-5)
   assert_close(state_s["model_state"], layer_stack.to_scanned(state_u["model_state"]))
   # scanned means scanned: the step's jaxpr holds one scan over the blocks
   jaxpr = str(jax.make_jaxpr(scanned.train_step)(state_s, batch))
@@ -91,6 +97,24 @@ def test_layouts_round_trip_and_match_by_name():
   assert layer_stack.match_layout(params, stacked) is not params
   assert layer_stack.match_layout(params, params) is params
   assert layer_stack.layout({"blocks": {0: {}}}) is None  # ResNet-style blocks: not a stack
+
+
+def test_labels_of_a_scanned_stack_are_those_of_each_layer():
+  """ndim rules see per-layer shapes: a stacked (depth, C) norm scale or bias is a vector."""
+  from normjax.optim import labels
+
+  model = GPT2(vocab_size=16, max_len=8, depth=DEPTH, width=8, num_heads=2, rngs=nnx.Rngs(0))
+  params, _ = split(model)
+  for name in ("matrices", "decay", "no_decay", "kernels", "attention_mlp_kernels"):
+    fn = labels.resolve(name)
+    want = fn(params)
+    got = fn(layer_stack.to_scanned(params))
+    blocks = got["transformer"]["blocks"]
+    for i in range(DEPTH):
+      assert jax.tree.leaves(want["transformer"]["blocks"][i]) == jax.tree.leaves(blocks), name
+  assert not labels.resolve("matrices")(layer_stack.to_scanned(params))["transformer"]["blocks"][
+    "attn_norm"
+  ]["scale"]
 
 
 def test_cached_decoding_equals_the_unrolled_model():

@@ -13,15 +13,20 @@ at ``transformer/blocks/...`` with shape ``(depth, *unrolled shape)``. ``to_scan
 ``to_unrolled`` convert a params or model-state tree between the two, and ``match_layout`` turns
 a tree into the layout of another: ``config.init_from``, ``normjax.checkpoint.load_run`` (the
 sample / eval tools) and ``python -m normjax.tools.relayout`` (a whole run, optimizer state and
-data position included) read a checkpoint of either layout. Given the same weights the two
-models compute the same outputs, gradients and state updates (tested to float32 rounding).
+data position included) read a checkpoint of either layout (``normjax.stack_layout``). Given
+the same weights the two models compute the same outputs, gradients and state updates
+(tested to float32 rounding).
 
-Optimizers see the unrolled layout. Per-tensor rules (weight-decay masks that test
-``ndim >= 2``, AdamP / SGDP's projection, LARS-style trust ratios, Muon's orthogonalisation,
-parameter labels by path) would read a stacked ``(depth, ...)`` leaf as one tensor. So the
-trainer wraps the optimizer in ``unrolled_view``: it hands the optimizer the per-layer slices
-and stacks the updates back. Every optimizer then takes exactly the unrolled model's step, and
-the optimizer state has the unrolled layout in both (a checkpoint's ``opt_state`` is the same).
+Optimizers take the unrolled model's step. Parameter labels (weight-decay masks that test
+``ndim >= 2``, partitions by path) are computed per layer (``stack_layout.per_layer_labels``,
+inside ``normjax.optim.labels.resolve``). Elementwise optimizers (``STACK_SAFE_OPTIMIZERS``:
+AdamW, SGD) then run on the stacked leaves directly, their state stacked too. Per-tensor
+rules (AdamP / SGDP's projection, LAMB / LARS trust ratios, Muon's and Conda's matrices,
+GaLore's projectors, NaP, Adafactor's factored moments, AGC's unit norms) would read a
+stacked ``(depth, ...)`` leaf as one tensor, so for those the trainer wraps the optimizer in
+``unrolled_view``: it hands it the per-layer slices and stacks the updates back (its state
+keeps the unrolled layout). The view is exact but costs compile time: XLA compiles the
+optimizer per layer plus the slices and stacks (``benchmarks.md``).
 FSDP (``normjax.sharding``) never shards the depth axis.
 
 Refused with one line (they need something per block that one scanned block cannot hold):
@@ -37,13 +42,18 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-STACK_PATH = ("transformer", "blocks")
+from normjax.stack_layout import (  # noqa: F401  (the layouts, re-exported)
+  STACK_PATH,
+  is_stacked_path,
+  layout,
+  match_layout,
+  match_layout_all,
+  to_scanned,
+  to_unrolled,
+)
 
 
 def refusal(what: str) -> str:
@@ -106,72 +116,6 @@ def apply(block: nnx.Module, x, mask, cache, *, remat: str):
   return decode(block, x, cache)
 
 
-# ---- layouts of pure-dict trees (params, model state) ------------------------------------------
-
-
-def _is_layer_key(k) -> bool:
-  return isinstance(k, int) or (isinstance(k, str) and k.isdigit())
-
-
-def _blocks(tree):
-  node = tree
-  for k in STACK_PATH:
-    if not isinstance(node, dict) or k not in node:
-      return None
-    node = node[k]
-  return node if isinstance(node, dict) and node else None
-
-
-def layout(tree) -> str | None:
-  """'scanned', 'unrolled', or None when ``tree`` holds no transformer blocks."""
-  blocks = _blocks(tree)
-  if blocks is None:
-    return None
-  return "unrolled" if all(_is_layer_key(k) for k in blocks) else "scanned"
-
-
-def _replace_blocks(tree, blocks):
-  out = dict(tree)
-  out[STACK_PATH[0]] = dict(tree[STACK_PATH[0]], **{STACK_PATH[1]: blocks})
-  return out
-
-
-def _stack(*arrays):
-  numpy = all(isinstance(a, np.ndarray) for a in arrays)  # checkpoints read as NumPy stay so
-  return (np if numpy else jnp).stack(arrays)
-
-
-def to_scanned(tree):
-  """An unrolled tree with its blocks stacked along a new leading axis (scanned layout)."""
-  if layout(tree) != "unrolled":
-    return tree
-  blocks = _blocks(tree)
-  layers = [blocks[k] for k in sorted(blocks, key=int)]
-  return _replace_blocks(tree, jax.tree.map(_stack, *layers))
-
-
-def to_unrolled(tree, keys=None):
-  """A scanned tree with its blocks split into ``{0: ..., 1: ...}`` (int keys, or ``keys``)."""
-  if layout(tree) != "scanned":
-    return tree
-  blocks = _blocks(tree)
-  depth = jax.tree.leaves(blocks)[0].shape[0]
-  keys = list(range(depth)) if keys is None else keys
-  return _replace_blocks(
-    tree, {k: jax.tree.map(lambda a: a[i], blocks) for i, k in enumerate(keys)}
-  )
-
-
-def match_layout(tree, like):
-  """``tree`` in the layout of ``like`` (unchanged when they agree or hold no blocks)."""
-  want, have = layout(like), layout(tree)
-  if want == have or None in (want, have):
-    return tree
-  if want == "scanned":
-    return to_scanned(tree)
-  return to_unrolled(tree, keys=list(_blocks(like)))
-
-
 def on_unrolled(fn):
   """``fn(name, params) -> params`` run on the unrolled layout; the result comes back in the
   input's layout (the surgery conversions edit blocks one by one)."""
@@ -182,16 +126,6 @@ def on_unrolled(fn):
     return to_scanned(out) if layout(params) == "scanned" else out
 
   return wrapped
-
-
-def is_stacked_path(names) -> bool:
-  """Whether a leaf at these key names (``labels.path_names``) lies in a scanned stack."""
-  names = tuple(names)
-  n = len(STACK_PATH)
-  for i in range(len(names) - n):
-    if names[i : i + n] == STACK_PATH and not names[i + n].isdigit():
-      return True
-  return False
 
 
 # ---- the optimizer's view ----------------------------------------------------------------------
@@ -216,6 +150,25 @@ def unrolled_view(tx: optax.GradientTransformation) -> optax.GradientTransformat
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def view_for(tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
-  """``unrolled_view(tx)`` when ``params`` (a pure dict or its abstract form) is scanned."""
-  return unrolled_view(tx) if layout(params) == "scanned" else tx
+# Optimizers whose step is elementwise per leaf (given their masks, which
+# ``stack_layout.per_layer_labels`` computes per layer): on a stacked leaf they take each
+# layer's step exactly, so they run on the scanned layout directly, without the view.
+STACK_SAFE_OPTIMIZERS = ("adamw", "sgd")
+
+
+def stack_safe(config) -> bool:
+  """Whether ``config``'s optimizer may run on stacked leaves (see ``STACK_SAFE_OPTIMIZERS``):
+  every group's optimizer is elementwise and no unit-wise clipping (AGC's unit norms read a
+  stacked kernel's depth axis as a spatial one) precedes it."""
+  opt = config.optimizer
+  names = {opt.get("name")} | {
+    g.get("name", opt.get("name")) for g in (opt.get("groups") or {}).values()
+  }
+  return names <= set(STACK_SAFE_OPTIMIZERS) and not config.get("adaptive_grad_clip")
+
+
+def view_for(tx: optax.GradientTransformation, params, *, native: bool = False):
+  """``tx`` for a model whose params (a pure dict, or its abstract form) are ``params``:
+  unchanged for an unrolled model or when ``native`` (an elementwise optimizer), else
+  ``unrolled_view(tx)``."""
+  return unrolled_view(tx) if layout(params) == "scanned" and not native else tx

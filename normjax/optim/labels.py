@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from normjax.registry import Registry
+from normjax.stack_layout import per_layer_labels
 
 LABELS = Registry("parameter label", "optimizer.labels")
 register = LABELS.register
@@ -337,13 +338,14 @@ def resolve(labels, **kwargs):
   """A label function from a registered name (with ``kwargs`` bound), or ``labels`` as is.
 
   Lets configs give masks and partitions by name: ``resolve('no_decay')`` is
-  ``no_decay``; trees and callables pass through unchanged.
+  ``no_decay``; trees pass through unchanged. A function labels a scanned transformer stack
+  as it labels each of its layers (``normjax.stack_layout.per_layer_labels``).
   """
   if isinstance(labels, str):
     fn = LABELS.get(labels)
-    return (lambda params: fn(params, **kwargs)) if kwargs else fn
+    return per_layer_labels((lambda params: fn(params, **kwargs)) if kwargs else fn)
   if kwargs:
     raise ValueError(
       f"label keyword arguments {sorted(kwargs)} need a label name, got {type(labels).__name__}"
     )
-  return labels
+  return per_layer_labels(labels) if callable(labels) else labels

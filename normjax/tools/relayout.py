@@ -7,9 +7,10 @@ r"""A run's latest checkpoint in the other transformer layout: scanned <-> unrol
 weights live (``blocks/<i>/...`` or ``blocks/...`` with a leading depth axis), so a run cannot
 switch in place (its workdir refuses the changed key). This tool restores W's newest readable
 checkpoint, converts the parameters and the model state (running statistics, backward
-statistics, dropout streams) to the other layout, and writes them as W2's checkpoint at the
-same step with the same optimizer state (the optimizer sees the unrolled layout in both:
-``layer_stack.unrolled_view``) and the same data position, with W's config and
+statistics, dropout streams) and the optimizer state (stacked for AdamW / SGD, which run on
+the stacked leaves; unrolled in both layouts for the others, ``layer_stack.unrolled_view``)
+to the other layout, and writes them as W2's checkpoint at the same step with the same data
+position, with W's config and
 ``model.scan_layers`` set (default: flipped). Resuming W2 continues W's run: its losses
 equal W's to float32 rounding (tested). W's ``metrics.jsonl`` up to that step is copied,
 so the curves continue.
@@ -78,6 +79,7 @@ def relayout(workdir: str, out: str, scan_layers: bool | None = None) -> dict:
       **state,
       "params": layer_stack.match_layout(state["params"], dst_abstract["params"]),
       "model_state": layer_stack.match_layout(state["model_state"], dst_abstract["model_state"]),
+      "opt_state": layer_stack.match_layout_all(state["opt_state"], dst_abstract["opt_state"]),
     }
     if jax.tree.structure(state) != jax.tree.structure(dst_abstract):
       raise ValueError(f"{workdir}: the converted state does not match the target model's")
