@@ -1,6 +1,6 @@
 r"""Per-device memory of the compiled training step, from ``--dry_run`` (normjax.plan).
 
-  python scripts/bench_memory.py --corpus DIR [--tables remat,xl,compile]
+  python scripts/bench_memory.py --corpus DIR [--tables remat,xl,compile,compile_view]
 
 ``remat``: GPT-2 small (124M, context 1024) at batch 8 x 1024 on one device, AdamW, one row
 per ``model.remat`` policy: XLA's temporaries (activations, gradients, workspace) and the
@@ -9,7 +9,8 @@ to ``remat='none'`` in the same run.
 ``xl``: GPT-2 XL (1.56B with the padded 50304 vocabulary) with AdamW under FSDP on 8, 64
 and 256 virtual CPU devices, batch 1 x 1024 per device, without and with ``remat='block'``.
 ``compile``: GPT-2 small's step at depth 12 / 24 / 48, unrolled and ``model.scan_layers``:
-seconds to trace + lower and to compile (XLA:CPU), and the ratios.
+seconds to trace + lower and to compile (XLA:CPU), and the ratios; ``compile_view``: the same
+with LAMB, a per-tensor optimizer that the scanned model runs through the unrolled view.
 
 Each row is a fresh ``python -m normjax.train ... --dry_run`` process (the device count is
 fixed when jax starts). ``DIR`` holds nanoGPT-style ``train.bin`` / ``val.bin``; the dry run
@@ -128,13 +129,36 @@ def compile_table(corpus: str):
     )
 
 
+def compile_view_table(corpus: str):
+  """The same with LAMB (per-tensor trust ratios): scanned runs it through
+  ``layer_stack.unrolled_view``, per-layer slices of the stacked leaves."""
+  print("| depth | optimizer | unrolled total s | scanned total s | scanned / unrolled |")
+  print("|---|---|---|---|---|")
+  for depth in (12, 48):
+    u, s = (
+      dry_run(
+        corpus,
+        1,
+        {**SMALL, "model.depth": depth, "model.scan_layers": scan, "optimizer.name": "lamb"},
+      )
+      for scan in (False, True)
+    )
+    tu, ts = u["trace"] + u["compile"], s["trace"] + s["compile"]
+    print(f"| {depth} | lamb | {tu:.1f} | {ts:.1f} | {ts / tu:.2f} |", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--corpus", required=True, help="dir with train.bin and val.bin")
   parser.add_argument("--tables", default="remat,xl")
   args = parser.parse_args()
   for table in args.tables.split(","):
-    {"remat": remat_table, "xl": xl_table, "compile": compile_table}[table](args.corpus)
+    {
+      "remat": remat_table,
+      "xl": xl_table,
+      "compile": compile_table,
+      "compile_view": compile_view_table,
+    }[table](args.corpus)
     print()
 
 
