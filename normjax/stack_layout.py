@@ -7,6 +7,8 @@ the checkpoint readers and the parameter labels use it without importing the mod
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,16 +109,20 @@ def match_layout_all(tree, like):
 def per_layer_labels(fn):
   """A label function (``normjax.optim.labels``) that labels a scanned stack as it labels
   each unrolled layer: ``fn`` sees the per-layer shapes (``ndim`` rules, paths with the block
-  index), and every layer's labels must agree. Unrolled trees pass straight through."""
+  index), and every layer's labels must agree. Unrolled trees pass straight through.
+  Idempotent: a function already wrapped is returned as is."""
+  if getattr(fn, "per_layer", False):
+    return fn
 
-  def labelled(params):
+  @functools.wraps(fn)
+  def labelled(params, **kwargs):
     if layout(params) != "scanned":
-      return fn(params)
+      return fn(params, **kwargs)
     blocks = _blocks(params)
     depth = jax.tree.leaves(blocks)[0].shape[0]
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), blocks)
     unrolled = _replace_blocks(params, {i: one for i in range(depth)})
-    out = fn(unrolled)
+    out = fn(unrolled, **kwargs)
     per_layer = [out[STACK_PATH[0]][STACK_PATH[1]][i] for i in range(depth)]
     first = per_layer[0]
     for other in per_layer[1:]:
@@ -129,4 +135,5 @@ def per_layer_labels(fn):
         )
     return _replace_blocks(out, first)
 
+  labelled.per_layer = True
   return labelled

@@ -40,7 +40,13 @@ from normjax.registry import Registry
 from normjax.stack_layout import per_layer_labels
 
 LABELS = Registry("parameter label", "optimizer.labels")
-register = LABELS.register
+
+
+def register(name: str):
+  """``@register('name')``: a label function, registered as one that labels a scanned
+  transformer stack per layer (``normjax.stack_layout.per_layer_labels``)."""
+  return lambda fn: LABELS.register(name)(per_layer_labels(fn))
+
 
 ATTENTION_NAMES = ("attn", "attention", "mha")
 MLP_NAMES = ("mlp", "ffn", "feed_forward", "feedforward")
@@ -338,14 +344,15 @@ def resolve(labels, **kwargs):
   """A label function from a registered name (with ``kwargs`` bound), or ``labels`` as is.
 
   Lets configs give masks and partitions by name: ``resolve('no_decay')`` is
-  ``no_decay``; trees pass through unchanged. A function labels a scanned transformer stack
-  as it labels each of its layers (``normjax.stack_layout.per_layer_labels``).
+  ``no_decay``; trees and the registered functions pass through unchanged; any other
+  function is wrapped so that it labels a scanned transformer stack as it labels each of
+  its layers (``normjax.stack_layout.per_layer_labels``, which registered ones already are).
   """
   if isinstance(labels, str):
     fn = LABELS.get(labels)
-    return per_layer_labels((lambda params: fn(params, **kwargs)) if kwargs else fn)
+    return per_layer_labels(lambda params: fn(params, **kwargs)) if kwargs else fn
   if kwargs:
     raise ValueError(
       f"label keyword arguments {sorted(kwargs)} need a label name, got {type(labels).__name__}"
     )
-  return per_layer_labels(labels) if callable(labels) else labels
+  return per_layer_labels(labels) if callable(labels) else labels  # (idempotent)
