@@ -275,11 +275,12 @@ def load_hf_params(abstract_state: dict, model_config, path: str) -> dict:
   parameters of ``config.model`` (``normjax.interop.hf.pretrained_params``: LayerNorm/FakeLN as
   they are, RMSNorm/CRMSNorm by the exact conversion). A checkpoint has no norm state: the
   model state is all ``None`` (fresh). Every parameter must exist with the same shape, and
-  every checkpoint parameter must be used."""
+  every checkpoint parameter must be used. A scanned model (``model.scan_layers``) gets the
+  blocks stacked."""
   from normjax.interop import hf
 
   model = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
-  saved = hf.pretrained_params(path, model)
+  saved = stack_layout.match_layout(hf.pretrained_params(path, model), abstract_state["params"])
   names = {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
   key = f"init_from.hf={path!r}"
 

@@ -302,6 +302,24 @@ def test_init_from_hf_checks_the_model_config(checkpoints):
       hf.pretrained_params(directory, {**model, **change})
 
 
+def test_init_from_hf_into_a_scanned_stack(checkpoints):
+  """``init_from.hf`` with ``model.scan_layers``: the same weights, the blocks stacked."""
+  from normjax import run, stack_layout
+
+  directory, _ = checkpoints["bytes_tied"]
+  loaded = {}
+  for scan in (False, True):
+    config = tu.load_config("gpt2_rmsnorm", f"hf={directory}")
+    config.model.scan_layers = scan
+    abstract = jax.eval_shape(run.build(config).init_state, jax.random.key(0))
+    loaded[scan] = checkpoint.load_hf_params(abstract, config.model, str(directory))["params"]
+  assert stack_layout.layout(loaded[True]) == "scanned"
+  unrolled = stack_layout.to_unrolled(loaded[True])
+  assert jax.tree.structure(unrolled) == jax.tree.structure(loaded[False])
+  for a, b in zip(jax.tree.leaves(unrolled), jax.tree.leaves(loaded[False])):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_ln_removal_from_hf_then_export_loads_in_transformers(checkpoints, tmp_path):
   directory, reference = checkpoints["bytes_tied"]
   config = tu.load_config("gpt2_ln_removal", f"hf={directory},start=0,steps=15")
