@@ -3,7 +3,7 @@ r"""ELA experiment: markdown table (mean +- s.e. over seeds) and grouped bar plo
   python scripts/plot_ela.py experiments/ela/results.jsonl --out experiments/ela/accuracy.png
 
 Rows are ``scripts/seeds_in_process.py`` lines of ``configs/resnet_ela.py``; a cell is
-(batch, train_size), an arm is the ``attention`` argument.
+(batch, train_size, steps, width), an arm is the ``attention`` argument.
 """
 
 from __future__ import annotations
@@ -31,12 +31,19 @@ def main():
   for line in open(args.results):
     row = json.loads(line)
     a = arg_of(row["config"])
-    cell = (int(a.get("batch", 128)), int(a.get("train_size", 0)) or 1438, a.get("steps"))
+    cell = (
+      int(a.get("batch", 128)),
+      int(a.get("train_size", 0)) or 1438,
+      a.get("steps", "500"),
+      a.get("width", "32"),
+    )
     groups[(cell, a.get("attention", "ela_b"))].append(row.get("eval_accuracy", np.nan))
   cells = sorted({c for c, _ in groups}, key=lambda c: (-c[0], -c[1]))
   arms = [a for a in ARMS if any((c, a) in groups for c in cells)]
   stat = lambda v: (np.mean(v), np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
-  head = "| attention | " + " | ".join(f"batch {b}, {n} train ({s} steps)" for b, n, s in cells)
+  head = "| attention | " + " | ".join(
+    f"batch {b}, {n} train ({s} steps, width {w})" for b, n, s, w in cells
+  )
   print(head + " |")
   print("|---" * (len(cells) + 1) + "|")
   for arm in arms:
@@ -64,7 +71,7 @@ def main():
       capsize=2,
     )
   ax.set_xticks(np.arange(len(cells)) + 0.4 - width / 2)
-  ax.set_xticklabels([f"batch {b}\n{n} train imgs" for b, n, _ in cells])
+  ax.set_xticklabels([f"batch {b}, {n} imgs\n{s} steps, width {w}" for b, n, s, w in cells])
   ax.set_ylabel("test accuracy (%)")
   lo = min(100 * np.mean(v) for v in groups.values()) - 5
   ax.set_ylim(max(0, lo), 100)
