@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from normjax import run, stack_layout
+from normjax import run, sharding, stack_layout
 from normjax.optim.labels import path_names
 from normjax.state import split
 
@@ -68,13 +68,7 @@ def restore_or_init(manager, setup, state: dict, abstract_state, state_sharding,
   a normjax run, ``load_params``; ``hf``: a Hugging Face GPT-2 directory, ``load_hf_params``),
   else ``state`` as given (fresh). Prints which."""
   config = setup.config
-  target = ocp.args.StandardRestore(
-    jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state,
-      state_sharding,
-    )
-  )
+  target = ocp.args.StandardRestore(sharding.sharded_specs(abstract_state, state_sharding))
   if manager.all_steps():
     start, restored = restore_latest_readable(manager, target, train_iter)
     print(f"resumed from {manager.directory} at step {start}", flush=True)

@@ -39,9 +39,7 @@ def plan(config) -> dict:
   mesh = sharding.make_mesh(config.get("mesh", {}))
   abstract = jax.eval_shape(setup.init_state, jax.random.key(config.seed))
   state_sharding = sharding.state_sharding(abstract, mesh, config.get("sharding", "data"))
-  state_spec = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
-  )
+  state_spec = sharding.sharded_specs(abstract, state_sharding)
   sample = next(
     nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=config.seed)
   )

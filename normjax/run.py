@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from normjax import data as nj_data
+from normjax import stack_layout
 from normjax.config_check import check_config, model_kwargs, training_steps
 from normjax.models import MODELS, layer_stack
 from normjax.models.weight_compander import wrap_factory as weight_compander_factory
@@ -137,6 +138,11 @@ class Setup:
     return loss_and_sums(self.task, model(self.task.inputs(batch)), batch)[1]
 
 
+def _is_scanned(model_def: ModelDef) -> bool:
+  """Whether the model holds a scanned transformer stack (``model.scan_layers``)."""
+  return stack_layout.layout(nnx.to_pure_dict(model_def.abstract_params)) == "scanned"
+
+
 def build(config, *, data=None, validate: bool = True, total_steps: int | None = None) -> Setup:
   """Resolves ``config`` (a trainer config) into a ``Setup``.
 
@@ -164,15 +170,13 @@ def build(config, *, data=None, validate: bool = True, total_steps: int | None =
     raise ValueError(message) from e
   tx, schedule = make_optimizer(config, steps)
   storage = make_weight_storage(config)
-  scanned = layer_stack.layout(nnx.to_pure_dict(model_def.abstract_params)) == "scanned"
+  scanned = _is_scanned(model_def)
   if scanned and (config.get("weight_quant") or {}).get("bits") is not None:
     raise ValueError(
       "config key weight_quant: quantized weights are stored per layer; use "
       "model.scan_layers=False with them"
     )
-  tx = layer_stack.view_for(
-    tx, nnx.to_pure_dict(model_def.abstract_params), native=layer_stack.stack_safe(config)
-  )
+  tx = layer_stack.view_for(tx, scanned=scanned, native=layer_stack.stack_safe(config))
   return Setup(config, info, TASKS.get(info.task), make, model_def, tx, schedule, steps, storage)
 
 
@@ -187,7 +191,7 @@ def from_model(
   the same state, train step and eval step as a config's. ``make(rngs=...)`` builds it."""
   schedule = schedule or optax.constant_schedule(0.0)
   model_def = ModelDef.create(lambda rngs: make(rngs=rngs))
-  tx = layer_stack.view_for(tx, nnx.to_pure_dict(model_def.abstract_params))  # scanned stacks
+  tx = layer_stack.view_for(tx, scanned=_is_scanned(model_def))
   return Setup(None, None, TASKS.get(task), make, model_def, tx, schedule, 0)
 
 

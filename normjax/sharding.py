@@ -84,6 +84,14 @@ def state_sharding(abstract_state, mesh, rule: str):
   )
 
 
+def sharded_specs(abstract_state, shardings):
+  """``ShapeDtypeStruct``s of ``abstract_state`` carrying ``shardings``: the target of a
+  sharded restore or of an ahead-of-time ``lower``."""
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+  )
+
+
 def initialize_distributed(coordinator, num_processes, process_id):
   """Initializes jax.distributed for multi-process runs; a no-op for a single process."""
   if num_processes and num_processes > 1:

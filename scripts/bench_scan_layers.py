@@ -4,7 +4,7 @@ r"""Step time of the scanned transformer stack against the unrolled one (``model
 
 A byte-level GPT-2 (width 256, 4 heads, context 256, batch 8, AdamW: the shape of
 ``scripts/bench_vs_torch.py``) at each depth, unrolled and scanned, from the same weights
-(``layer_stack.to_scanned``), both steps jitted with the state donated and timed alternately
+(``stack_layout.to_scanned``), both steps jitted with the state donated and timed alternately
 in one process: median over repeats of the mean of ``--steps`` steps, and the ratio
 scanned / unrolled. Compile time (first call) is printed beside; the compile-time table of
 GPT-2 small is ``scripts/bench_memory.py --tables compile``.
@@ -20,9 +20,8 @@ from pathlib import Path
 import jax
 
 from normjax import data as nj_data
-from normjax import run
+from normjax import run, stack_layout
 from normjax.config_args import sibling_config
-from normjax.models import layer_stack
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPE = {"width": 256, "num_heads": 4}
@@ -61,9 +60,9 @@ def main():
     abstract_s = jax.eval_shape(scanned.init_state, jax.random.key(0))
     state_s = {
       **state_u,
-      "params": layer_stack.to_scanned(state_u["params"]),
-      "model_state": layer_stack.to_scanned(state_u["model_state"]),
-      "opt_state": layer_stack.match_layout_all(state_u["opt_state"], abstract_s["opt_state"]),
+      "params": stack_layout.to_scanned(state_u["params"]),
+      "model_state": stack_layout.to_scanned(state_u["model_state"]),
+      "opt_state": stack_layout.match_layout_all(state_u["opt_state"], abstract_s["opt_state"]),
     }
     state_s = jax.tree.map(lambda x: x.copy(), state_s)  # no buffer shared under donation
     steps, first, states = {}, {}, {"u": state_u, "s": state_s}

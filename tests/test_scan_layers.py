@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from normjax import checkpoint, run, sharding, train
+from normjax import checkpoint, run, sharding, stack_layout, train
 from normjax import data as nj_data
 from normjax.models import layer_stack
 from normjax.models.gpt2 import GPT2
@@ -31,9 +31,9 @@ def setups(name, model, **extra):
 def as_scanned(state, like):
   return {
     **state,
-    "params": layer_stack.to_scanned(state["params"]),
-    "model_state": layer_stack.to_scanned(state["model_state"]),
-    "opt_state": layer_stack.match_layout_all(state["opt_state"], like["opt_state"]),
+    "params": stack_layout.to_scanned(state["params"]),
+    "model_state": stack_layout.to_scanned(state["model_state"]),
+    "opt_state": stack_layout.match_layout_all(state["opt_state"], like["opt_state"]),
   }
 
 
@@ -76,9 +76,9 @@ def test_train_steps_equal_the_unrolled_model_from_the_same_weights(name, model,
     np.testing.assert_allclose(m_s["loss"], m_u["loss"], rtol=1e-5)
   # Adam-type steps turn the rounding of near-zero gradients into O(lr) steps: 1e-5 absolute
   # (a per-layer rule applied to the whole stack, e.g. decay of a stacked norm scale, is 1e-4)
-  assert_close(state_s["params"], layer_stack.to_scanned(state_u["params"]), 1e-4, 1e-5)
+  assert_close(state_s["params"], stack_layout.to_scanned(state_u["params"]), 1e-4, 1e-5)
   assert_close(state_s["opt_state"], as_scanned(state_u, fresh_s)["opt_state"], 1e-4, 1e-5)
-  assert_close(state_s["model_state"], layer_stack.to_scanned(state_u["model_state"]))
+  assert_close(state_s["model_state"], stack_layout.to_scanned(state_u["model_state"]))
   # scanned means scanned: the step's jaxpr holds one scan over the blocks
   jaxpr = str(jax.make_jaxpr(scanned.train_step)(state_s, batch))
   assert f"length={DEPTH}" in jaxpr
@@ -87,16 +87,16 @@ def test_train_steps_equal_the_unrolled_model_from_the_same_weights(name, model,
 def test_layouts_round_trip_and_match_by_name():
   model = GPT2(vocab_size=16, max_len=8, depth=DEPTH, width=8, num_heads=2, rngs=nnx.Rngs(0))
   params, _ = split(model)
-  assert layer_stack.layout(params) == "unrolled"
-  stacked = layer_stack.to_scanned(params)
-  assert layer_stack.layout(stacked) == "scanned"
-  assert_close(layer_stack.to_unrolled(stacked), params, rtol=0, atol=0)
+  assert stack_layout.layout(params) == "unrolled"
+  stacked = stack_layout.to_scanned(params)
+  assert stack_layout.layout(stacked) == "scanned"
+  assert_close(stack_layout.to_unrolled(stacked), params, rtol=0, atol=0)
   # a checkpoint's string keys come back as the model's
   strings = {**params, "transformer": {**params["transformer"], "blocks": {"0": 1}}}
-  assert layer_stack.layout(strings) == "unrolled"
-  assert layer_stack.match_layout(params, stacked) is not params
-  assert layer_stack.match_layout(params, params) is params
-  assert layer_stack.layout({"blocks": {0: {}}}) is None  # ResNet-style blocks: not a stack
+  assert stack_layout.layout(strings) == "unrolled"
+  assert stack_layout.match_layout(params, stacked) is not params
+  assert stack_layout.match_layout(params, params) is params
+  assert stack_layout.layout({"blocks": {0: {}}}) is None  # ResNet-style blocks: not a stack
 
 
 def test_labels_of_a_scanned_stack_are_those_of_each_layer():
@@ -108,11 +108,11 @@ def test_labels_of_a_scanned_stack_are_those_of_each_layer():
   for name in ("matrices", "decay", "no_decay", "kernels", "attention_mlp_kernels"):
     fn = labels.resolve(name)
     want = fn(params)
-    got = fn(layer_stack.to_scanned(params))
+    got = fn(stack_layout.to_scanned(params))
     blocks = got["transformer"]["blocks"]
     for i in range(DEPTH):
       assert jax.tree.leaves(want["transformer"]["blocks"][i]) == jax.tree.leaves(blocks), name
-  assert not labels.resolve("matrices")(layer_stack.to_scanned(params))["transformer"]["blocks"][
+  assert not labels.resolve("matrices")(stack_layout.to_scanned(params))["transformer"]["blocks"][
     "attn_norm"
   ]["scale"]
 
@@ -123,7 +123,7 @@ def test_cached_decoding_equals_the_unrolled_model():
   scanned = GPT2(**kw, scan_layers=True, rngs=nnx.Rngs(1))
   params, rest = split(unrolled)
   graph, abstract_p, abstract_r = nnx.split(scanned, nnx.Param, ...)
-  nnx.replace_by_pure_dict(abstract_p, layer_stack.to_scanned(params))
+  nnx.replace_by_pure_dict(abstract_p, stack_layout.to_scanned(params))
   scanned = nnx.merge(graph, abstract_p, abstract_r)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 6)))
   positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
@@ -162,7 +162,7 @@ def test_checkpoints_cross_layouts_and_relayout_resumes_the_run(tmp_path):
   train.train_and_evaluate(config, str(scanned_dir))
   # the other layout reads it: weights only (config.init_from, the sample / eval tools)
   loaded = checkpoint.load_params(_abstract(values), str(scanned_dir))
-  assert layer_stack.layout(loaded["params"]) == "unrolled"
+  assert stack_layout.layout(loaded["params"]) == "unrolled"
   # the whole run: optimizer state and data position too
   relayout.relayout(str(scanned_dir), str(unrolled_dir))
   with pytest.raises(ValueError, match="already holds a run"):
@@ -177,8 +177,8 @@ def test_checkpoints_cross_layouts_and_relayout_resumes_the_run(tmp_path):
   for key in final_u:
     np.testing.assert_allclose(final_u[key], final_s[key], rtol=1e-5, err_msg=key)
   params_u, params_s = (tu.restore_state(d, 4)["params"] for d in (unrolled_dir, scanned_dir))
-  assert layer_stack.layout(params_u) == "unrolled"
-  assert_close(layer_stack.to_scanned(params_u), params_s, 1e-4, 1e-5)
+  assert stack_layout.layout(params_u) == "unrolled"
+  assert_close(stack_layout.to_scanned(params_u), params_s, 1e-4, 1e-5)
   # the metrics continue: rows up to step 2 copied, the rest logged by the resumed run
   steps_u, steps_s = (
     [json.loads(r)["step"] for r in (d / "metrics.jsonl").read_text().splitlines()]

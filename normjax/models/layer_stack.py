@@ -10,10 +10,11 @@ updated in layer order as in the unrolled model. ``model.remat`` applies inside 
 
 Layouts. The unrolled model's leaves sit at ``transformer/blocks/<i>/...``; the scanned model's
 at ``transformer/blocks/...`` with shape ``(depth, *unrolled shape)``. ``to_scanned`` /
-``to_unrolled`` convert a params or model-state tree between the two, and ``match_layout`` turns
-a tree into the layout of another: ``config.init_from``, ``normjax.checkpoint.load_run`` (the
-sample / eval tools) and ``python -m normjax.tools.relayout`` (a whole run, optimizer state and
-data position included) read a checkpoint of either layout (``normjax.stack_layout``). Given
+``to_unrolled`` (``normjax.stack_layout``) convert a params or model-state tree between the
+two, and ``match_layout`` turns a tree into the layout of another: ``config.init_from``,
+``normjax.checkpoint.load_run`` (the sample / eval tools) and ``python -m
+normjax.tools.relayout`` (a whole run, optimizer state and data position included) read a
+checkpoint of either layout. Given
 the same weights the two models compute the same outputs, gradients and state updates
 (tested to float32 rounding).
 
@@ -45,15 +46,8 @@ from typing import Any, Callable
 import optax
 from flax import nnx
 
-from normjax.stack_layout import (  # noqa: F401  (the layouts, re-exported)
-  STACK_PATH,
-  is_stacked_path,
-  layout,
-  match_layout,
-  match_layout_all,
-  to_scanned,
-  to_unrolled,
-)
+from normjax.models import remat as remat_lib
+from normjax.stack_layout import layout, to_scanned, to_unrolled
 
 
 def refusal(what: str) -> str:
@@ -99,7 +93,6 @@ def apply(block: nnx.Module, x, mask, cache, *, remat: str):
   """``x`` through every layer of the stacked ``block`` in order; ``(x, new cache or ())``.
 
   ``cache``: one ``AttentionCache`` with a leading depth axis (``Transformer.init_cache``)."""
-  from normjax.models import remat as remat_lib
 
   if cache is None:
 
@@ -167,8 +160,7 @@ def stack_safe(config) -> bool:
   return names <= set(STACK_SAFE_OPTIMIZERS) and not config.get("adaptive_grad_clip")
 
 
-def view_for(tx: optax.GradientTransformation, params, *, native: bool = False):
-  """``tx`` for a model whose params (a pure dict, or its abstract form) are ``params``:
-  unchanged for an unrolled model or when ``native`` (an elementwise optimizer), else
-  ``unrolled_view(tx)``."""
-  return unrolled_view(tx) if layout(params) == "scanned" and not native else tx
+def view_for(tx: optax.GradientTransformation, *, scanned: bool, native: bool = False):
+  """``tx`` for a model with (``scanned``) or without a scanned stack: unchanged for an
+  unrolled model or when ``native`` (an elementwise optimizer), else ``unrolled_view(tx)``."""
+  return unrolled_view(tx) if scanned and not native else tx

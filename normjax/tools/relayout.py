@@ -40,9 +40,8 @@ def _copy_metrics(workdir: str, out: str, step: int) -> None:
 def relayout(workdir: str, out: str, scan_layers: bool | None = None) -> dict:
   """Writes W's latest checkpoint into ``out`` in the other layout; returns a summary."""
   import normjax.workdir as workdirs
-  from normjax import checkpoint, run, sharding
+  from normjax import checkpoint, run, sharding, stack_layout
   from normjax import data as nj_data
-  from normjax.models import layer_stack
 
   src = checkpoint.read_config(workdir)
   if src.model.name not in ("gpt2", "vit"):
@@ -63,23 +62,19 @@ def relayout(workdir: str, out: str, scan_layers: bool | None = None) -> dict:
     key = jax.random.key(src.seed)
     src_abstract = jax.eval_shape(src_setup.init_state, key)
     src_sharding = sharding.state_sharding(src_abstract, mesh, src.sharding)
-    target_args = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), src_abstract, src_sharding
-    )
+    target = checkpoint.ocp.args.StandardRestore(sharding.sharded_specs(src_abstract, src_sharding))
     reader = checkpoint.make_manager(workdir, src.keep_checkpoints)
     try:
-      step, state = checkpoint.restore_latest_readable(
-        reader, checkpoint.ocp.args.StandardRestore(target_args), train_iter
-      )
+      step, state = checkpoint.restore_latest_readable(reader, target, train_iter)
     finally:
       checkpoint.close(reader)
     dst_abstract = jax.eval_shape(dst_setup.init_state, key)
     state = jax.device_get(state)
     state = {
       **state,
-      "params": layer_stack.match_layout(state["params"], dst_abstract["params"]),
-      "model_state": layer_stack.match_layout(state["model_state"], dst_abstract["model_state"]),
-      "opt_state": layer_stack.match_layout_all(state["opt_state"], dst_abstract["opt_state"]),
+      "params": stack_layout.match_layout(state["params"], dst_abstract["params"]),
+      "model_state": stack_layout.match_layout(state["model_state"], dst_abstract["model_state"]),
+      "opt_state": stack_layout.match_layout_all(state["opt_state"], dst_abstract["opt_state"]),
     }
     if jax.tree.structure(state) != jax.tree.structure(dst_abstract):
       raise ValueError(f"{workdir}: the converted state does not match the target model's")
