@@ -2,7 +2,7 @@ r"""normjax's training step against the PyTorch model a researcher would otherwi
 
   pip install torch==2.13.0 && pip install ".[bench]"   # the CPU wheel, then transformers
   python scripts/bench_vs_torch.py [--models gpt2,vit,resnet] [--rounds 5] [--steps 3]
-      [--threads 2] [--profile DIR]
+      [--threads 2] [--profile DIR] [--also VAR=VALUE ...]
 
 For each model the same architecture, shapes, dtype (float32), optimizer (AdamW, betas
 (0.9, 0.999), eps 1e-8, weight decay 0.01, no clipping) and batch:
@@ -24,8 +24,11 @@ AdamW(foreach=True).step()``. Rounds alternate the order; a round is the mean of
 XLA:CPU's thread pool uses). Also
 printed: normjax's compiled FLOPs per step (XLA cost analysis), the achieved FLOP/s, and the
 machine's measured float32 matmul rate (2048^3, both frameworks) as the limit.
-``--profile DIR``: a ``jax.profiler`` trace of normjax's steps and torch's profiler table
-(``DIR/<model>_torch.txt``).
+``--profile DIR``: a ``jax.profiler`` trace of normjax's steps (``DIR/<model>_jax/``), its
+per-op table (``DIR/<model>_jax_ops.md``, ``normjax.op_profile``: self time per HLO op and per
+category, each dot's shape and GFLOP/s) and torch's profiler table (``DIR/<model>_torch.txt``).
+``--also NORMJAX_ATTENTION=xla`` (repeatable) times normjax's step traced with that variable
+set as well, the baseline of a change measured in the same run.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ def parse():
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--profile", default=None)
+  p.add_argument(
+    "--also",
+    action="append",
+    default=[],
+    metavar="VAR=VALUE",
+    help="also time normjax's step traced with this environment variable set, e.g. "
+    "NORMJAX_ATTENTION=xla (repeatable; the baseline of a change, in the same run)",
+  )
   return p.parse_args()
 
 
@@ -55,7 +66,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from normjax import hardware, run  # noqa: E402
+from normjax import hardware, op_profile, run  # noqa: E402
 from normjax.models import MODELS  # noqa: E402
 
 try:
@@ -161,7 +172,16 @@ def peers():
   return out
 
 
-def normjax_step(kwargs, task, batch):
+def normjax_step(kwargs, task, batch, env=None):
+  """normjax's compiled step; ``env`` (VAR=VALUE) is set while it is traced."""
+  if env:
+    var, _, value = env.partition("=")
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+      return normjax_step(kwargs, task, batch)
+    finally:
+      os.environ.pop(var) if old is None else os.environ.__setitem__(var, old)
   kwargs = dict(kwargs)
   factory = MODELS.get(kwargs.pop("name"))
   make = lambda rngs: factory(**kwargs, rngs=rngs)
@@ -175,7 +195,8 @@ def normjax_step(kwargs, task, batch):
     state["s"], metrics = compiled(state["s"], batch)
     return metrics["loss"]
 
-  return step, hardware.step_flops(compiled), lambda: jax.block_until_ready(state["s"])
+  sync = lambda: jax.block_until_ready(state["s"])
+  return step, hardware.step_flops(compiled), sync, compiled
 
 
 def torch_step(model, batch, loss_fn):
@@ -234,18 +255,22 @@ def main():
   print(
     f"float32 matmul 2048^3: XLA {xla_peak / 1e9:.1f} GFLOP/s, torch {torch_peak / 1e9:.1f} GFLOP/s"
   )
+  also = [f"normjax {env}" for env in ARGS.also]
   print(
     "| model | torch ms/step | normjax ms/step | normjax / torch | normjax GFLOP/step | "
     "normjax GFLOP/s | of matmul rate |"
+    + "".join(f" {a} ms/step | normjax / ({a}) |" for a in also)
   )
-  print("|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|" + "---|---|" * len(also))
   for name, (kwargs, task, model, batch, loss_fn) in peers().items():
     if name not in ARGS.models.split(","):
       continue
-    nj, flops, nj_sync = normjax_step(kwargs, task, batch)
-    pt = torch_step(model, batch, loss_fn)
-    times = {"normjax": [], "torch": []}
-    pairs = [("normjax", nj, nj_sync), ("torch", pt, lambda: None)]
+    nj, flops, nj_sync, compiled = normjax_step(kwargs, task, batch)
+    pairs = [("normjax", nj, nj_sync), ("torch", torch_step(model, batch, loss_fn), lambda: None)]
+    for label, env in zip(also, ARGS.also):
+      step, _, sync, _ = normjax_step(kwargs, task, batch, env=env)
+      pairs.append((label, step, sync))
+    times = {key: [] for key, _, _ in pairs}
     for r in range(ARGS.rounds):
       for key, step, sync in pairs if r % 2 == 0 else pairs[::-1]:
         times[key].append(mean_time(step, ARGS.steps, sync))
@@ -254,18 +279,34 @@ def main():
     print(
       f"| {name} | {med['torch'] * 1e3:.1f} | {med['normjax'] * 1e3:.1f} | "
       f"{med['normjax'] / med['torch']:.3f} | {flops / 1e9:.2f} | {rate / 1e9:.1f} | "
-      f"{rate / xla_peak:.2f} |",
+      f"{rate / xla_peak:.2f} |"
+      + "".join(f" {med[a] * 1e3:.1f} | {med['normjax'] / med[a]:.3f} |" for a in also),
       flush=True,
     )
     if ARGS.profile:
-      os.makedirs(ARGS.profile, exist_ok=True)
-      jax.profiler.start_trace(os.path.join(ARGS.profile, f"{name}_jax"))
-      mean_time(nj, ARGS.steps, nj_sync)
-      jax.profiler.stop_trace()
-      with torch.profiler.profile() as prof:
-        mean_time(pt, ARGS.steps, lambda: None)
-      with open(os.path.join(ARGS.profile, f"{name}_torch.txt"), "w") as f:
-        f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+      write_profiles(name, nj, nj_sync, compiled, med["normjax"], pairs[1][1])
+
+
+def write_profiles(name, nj, nj_sync, compiled, wall_s, pt):
+  """``DIR/<model>_jax/`` (trace), ``<model>_jax_ops.md`` (per-op table), ``<model>_torch.txt``."""
+  os.makedirs(ARGS.profile, exist_ok=True)
+
+  def one_step():
+    nj()
+    nj_sync()
+
+  measured = op_profile.measure(
+    one_step,
+    compiled.as_text(),
+    steps=ARGS.steps,
+    trace_dir=os.path.join(ARGS.profile, f"{name}_jax"),
+  )
+  with open(os.path.join(ARGS.profile, f"{name}_jax_ops.md"), "w") as f:
+    f.write(op_profile.table(measured, steps=ARGS.steps, wall_s=wall_s) + "\n")
+  with torch.profiler.profile() as prof:
+    mean_time(pt, ARGS.steps, lambda: None)
+  with open(os.path.join(ARGS.profile, f"{name}_torch.txt"), "w") as f:
+    f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
 
 
 if __name__ == "__main__":

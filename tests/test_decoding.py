@@ -56,14 +56,16 @@ def test_padded_rows_compute_what_each_row_computes_alone(kind):
   padded = np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask)))
   for row, prompt in enumerate(ROWS):
     alone = np.asarray(model(jnp.asarray([prompt])))[0]
-    np.testing.assert_allclose(padded[row, -len(prompt) :], alone, atol=2e-5, rtol=1e-5)
+    # float32 rounding only: on CPU the masked rows attend in one block, the row alone in
+    # causal query blocks (normjax.kernels.attention), so the sums run in another order
+    np.testing.assert_allclose(padded[row, -len(prompt) :], alone, atol=5e-5, rtol=1e-5)
   # right padding too: the positions count real tokens, the keys after them are masked
   right = np.zeros_like(tokens)
   right[0, : len(ROWS[0])] = ROWS[0]
   right_mask = right > 0
   right_logits = np.asarray(model(jnp.asarray(right[:1]), jnp.asarray(right_mask[:1])))
   np.testing.assert_allclose(
-    right_logits[0, : len(ROWS[0])], np.asarray(model(jnp.asarray(ROWS[:1])))[0], atol=2e-5
+    right_logits[0, : len(ROWS[0])], np.asarray(model(jnp.asarray(ROWS[:1])))[0], atol=5e-5
   )
 
 

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from normjax.kernels import attention as attention_kernels
 from normjax.models import check_choice, check_divisible, layer_stack
 from normjax.models import moe as moe_lib
 from normjax.models import remat as remat_lib
@@ -157,19 +158,10 @@ class AttentionCache:
 
 
 def attention(query, key, value, *, mask=None, is_causal: bool = False):
-  """``jax.nn.dot_product_attention`` (B, T, H, D) -> (B, T, H, D); float64 inputs take a
-  plain einsum softmax instead, because jax's XLA attention computes the scores and softmax in
-  float32 (float64 checks against references would stop at ~1e-7)."""
-  if query.dtype != jnp.float64:
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal)
-  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(query.shape[-1])
-  allowed = jnp.ones(scores.shape, bool)
-  if is_causal:
-    allowed &= jnp.tril(jnp.ones(scores.shape[-2:], bool))
-  if mask is not None:
-    allowed &= mask
-  scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
-  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), value)
+  """(B, T, H, D) -> (B, T, H, D) attention: ``normjax.kernels.attention`` (its implementation
+  per backend: the causal-block-skipping form on CPU, ``jax.nn.dot_product_attention``
+  elsewhere; ``NORMJAX_ATTENTION`` overrides)."""
+  return attention_kernels.attention(query, key, value, mask=mask, is_causal=is_causal)
 
 
 def cached_attention(query, key, value, cache: AttentionCache):
@@ -197,7 +189,8 @@ class MultiHeadSelfAttention(nnx.Module):
   """Self-attention with a fused (stream, 3*width) q|k|v projection and an output projection.
 
   softmax(q k^T / sqrt(head_dim) [+ causal mask] [+ key padding mask]) v per head, via
-  ``jax.nn.dot_product_attention`` (which picks cuDNN flash attention where available).
+  ``normjax.kernels.attention`` (block-skipping causal attention on CPU, jax's choice, cuDNN
+  flash attention where it applies, elsewhere).
   ``stream_width`` is the residual stream's width (``width`` except for CRMSNorm models).
   ``value_input``, when given, feeds the V columns of the projection instead of ``x``.
   ``mask`` (B, T) bool, True = real token: keys that are padding get no attention.
