@@ -1,7 +1,7 @@
 r"""Train one config for several seeds in one process and print the final eval metrics per seed.
 
   python scripts/seeds_in_process.py --config configs/spdnet_gbwbn.py:bn=gbw --seeds 10 \
-      [--out results.jsonl] [--set model.theta=0.5 ...]
+      [--out results.jsonl] [--set model.theta=0.5 ...] [--arm NAME]
 
 For multi-seed tables of seconds-long runs, where starting ``normjax.train`` once per seed
 (imports, data, compilation) would cost more than the runs: ``normjax.run.build`` once, the
@@ -52,6 +52,7 @@ def main():
   parser.add_argument("--first_seed", type=int, default=0)
   parser.add_argument("--out", default=None)
   parser.add_argument("--set", action="append", default=[], help="key=value override")
+  parser.add_argument("--arm", default=None, help="an 'arm' name added to every row")
   args = parser.parse_args()
   config = load(args.config, args.set)
   setup = run.build(config, validate=False)
@@ -62,6 +63,8 @@ def main():
     state = init(jax.random.key(seed))
     batches = nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=seed)
     row = {"config": args.config, "set": args.set, "seed": seed}
+    if args.arm:
+      row = {"arm": args.arm, **row}
     for step in range(1, setup.total_steps + 1):
       state, metrics = train_step(state, next(batches))
       if step % 50 == 0 or step == setup.total_steps:

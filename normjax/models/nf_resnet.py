@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.models import check_choice, compute_dtype, register
+from normjax.models.pooling import max_pool
 from normjax.models.resnet import check_stages
 from normjax.models.ws_conv import ScaledWSConv
 
@@ -216,7 +217,7 @@ class NFResNet(nnx.Module):
     """The stem output and every block's output (for signal-propagation plots and tests)."""
     x = self.stem_conv(images.astype(self.dtype))
     if self.stem_max_pool:
-      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     outputs = [x]
     for block in self.blocks:
       outputs.append(block(outputs[-1]))

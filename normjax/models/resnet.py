@@ -52,6 +52,7 @@ from normjax.models import check_choice, compute_dtype, conv_kernel_init, regist
 from normjax.models import remat as remat_lib
 from normjax.models.channel_attention import ATTENTIONS, make_attention
 from normjax.models.heads import make_head
+from normjax.models.pooling import max_pool
 from normjax.models.ws_conv import scaled_ws_conv_layer, ws_conv_layer
 from normjax.norms import NORMS, make_norm
 from normjax.norms.basic import BATCH_NORM_MOMENTUM
@@ -363,7 +364,7 @@ class ResNet(nnx.Module):
     """float images (B, H, W, C) -> float32 logits (B, num_classes)."""
     x = self.stem_norm_act(self.stem_conv(images.astype(self.dtype)))
     if self.stem_max_pool:
-      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage in self.stages:
       for block in stage:
         x = remat_lib.call(block, x, remat=self.remat)

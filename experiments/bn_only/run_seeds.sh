@@ -1,0 +1,7 @@
+#!/bin/bash
+# BN-only training and its all-parameters control, 3 seeds (resumable).
+set -e
+cd "$(dirname "$0")/../.."
+out=experiments/bn_only/results.jsonl
+scripts/arm.sh $out bn_only configs/resnet_bn_only.py
+scripts/arm.sh $out all_parameters configs/resnet_bn_only.py:trainable=all

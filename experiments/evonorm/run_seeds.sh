@@ -1,0 +1,7 @@
+#!/bin/bash
+# EvoNorm-B0 (batch 128) and EvoNorm-S0 (batch 2) ResNets, 3 seeds; BatchNorm: experiments/baselines.
+set -e
+cd "$(dirname "$0")/../.."
+out=experiments/evonorm/results.jsonl
+scripts/arm.sh $out evonorm_b0 configs/resnet_evonorm.py
+scripts/arm.sh $out evonorm_s0_batch2 configs/resnet_evonorm.py:norm=evonorm_s0,batch=2
