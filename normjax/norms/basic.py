@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax import kernels
+from normjax.kernels.batch_norm import batch_norm_train
 from normjax.norms import register
 from normjax.norms.base import (
   TORCH_MOMENTUM,
@@ -43,6 +44,7 @@ from normjax.norms.base import (
   check_positive,
   moments,
   normalize,
+  stats_dtype,
 )
 
 BATCH_NORM_MOMENTUM = 0.99  # flax's default (weight on the old value); PyTorch's 0.1 is 0.9
@@ -73,16 +75,28 @@ def batch_norm(x, params, state, *, train, mask=None, momentum=BATCH_NORM_MOMENT
 
   Train: normalize with the batch mean/population variance (gradients flow through them) and
   return the updated running statistics r <- momentum*r + (1-momentum)*batch (stop-gradient).
+  Without a mask, where ``normjax.kernels`` resolves to "fused" (CPU), the training forward
+  and backward run as one custom_vjp (``normjax/kernels/batch_norm.py``); ``NORMJAX_KERNELS=
+  reference`` gives plain autodiff (e.g. for forward mode).
   Eval: normalize with ``state['mean']``/``state['var']`` and return the state unchanged.
   """
   if not train:
     return normalize(x, state["mean"], state["var"], params, epsilon), state
-  mean, var = moments(x, batch_axes(x), mask)
   update = lambda old, new: jax.lax.stop_gradient(
     momentum * old + (1 - momentum) * new.reshape(old.shape).astype(old.dtype)
   )
+  if mask is None and x.ndim >= 2 and kernels.resolve_implementation(x) == "fused":
+    # XLA:CPU: the custom_vjp with dots for the channel sums (normjax/kernels/batch_norm.py)
+    channels, ct = x.shape[-1], stats_dtype(x)
+    scale, bias = params.get("scale"), params.get("bias")
+    scale = jnp.ones((channels,), ct) if scale is None else scale
+    bias = jnp.zeros((channels,), ct) if bias is None else bias
+    y, mean, var = batch_norm_train(x, scale, bias, epsilon)
+  else:
+    mean, var = moments(x, batch_axes(x), mask)
+    y = normalize(x, mean, var, params, epsilon)
   new_state = {"mean": update(state["mean"], mean), "var": update(state["var"], var)}
-  return normalize(x, mean, var, params, epsilon), new_state
+  return y, new_state
 
 
 def group_norm(x, params, state=None, *, train=False, mask=None, num_groups=32, epsilon=1e-6):
