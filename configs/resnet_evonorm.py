@@ -13,8 +13,8 @@ no-nonlinearity form (y = gamma x + beta; gamma starts at 0 in the last norm) an
 follows the residual add. ``batch=N`` sets the batch size; below 32 the learning rate scales
 linearly (0.1 N / 32) and the run takes 4000 steps.
 
-Measured: test accuracy 0.9833 (evonorm_b0), 0.9136 (``:norm=evonorm_s0,batch=2``); one run
-each; details in experiments/evonorm/README.md.
+Measured (3 seeds): test accuracy 0.985 ± 0.001 (evonorm_b0; BatchNorm 0.985), 0.926 ± 0.008
+(``:norm=evonorm_s0,batch=2``; GroupNorm at batch 2 0.963); experiments/evonorm/README.md.
 
 Paper scale: ``:data=cifar10`` (ResNet-18, 200 epochs), ``:data=imagenet2012`` (ResNet-50,
 90 epochs, batch 1024, the TF EvoNorm setting).

@@ -1,7 +1,7 @@
 r"""Train one config for several seeds in one process and print the final eval metrics per seed.
 
   python scripts/seeds_in_process.py --config configs/spdnet_gbwbn.py:bn=gbw --seeds 10 \
-      [--out results.jsonl] [--set model.theta=0.5 ...] [--arm NAME]
+      [--out results.jsonl] [--set model.theta=0.5 ...] [--arm NAME] [--domains inverted,noisy]
 
 For multi-seed tables of seconds-long runs, where starting ``normjax.train`` once per seed
 (imports, data, compilation) would cost more than the runs: ``normjax.run.build`` once, the
@@ -24,6 +24,7 @@ import numpy as np
 from normjax import data as nj_data
 from normjax import run
 from normjax.config_args import sibling_config
+from normjax.data.corruptions import DOMAINS
 
 
 def load(spec: str, overrides: list[str]):
@@ -45,6 +46,13 @@ def load(spec: str, overrides: list[str]):
   return config
 
 
+def shifted_eval(batch_sums, domain: str, seed: int):
+  """``batch_sums`` on each eval batch's images with the ``domain`` shift (noise: fixed rng)."""
+  rng = np.random.default_rng([seed, 1])
+  shift = DOMAINS[domain]
+  return lambda batch: batch_sums({**batch, "image": shift(np.asarray(batch["image"]), rng)})
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True)
@@ -53,6 +61,12 @@ def main():
   parser.add_argument("--out", default=None)
   parser.add_argument("--set", action="append", default=[], help="key=value override")
   parser.add_argument("--arm", default=None, help="an 'arm' name added to every row")
+  parser.add_argument(
+    "--domains",
+    default="",
+    help="comma-separated normjax.data.corruptions.DOMAINS: also evaluate on the eval images "
+    "so shifted (keys eval_<metric>/<domain>; image tasks)",
+  )
   args = parser.parse_args()
   config = load(args.config, args.set)
   setup = run.build(config, validate=False)
@@ -79,6 +93,14 @@ def main():
         task=setup.task,
       )
       row.update({k: float(v) for k, v in final.items()})
+      for domain in filter(None, args.domains.split(",")):
+        shifted = run.evaluate(
+          shifted_eval(lambda b: eval_step(state, b), domain, seed),
+          config.data,
+          batch_size=config.get("eval_batch_size", config.batch_size),
+          task=setup.task,
+        )
+        row.update({f"{k}/{domain}": float(v) for k, v in shifted.items()})
       if not np.isfinite(row.get("eval_loss", 0.0)):
         row["diverged_at_step"] = setup.total_steps
     row["seconds"] = round(time.time() - start, 2)
