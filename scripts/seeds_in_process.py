@@ -2,6 +2,7 @@ r"""Train one config for several seeds in one process and print the final eval m
 
   python scripts/seeds_in_process.py --config configs/spdnet_gbwbn.py:bn=gbw --seeds 10 \
       [--out results.jsonl] [--set model.theta=0.5 ...] [--arm NAME] [--domains inverted,noisy]
+      [--trace 'conv.*kernel']
 
 For multi-seed tables of seconds-long runs, where starting ``normjax.train`` once per seed
 (imports, data, compilation) would cost more than the runs: ``normjax.run.build`` once, the
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from normjax import data as nj_data
@@ -46,6 +49,18 @@ def load(spec: str, overrides: list[str]):
   return config
 
 
+def traced_norm(params, pattern: str):
+  """The total L2 norm of the leaves of ``params`` whose keystr path matches ``pattern``."""
+  leaves = [
+    leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    if re.search(pattern, jax.tree_util.keystr(path))
+  ]
+  if not leaves:
+    raise ValueError(f"--trace {pattern!r} matches no parameter")
+  return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
+
+
 def shifted_eval(batch_sums, domain: str, seed: int):
   """``batch_sums`` on each eval batch's images with the ``domain`` shift (noise: fixed rng)."""
   rng = np.random.default_rng([seed, 1])
@@ -67,11 +82,19 @@ def main():
     help="comma-separated normjax.data.corruptions.DOMAINS: also evaluate on the eval images "
     "so shifted (keys eval_<metric>/<domain>; image tasks)",
   )
+  parser.add_argument(
+    "--trace",
+    default=None,
+    metavar="REGEX",
+    help="record the total L2 norm of the parameters whose path (jax keystr) matches REGEX "
+    "at step 0 and every 50 steps (trace_steps, trace_norm)",
+  )
   args = parser.parse_args()
   config = load(args.config, args.set)
   setup = run.build(config, validate=False)
   train_step, eval_step = jax.jit(setup.train_step), jax.jit(setup.eval_step)
   init = jax.jit(setup.init_state)
+  norm = jax.jit(lambda params: traced_norm(params, args.trace)) if args.trace else None
   for seed in range(args.first_seed, args.first_seed + args.seeds):
     start = time.time()
     state = init(jax.random.key(seed))
@@ -79,9 +102,14 @@ def main():
     row = {"config": args.config, "set": args.set, "seed": seed}
     if args.arm:
       row = {"arm": args.arm, **row}
+    if args.trace:
+      row["trace_steps"], row["trace_norm"] = [0], [float(norm(state["params"]))]
     for step in range(1, setup.total_steps + 1):
       state, metrics = train_step(state, next(batches))
       if step % 50 == 0 or step == setup.total_steps:
+        if args.trace:
+          row["trace_steps"].append(step)
+          row["trace_norm"].append(float(norm(state["params"])))
         if not np.isfinite(float(metrics["loss"])):
           row["diverged_at_step"] = step
           break
