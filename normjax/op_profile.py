@@ -201,8 +201,11 @@ def measure(step, hlo_text: str, *, steps: int = 3, trace_dir: str | None = None
   return ops, self_ns, count
 
 
-def table(measured, *, steps: int, wall_s: float | None = None, top: int = 25) -> str:
-  """Markdown: time per category, then the ``top`` ops by self time (per step)."""
+def table(
+  measured, *, steps: int, wall_s: float | None = None, top: int = 25, per_category: int = 5
+) -> str:
+  """Markdown: time per category, the ``top`` ops by self time (per step), then the
+  ``per_category`` largest ops of each category that has none among them."""
   ops, self_ns, count = measured
   total = sum(self_ns.values()) or 1.0
   by_cat = collections.defaultdict(lambda: [0.0, 0, 0.0])
@@ -226,8 +229,12 @@ def table(measured, *, steps: int, wall_s: float | None = None, top: int = 25) -
     "| op | category | ms/step | share | GFLOP/s | computes |",
     "|---|---|---|---|---|---|",
   ]
-  for name, ns in self_ns.most_common(top):
-    op = ops[name]
+  shown = [name for name, _ in self_ns.most_common(top)]
+  seen = {ops[name].category for name in shown}
+  for cat in sorted(set(by_cat) - seen, key=lambda c: -by_cat[c][0]):
+    shown += [n for n, _ in self_ns.most_common() if ops[n].category == cat][:per_category]
+  for name in shown:
+    ns, op = self_ns[name], ops[name]
     rate = f"{op.flops * count[name] / ns:.1f}" if op.flops and ns > 0 else ""
     share = f"{ns / steps / 1e6:.2f} | {ns / total:.1%}"
     lines.append(f"| {name} | {op.category} | {share} | {rate} | {op.detail} |")
