@@ -8,7 +8,9 @@ scale/bias are trained (``config.trainable='norm_affine'``, the label of
 ``normjax/optim/labels.py``; every other leaf gets a zero update and no weight decay).
 ``zero_init_residual=False`` (all scales start at 1, as the paper's ResNets); global-norm
 clipping off, since the frozen leaves' gradients would count in the global norm; SGD +
-Nesterov, lr 0.1, 1000 steps of batch 128. ``:trainable=all`` trains everything (control).
+Nesterov, lr 0.1, 1000 steps of batch 128. ``:trainable=all`` trains everything (control);
+``:trainable=head`` only the output layer (a linear probe on random features) and
+``:trainable=norm_affine_and_head`` both.
 
 Measured: test accuracy 0.9610 training 1,344 of 308,074 parameters (one run); details in
 experiments/bn_only/README.md.

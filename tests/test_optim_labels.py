@@ -44,6 +44,12 @@ def test_partitions_on_a_dict_tree():
     "block/norm1/scale",
     "block/norm1/bias",
   }
+  assert {k for k, v in flat(labels.head(params)).items() if v} == {"head/kernel"}
+  assert {k for k, v in flat(labels.norm_affine_and_head(params)).items() if v} == {
+    "block/norm1/scale",
+    "block/norm1/bias",
+    "head/kernel",
+  }
   conda_leaves = {k for k, v in flat(labels.attention_mlp_kernels(params)).items() if v}
   assert conda_leaves == {
     "block/attn/qkv/kernel",
@@ -147,6 +153,8 @@ def test_registry_lookup_by_name():
     "decay",
     "matrices",
     "norm_affine",
+    "head",
+    "norm_affine_and_head",
     "attention_mlp_kernels",
     "attention_mlp_dimension_numbers",
     "conda_groups",

@@ -151,6 +151,25 @@ def norm_affine(params):
   return jax.tree_util.tree_map_with_path(lambda p, x: is_norm_param(p), params)
 
 
+def is_head_param(path) -> bool:
+  """A leaf of the model's output layer (a top-level module named ``head``)."""
+  names = param_names(path)
+  return bool(names) and names[0] == "head"
+
+
+@register("head")
+def head(params):
+  """True only for the output layer: a linear probe on random features (the control of
+  Frankle et al. for BN-only training)."""
+  return jax.tree_util.tree_map_with_path(lambda p, x: is_head_param(p), params)
+
+
+@register("norm_affine_and_head")
+def norm_affine_and_head(params):
+  """The norm layers' parameters and the output layer (Frankle et al.'s "BN + output")."""
+  return jax.tree_util.tree_map_with_path(lambda p, x: is_norm_param(p) or is_head_param(p), params)
+
+
 def _in_block(names: Sequence[str], tokens: Iterable[str]) -> bool:
   modules = [n.lower() for n in names[:-1]]
   return any(t in m for m in modules for t in tokens)
