@@ -10,8 +10,8 @@ AdamW, 1000 steps of batch 16) with RMSNorm (scale only, eps 1e-6) instead of La
 without the LN bias, and a Pre-LN model converts to it exactly
 (``normjax.surgery.conversions``, tested in ``tests/test_crmsnorm_conversions.py``).
 
-Measured: val loss 1.6627 nats/byte (one run; Pre-LN 1.6601); details in
-experiments/crmsnorm/README.md.
+Measured (3 seeds): val loss 1.664 ± 0.008 nats/byte, Pre-LN 1.663 ± 0.001; table, plot and
+verdict in experiments/crmsnorm/README.md.
 
 Paper scale: ``:data=tokens,path=DIR`` as gpt2_layernorm.py.
 
