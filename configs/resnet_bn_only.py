@@ -12,8 +12,8 @@ Nesterov, lr 0.1, 1000 steps of batch 128. ``:trainable=all`` trains everything 
 ``:trainable=head`` only the output layer (a linear probe on random features) and
 ``:trainable=norm_affine_and_head`` both.
 
-Measured: test accuracy 0.9610 training 1,344 of 308,074 parameters (one run); details in
-experiments/bn_only/README.md.
+Measured (3 seeds): test accuracy 0.952 ± 0.007 training 1,344 of 308,074 parameters (linear
+probe 0.936, all 0.989); experiments/bn_only/README.md.
 
 Paper scale: ``:data=cifar10`` (ResNet-18 layout, 160 epochs).
 """

@@ -43,12 +43,36 @@ def summary(rows: list[dict], metric: str, digits: int) -> str:
   return text + (f" ({diverged} diverged)" if diverged else "")
 
 
+def plot_against(ax, arms, metric, xs, args):
+  """mean ± s.e. of ``metric`` at each arm's x (arms without an x are left out)."""
+  points = []
+  for arm, rows in arms.items():
+    values = [r[metric] for r in rows if metric in r and r.get("diverged_at_step") is None]
+    if arm in xs and values:
+      se = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0
+      points.append((xs[arm], np.mean(values), se, arm))
+  points.sort()
+  x, y, e, names = zip(*points)
+  ax.errorbar(x, y, yerr=e, marker="o", capsize=3)
+  for xi, yi, name in zip(x, y, names):
+    ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, -10), textcoords="offset points")
+  if args.logx:
+    ax.set_xscale("log")
+  ax.set_xlabel(args.xlabel)
+  ax.set_ylabel(metric)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--metrics", default="eval_accuracy")
   parser.add_argument("--digits", type=int, default=4)
   parser.add_argument("--plot", default=None)
   parser.add_argument("--title", default="")
+  parser.add_argument(
+    "--xs", default=None, help="ARM=X,...: plot each metric against X (mean ± s.e.) instead of bars"
+  )
+  parser.add_argument("--xlabel", default="")
+  parser.add_argument("--logx", action="store_true")
   parser.add_argument("files", nargs="+")
   args = parser.parse_args()
   arms = load(args.files)
@@ -68,7 +92,11 @@ def main():
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(1.4 * len(arms) * len(metrics) + 2, 3.6))
+    xs = dict(item.split("=") for item in args.xs.split(",")) if args.xs else None
     for ax, metric in zip(np.atleast_1d(axes), metrics):
+      if xs:
+        plot_against(ax, arms, metric, {a: float(x) for a, x in xs.items()}, args)
+        continue
       for i, rows in enumerate(arms.values()):
         values = [r[metric] for r in rows if metric in r and r.get("diverged_at_step") is None]
         se = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0

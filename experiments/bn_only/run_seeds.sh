@@ -1,5 +1,5 @@
 #!/bin/bash
-# BN-only training and its all-parameters control, 3 seeds (resumable).
+# BN-only training, its all-parameters, head-only and BN + head controls, 3 seeds (resumable).
 set -e
 cd "$(dirname "$0")/../.."
 out=experiments/bn_only/results.jsonl
