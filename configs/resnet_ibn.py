@@ -13,8 +13,8 @@ official IBN-b skips a stage's first block; ``variant=none`` is the same network
 BatchNorm only, the like-for-like control), width 32, CIFAR stem; BatchNorm momentum 0.9 and
 eps 1e-5 (PyTorch's); SGD + Nesterov, lr 0.1, 1000 steps of batch 128.
 
-Measured: test accuracy 0.9833 (IBN-a), 0.9861 (IBN-b); one run each; details in
-experiments/ibn/README.md.
+Measured (3 seeds): test accuracy 0.985 (IBN-a, IBN-b), 0.983 (``variant=none``); on blurred
+digits 0.668 / 0.639 / 0.396; experiments/ibn/README.md.
 
 Paper scale: ``:variant=a,data=imagenet2012`` (ResNet-50-IBN-a, 90 epochs, batch 1024).
 """
