@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from normjax import kernels
 from normjax.norms import adab2n as ada
 from normjax.norms import make_norm
 from normjax.state import pop_aux_loss
@@ -187,7 +188,11 @@ def test_kappa_one_without_task_ids_is_batchnorm_exactly():
     norm.scale[...] = jnp.asarray(np.linspace(0.5, 2, C), jnp.float32)
   for step in range(5):
     x = jnp.asarray(rng.normal(size=(6, 3, 3, C)) * 3 + 1, jnp.float32)
-    np.testing.assert_array_equal(np.asarray(a(x)), np.asarray(b(x)), err_msg=f"step {step}")
+    # BatchNorm's formula path: on CPU its training mode otherwise runs the fused custom_vjp
+    # (normjax/kernels/batch_norm.py), equal to rounding, not bit for bit
+    with kernels.use_implementation("reference"):
+      expected = np.asarray(b(x))
+    np.testing.assert_array_equal(np.asarray(a(x)), expected, err_msg=f"step {step}")
     np.testing.assert_array_equal(np.asarray(a.mean[...]), np.asarray(b.mean[...]))
     np.testing.assert_array_equal(np.asarray(a.var[...]), np.asarray(b.var[...]))
   a.eval(), b.eval()
