@@ -90,6 +90,9 @@ def main():
     "at step 0 and every 50 steps (trace_steps, trace_norm)",
   )
   args = parser.parse_args()
+  unknown = [d for d in filter(None, args.domains.split(",")) if d not in DOMAINS]
+  if unknown:
+    parser.error(f"--domains {','.join(unknown)}: unknown; choose from {', '.join(DOMAINS)}")
   config = load(args.config, args.set)
   setup = run.build(config, validate=False)
   train_step, eval_step = jax.jit(setup.train_step), jax.jit(setup.eval_step)
