@@ -68,6 +68,58 @@ def shifted_eval(batch_sums, domain: str, seed: int):
   return lambda batch: batch_sums({**batch, "image": shift(np.asarray(batch["image"]), rng)})
 
 
+class SeedRunner:
+  """``runner(seed) -> row``: one seed of ``config`` trained and evaluated (see the module doc).
+
+  ``run.build`` and the jitted train / eval steps are made once, in the constructor; each
+  call starts from ``init_state(key(seed))`` with the data order of ``seed``.
+  """
+
+  def __init__(self, config, *, trace: str | None = None, domains: tuple[str, ...] = ()):
+    self.config, self.trace, self.domains = config, trace, tuple(domains)
+    self.setup = run.build(config, validate=False)
+    self.train_step = jax.jit(self.setup.train_step)
+    self.eval_step = jax.jit(self.setup.eval_step)
+    self.init = jax.jit(self.setup.init_state)
+    self.norm = jax.jit(lambda params: traced_norm(params, trace)) if trace else None
+
+  def evaluate(self, batch_sums):
+    config = self.config
+    return run.evaluate(
+      batch_sums,
+      config.data,
+      batch_size=config.get("eval_batch_size", config.batch_size),
+      task=self.setup.task,
+    )
+
+  def __call__(self, seed: int) -> dict:
+    config, setup, row = self.config, self.setup, {}
+    start = time.time()
+    state = self.init(jax.random.key(seed))
+    batches = nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=seed)
+    if self.trace:
+      row["trace_steps"], row["trace_norm"] = [0], [float(self.norm(state["params"]))]
+    for step in range(1, setup.total_steps + 1):
+      state, metrics = self.train_step(state, next(batches))
+      if step % 50 == 0 or step == setup.total_steps:
+        if self.trace:
+          row["trace_steps"].append(step)
+          row["trace_norm"].append(float(self.norm(state["params"])))
+        if not np.isfinite(float(metrics["loss"])):
+          row["diverged_at_step"] = step
+          break
+    if "diverged_at_step" not in row:
+      sums = lambda b: self.eval_step(state, b)  # noqa: E731
+      row.update({k: float(v) for k, v in self.evaluate(sums).items()})
+      for domain in self.domains:
+        shifted = self.evaluate(shifted_eval(sums, domain, seed))
+        row.update({f"{k}/{domain}": float(v) for k, v in shifted.items()})
+      if not np.isfinite(row.get("eval_loss", 0.0)):
+        row["diverged_at_step"] = setup.total_steps
+    row["seconds"] = round(time.time() - start, 2)
+    return row
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True)
@@ -94,47 +146,12 @@ def main():
   if unknown:
     parser.error(f"--domains {','.join(unknown)}: unknown; choose from {', '.join(DOMAINS)}")
   config = load(args.config, args.set)
-  setup = run.build(config, validate=False)
-  train_step, eval_step = jax.jit(setup.train_step), jax.jit(setup.eval_step)
-  init = jax.jit(setup.init_state)
-  norm = jax.jit(lambda params: traced_norm(params, args.trace)) if args.trace else None
+  runner = SeedRunner(config, trace=args.trace, domains=list(filter(None, args.domains.split(","))))
   for seed in range(args.first_seed, args.first_seed + args.seeds):
-    start = time.time()
-    state = init(jax.random.key(seed))
-    batches = nj_data.train_iterator(config.data, global_batch_size=config.batch_size, seed=seed)
     row = {"config": args.config, "set": args.set, "seed": seed}
     if args.arm:
       row = {"arm": args.arm, **row}
-    if args.trace:
-      row["trace_steps"], row["trace_norm"] = [0], [float(norm(state["params"]))]
-    for step in range(1, setup.total_steps + 1):
-      state, metrics = train_step(state, next(batches))
-      if step % 50 == 0 or step == setup.total_steps:
-        if args.trace:
-          row["trace_steps"].append(step)
-          row["trace_norm"].append(float(norm(state["params"])))
-        if not np.isfinite(float(metrics["loss"])):
-          row["diverged_at_step"] = step
-          break
-    if "diverged_at_step" not in row:
-      final = run.evaluate(
-        lambda b: eval_step(state, b),
-        config.data,
-        batch_size=config.get("eval_batch_size", config.batch_size),
-        task=setup.task,
-      )
-      row.update({k: float(v) for k, v in final.items()})
-      for domain in filter(None, args.domains.split(",")):
-        shifted = run.evaluate(
-          shifted_eval(lambda b: eval_step(state, b), domain, seed),
-          config.data,
-          batch_size=config.get("eval_batch_size", config.batch_size),
-          task=setup.task,
-        )
-        row.update({f"{k}/{domain}": float(v) for k, v in shifted.items()})
-      if not np.isfinite(row.get("eval_loss", 0.0)):
-        row["diverged_at_step"] = setup.total_steps
-    row["seconds"] = round(time.time() - start, 2)
+    row.update(runner(seed))
     line = json.dumps(row)
     print(line, flush=True)
     if args.out:
