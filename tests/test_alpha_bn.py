@@ -96,6 +96,31 @@ def test_corruptions_are_deterministic_and_do_what_they_say():
   np.testing.assert_allclose(blurred[2:7, 2:7], np.outer(k, k), rtol=1e-5, atol=1e-7)
 
 
+def test_severity_three_is_the_default_and_the_levels_are_ordered():
+  images = u.data((4, 8, 8, 1))
+  for name in ("clean", "noise", "contrast", "blur"):
+    default = corruptions.CORRUPTIONS[name](images, np.random.default_rng([0, 2]))
+    level3 = corruptions.corruption(name, 3)(images, np.random.default_rng([0, 2]))
+    np.testing.assert_array_equal(level3, default)
+
+  def change(name, level):
+    out = corruptions.corruption(name, level)(images, np.random.default_rng([0, 2]))
+    return float(np.std(out - images))
+
+  for name in ("noise", "contrast", "blur"):
+    changes = [change(name, level) for level in range(1, 6)]
+    assert all(a < b for a, b in zip(changes, changes[1:])), (name, changes)
+  # sigma 1.5 widens the kernel to radius 3: an impulse spreads 3 pixels each way
+  impulse = np.zeros((1, 9, 9, 1), np.float32)
+  impulse[0, 4, 4, 0] = 1.0
+  spread = corruptions.corruption("blur", 5)(impulse)[0, 4, :, 0]
+  assert spread[1] > 0 and spread[0] == 0
+  with pytest.raises(ValueError, match="severity=6"):
+    corruptions.corruption("noise", 6)
+  with pytest.raises(ValueError, match="known"):
+    corruptions.corruption("snow", 1)
+
+
 def test_eval_command_on_a_trained_batchnorm_resnet(tmp_path, capsys):
   config = tu.apply(tu.load_config("resnet_batchnorm"), tu.overrides("resnet", 3))
   final = train.train_and_evaluate(config, str(tmp_path))
@@ -107,6 +132,9 @@ def test_eval_command_on_a_trained_batchnorm_resnet(tmp_path, capsys):
     assert set(by_alpha) == {0.0, 1.0, 0.1} and all(0 <= a <= 1 for a in by_alpha.values())
   table = alpha_bn_eval.format_table(results)
   assert "| contrast |" in table and "alpha-BN (a=0.1)" in table
+  mild = alpha_bn_eval.evaluate(str(tmp_path), alphas=(0.0,), batch_size=64, severity=1)
+  assert mild["clean"][0.0] == results["clean"][0.0]
+  assert mild["contrast"][0.0] != results["contrast"][0.0]
   with pytest.raises(ValueError, match="batch_size=1"):
     alpha_bn_eval.evaluate(str(tmp_path), batch_size=1)
   with pytest.raises(FileNotFoundError, match="no config.json"):
