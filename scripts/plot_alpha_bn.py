@@ -34,7 +34,7 @@ def main(rows_path: str, png: str):
   alphas = sorted({k[2] for k in cells})
   severities = sorted({k[1] for k in cells})
   runs = len(cells[("clean", severities[0], alphas[0])])
-  print(f"| corruption | severity | " + " | ".join(f"alpha={a:g}" for a in alphas) + " |")
+  print("| corruption | severity | " + " | ".join(f"alpha={a:g}" for a in alphas) + " |")
   print("|---|---|" + "---|" * len(alphas))
   clean = {a: mean_se(cells[("clean", severities[0], a)]) for a in alphas}
   print("| clean | - | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in clean.values()) + " |")
