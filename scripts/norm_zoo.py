@@ -15,10 +15,11 @@ Modes (``all`` runs them in this order; each reads what the earlier ones wrote):
 * ``probe``: every name in ``normjax.norms.NORMS`` is built into the task's model, initialised
   and trained one step; a norm applies when that works and the loss is finite, otherwise the
   error (the model's or the norm's own message) is its reason. Nothing is excluded by hand.
-* ``time``: the jitted train steps of the applying norms on one fixed batch, interleaved
-  (``--rounds`` rounds of ``--steps`` steps each, norms in turn), the median ms per step and
-  its ratio to the task's baseline norm (LayerNorm / BatchNorm) measured in the same rounds;
-  the 1-minute load average is recorded beside them.
+* ``time``: re-times the norms an earlier probe found applying (``all`` and ``probe`` time
+  right after probing): their jitted train steps on one fixed batch, interleaved (``--rounds``
+  rounds of ``--steps`` steps each, norms in turn), the median ms per step and its ratio to
+  the task's baseline norm (LayerNorm / BatchNorm) measured in the same rounds; the 1-minute
+  load average is recorded beside them.
 * ``train``: ``--seeds`` seeds of each applying norm with ``seeds_in_process.SeedRunner``
   (fresh init and data order per seed; a non-finite loss is a divergence), appended to
   ``<task>.jsonl``; a norm that already has the seeds is skipped, so the mode resumes.
@@ -108,9 +109,14 @@ def compiled_step(config):
   return step, state, batch, notes
 
 
-def probe_and_time(task: str, rounds: int, steps: int) -> dict:
+def probe_and_time(task: str, rounds: int, steps: int, applies: dict | None = None) -> dict:
+  """Probes every registered norm (or, given ``applies`` from an earlier probe, compiles only
+  the norms that applied there) and times the applying norms' steps, interleaved."""
   norms, compiled = {}, {}
-  for name in NORMS.names():
+  for name in NORMS.names() if applies is None else list(applies):
+    if applies is not None and not applies[name]["applies"]:
+      norms[name] = dict(applies[name])
+      continue
     try:
       *compiled[name], notes = compiled_step(task_config(task, name))
       norms[name] = {"applies": True, **notes}
@@ -238,7 +244,11 @@ def main():
   stem = os.path.join(args.out_dir, args.task)
   step_path = f"{stem}_step.json"
   if args.mode in ("all", "probe", "time"):
-    info = probe_and_time(args.task, args.rounds, args.steps)
+    earlier = None
+    if args.mode == "time":
+      with open(step_path) as f:
+        earlier = json.load(f)["norms"]
+    info = probe_and_time(args.task, args.rounds, args.steps, earlier)
     with open(step_path, "w") as f:
       json.dump(info, f, indent=1)
   with open(step_path) as f:
