@@ -169,7 +169,7 @@ def main():
 
     def body():
       chosen = tuple(float(a) for a in alphas.value)
-      run_seed = int(read_config(workdir.value).get("seed", 0))
+      run_seed = int(load_run_config(workdir.value).get("seed", 0))
       for level in (int(s) for s in severities.value):
         results = evaluate(
           workdir.value,
