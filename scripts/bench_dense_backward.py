@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -29,19 +29,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_attention_impl import mean_time  # noqa: E402
+
 SHAPES = {
   "fc1 (2048, 256) -> 1024": (2048, 256, 1024),
   "fc2 (2048, 1024) -> 256": (2048, 1024, 256),
   "qkv (2048, 256) -> 768": (2048, 256, 768),
 }
-
-
-def timed(fn, calls):
-  fn()
-  start = time.perf_counter()
-  for _ in range(calls):
-    fn()
-  return (time.perf_counter() - start) / calls
 
 
 def jax_cases(m, k, n, rng):
@@ -110,7 +105,7 @@ def main():
       libs = list(cases) if r % 2 == 0 else list(cases)[::-1]
       for lib in libs:
         for case, (_, fn) in cases[lib].items():
-          times[(lib, case)].append(timed(fn, args.calls))
+          times[(lib, case)].append(mean_time(fn, args.calls))
     for case, (dots, _) in cases["jax"].items():
       jax_s = statistics.median(times[("jax", case)])
       gflops = dots * 2 * m * k * n / jax_s / 1e9

@@ -243,6 +243,8 @@ def main():
   os.makedirs(args.out_dir, exist_ok=True)
   stem = os.path.join(args.out_dir, args.task)
   step_path = f"{stem}_step.json"
+  if args.mode in ("time", "train", "report") and not os.path.exists(step_path):
+    parser.error(f"--mode {args.mode}: no {step_path}; probe the task first (--mode probe)")
   if args.mode in ("all", "probe", "time"):
     earlier = None
     if args.mode == "time":
@@ -256,6 +258,10 @@ def main():
   if args.mode in ("all", "train"):
     applying = [n for n, v in info["norms"].items() if v["applies"]]
     wanted = [n for n in args.only.split(",") if n] or applying
+    refused = [n for n in wanted if n not in applying]
+    if refused:
+      parser.error(f"--only {','.join(refused)}: not applying to {args.task}; applying: "
+                   f"{', '.join(applying)}")  # fmt: skip
     train(args.task, [n for n in applying if n in wanted], args.seeds, f"{stem}.jsonl")
   if args.mode in ("all", "report"):
     report(args.task, info, f"{stem}.jsonl", f"{stem}.md", f"{stem}.png")

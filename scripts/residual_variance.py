@@ -125,6 +125,9 @@ def main():
   parser.add_argument("--plot", default=None)
   args = parser.parse_args()
   at = {int(s) for s in args.at.split(",")}
+  unknown = [a for a in args.arms.split(",") if a not in ARMS]
+  if unknown:
+    parser.error(f"--arms {','.join(unknown)}: unknown; choose from {', '.join(ARMS)}")
   rows = [run_arm(a, ARMS[a], args.set, at, args.seed) for a in args.arms.split(",")]
   if args.out:
     with open(args.out, "w") as f:

@@ -233,6 +233,10 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, m
       "normjax.tools.alpha_bn_eval: --workdir '/nonexistent/run': no config.json",
     ),
     (
+      ["-m", "normjax.tools.alpha_bn_eval", "--workdir", "/nonexistent/run", "--severities", "0"],
+      "normjax.tools.alpha_bn_eval: --severities=0: each must be one of 1, 2, 3, 4, 5",
+    ),
+    (
       [
         "-m",
         "normjax.sweep",

@@ -168,6 +168,10 @@ def main():
     logging.set_verbosity(logging.WARNING)  # orbax's info lines
 
     def body():
+      if not all(s in ("1", "2", "3", "4", "5") for s in severities.value):
+        raise ValueError(
+          f"--severities={','.join(severities.value)}: each must be one of 1, 2, 3, 4, 5"
+        )
       chosen = tuple(float(a) for a in alphas.value)
       run_seed = int(load_run_config(workdir.value).get("seed", 0))
       for level in (int(s) for s in severities.value):
